@@ -1,0 +1,12 @@
+# Every dependency comes from Debian 12 packages (see .ci/run and scripts/setup.sh).
+find_package(Threads REQUIRED)
+find_package(absl CONFIG REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing>=2.0)
+pkg_check_modules(IBVERBS REQUIRED IMPORTED_TARGET libibverbs)
+if(DSM_BUILD_TESTS)
+  find_package(GTest CONFIG REQUIRED)
+endif()
+if(DSM_BUILD_BENCH)
+  find_package(benchmark CONFIG REQUIRED)
+endif()

@@ -1,0 +1,75 @@
+// dsm/options.h: how a Node and a Region are configured. Plain structs with defaults.
+//
+//   dsm::Options o;
+//   o.node_id = 1;
+//   o.peers = {"10.0.0.1:7000", "10.0.0.2:7000"};  // index = node id; this node listens on
+//                                                   // peers[node_id] unless `listen` is set
+//   auto node = dsm::Node::Create(o);
+//
+// C++17-clean: included by applications.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace dsm {
+
+using NodeId = uint32_t;
+inline constexpr NodeId kMaxNodes = 64;  // sharer sets are 64-bit masks
+
+enum class TransportKind {
+  kTcp,       // io_uring over TCP sockets (the default)
+  kLoopback,  // in-process: every node in this process shares one hub; moves real bytes
+  kRdma,      // libibverbs reliable-connected QPs (needs an RDMA device)
+};
+
+struct Options {
+  // This node's id: an index into `peers`.
+  NodeId node_id = 0;
+  // Every node of the cluster as "host:port", indexed by node id (this node included).
+  // Up to kMaxNodes entries.
+  std::vector<std::string> peers;
+  // Address to listen on; empty means peers[node_id]. "0.0.0.0:port" listens everywhere.
+  std::string listen;
+  TransportKind transport = TransportKind::kTcp;
+  // For kLoopback: nodes with the same hub name in one process talk to each other.
+  std::string loopback_hub = "default";
+
+  // How long a peer may stay silent on an outstanding request before it is declared down.
+  // Faults waiting on a down peer end: the access raises SIGBUS and the page is reported lost.
+  std::chrono::milliseconds peer_timeout{10000};
+  // How long Create()/MapRegion() wait for peers to connect or for the home to map a region.
+  std::chrono::milliseconds connect_timeout{30000};
+  // The engine thread polls this long after its last event before it sleeps (0 = never spin).
+  // Waking a sleeping thread on another vCPU costs ~20 us here, more than a whole fault.
+  std::chrono::microseconds poll_spin{200};
+
+  // Called on the engine thread when pages become unreachable (their home or their only
+  // up-to-date copy was on a node that went down). Must not block or touch region memory.
+  std::function<void(const std::string& region, uint64_t first_page, uint64_t num_pages)>
+      on_pages_lost;
+};
+
+enum class HomePolicy {
+  kFixed,        // every page's home is RegionOptions::home
+  kInterleaved,  // page i lives at node (i % cluster size); anonymous regions only
+};
+
+struct RegionOptions {
+  // Cluster-wide name: every node maps the region under the same name and size.
+  std::string name;
+  // Size in bytes; rounded up to whole 4 KiB pages.
+  size_t size = 0;
+  NodeId home = 0;
+  HomePolicy home_policy = HomePolicy::kFixed;
+  // At the home node only: a file that backs the region. Empty = anonymous (zero-filled).
+  // Pages are read from the file on first use; Sync() writes dirty pages back.
+  // The file is extended to `size` if shorter.
+  std::string file_path;
+};
+
+}  // namespace dsm

@@ -1,0 +1,78 @@
+// Message: the in-memory form of everything nodes say to each other. Pure data: the coherence
+// and lock layers build and consume Messages; transports encode them (wire.h) and move bytes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dsm/options.h"
+
+namespace dsm {
+
+using RegionId = uint64_t;
+using PageIndex = uint64_t;
+inline constexpr size_t kPageSize = 4096;
+// The largest payload a message may carry: a run of 64 pages plus room for a small header.
+inline constexpr size_t kMaxRunPages = 64;
+inline constexpr size_t kMaxPayload = kMaxRunPages * kPageSize + 4096;
+
+// Wire values are part of the protocol version: never renumber, only append.
+enum class MsgType : uint8_t {
+  // Connection set-up.
+  kHello = 1,         // arg = cluster size; first message on every connection
+  // Region membership (requester -> home).
+  kRegionOpen = 2,    // arg = size in bytes, payload = region name
+  kRegionOpenReply = 3,  // arg = ErrorCode
+  // Coherence: requester -> home.
+  kGetS = 10,         // read miss
+  kGetM = 11,         // write miss or upgrade
+  kPut = 12,          // voluntary release; arg = PutKind, payload = page if it was Modified
+  kSyncReq = 13,      // persist what this node has written back; reply kSyncAck
+  // Coherence: home -> requester.
+  kData = 20,         // grant with data; arg = Grant, payload = 1 page
+  kGrant = 21,        // grant without data (upgrade of a valid Shared copy); arg = Grant
+  kNack = 22,         // request failed; arg = ErrorCode
+  kSyncAck = 23,      // arg = ErrorCode
+  // Coherence: home -> holder, and the answers.
+  kInv = 30,          // drop your Shared copy
+  kRecall = 31,       // you hold it Modified: send it back; arg = RecallKind
+  kInvAck = 32,
+  kRecallAck = 33,    // payload = page if the sender held it Modified; arg = PageState after
+  // Locks (issue 4) start at 40; RDMA control at 60.
+};
+
+// Numbers carried in `arg` of kNack / kRegionOpenReply / kSyncAck.
+enum class ErrorCode : uint64_t {
+  kOk = 0,
+  kNoSuchRegion = 1,   // the home has not mapped it (yet); retry until connect_timeout
+  kSizeMismatch = 2,
+  kPageLost = 3,       // the only current copy was on a node that went down
+  kIoError = 4,        // the home could not read or write its file
+  kShuttingDown = 5,
+  kNotHome = 6,
+};
+
+enum class Grant : uint64_t { kShared = 1, kModified = 2 };
+enum class PutKind : uint64_t {
+  kDropClean = 1,      // Shared copy dropped (eviction); no payload
+  kWritebackDrop = 2,  // Modified copy written back and dropped; payload = page
+  kWritebackKeep = 3,  // Modified copy written back, sender keeps it Shared; payload = page
+};
+enum class RecallKind : uint64_t { kDowngrade = 1, kInvalidate = 2 };
+
+struct Message {
+  MsgType type = MsgType::kHello;
+  NodeId src = 0;  // filled by the sender's transport; trusted only after validation
+  NodeId dst = 0;
+  RegionId region = 0;
+  PageIndex page = 0;
+  uint64_t req_id = 0;  // correlates a reply with its request
+  uint64_t arg = 0;
+  std::vector<uint8_t> payload;
+};
+
+const char* MsgTypeName(MsgType t);
+std::string DebugString(const Message& m);
+
+}  // namespace dsm

@@ -1,0 +1,67 @@
+// Transport: moves Messages between the nodes of a cluster. One folder per backend:
+// tcp/ (io_uring sockets), loopback/ (in-process, really encodes and decodes bytes), rdma/.
+//
+// Threading rules: Start(), Send(), Close() and Shutdown() run on the owning node's engine
+// thread (the thread that drives the EventLoop); the Handler is called on that thread too.
+// Nothing here blocks: sends are queued and flushed by ring operations.
+//
+// Ordering: messages from one node to another arrive in the order they were sent (per-pair
+// FIFO), or not at all (the peer is then reported down). The coherence protocol relies on it.
+//
+// Failure: a peer whose connection breaks, who sends a message that fails validation, or who
+// cannot be reached within the connect timeout is reported once through OnPeerDown(); later
+// Send()s to it are dropped. A node never crashes on bad input.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "dsm/options.h"
+#include "transport/event_loop.h"
+#include "transport/message.h"
+
+namespace dsm {
+
+class Transport {
+ public:
+  class Handler {
+   public:
+    virtual void OnMessage(Message&& m) = 0;       // m.src is validated
+    virtual void OnPeerUp(NodeId peer) = 0;          // connected and HELLO exchanged
+    virtual void OnPeerDown(NodeId peer, const absl::Status& why) = 0;
+
+   protected:
+    ~Handler() = default;
+  };
+
+  virtual ~Transport() = default;
+
+  // Begins listening and connecting; returns once listening. Peers come up later
+  // (OnPeerUp) or are reported down after Options::connect_timeout.
+  virtual absl::Status Start(EventLoop* loop, Handler* handler) = 0;
+
+  // Queues `m` for `m.dst` (m.src is set by the transport). A message to this node itself is
+  // delivered through the loop (never re-entrantly from Send).
+  virtual void Send(Message&& m) = 0;
+
+  virtual bool IsUp(NodeId peer) const = 0;
+
+  // Closes the connection to `peer` (reported through OnPeerDown with `why`).
+  virtual void Disconnect(NodeId peer, const absl::Status& why) = 0;
+
+  // Flushes what is queued (bounded by `deadline`), then closes everything.
+  virtual void Shutdown(absl::Time deadline) = 0;
+
+  // Counters for Stats.
+  struct Counters {
+    uint64_t messages_sent = 0, messages_received = 0, bytes_sent = 0, bytes_received = 0,
+             bad_messages = 0;
+  };
+  virtual Counters counters() const = 0;
+};
+
+// Builds the transport chosen in `options.transport`.
+absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const Options& options);
+
+}  // namespace dsm

@@ -1,0 +1,44 @@
+// The wire format: a fixed 48-byte little-endian header, then `payload_len` bytes.
+//
+//   offset size field
+//   0      4    magic 0x314d5344 ("DSM1")
+//   4      2    version (kWireVersion)
+//   6      1    type (MsgType)
+//   7      1    flags (0; reserved)
+//   8      4    src node id
+//   12     4    payload_len
+//   16     8    region
+//   24     8    page
+//   32     8    req_id
+//   40     8    arg
+//
+// Decoding never trusts a field: unknown type, wrong magic or version, a payload longer than
+// kMaxPayload or of the wrong size for its type, or a src that does not match the connection
+// are errors. A transport that sees one closes that connection and logs it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "transport/message.h"
+
+namespace dsm {
+
+inline constexpr uint32_t kWireMagic = 0x314d5344;
+inline constexpr uint16_t kWireVersion = 1;
+inline constexpr size_t kWireHeaderSize = 48;
+
+// Appends the encoded message to `out`.
+void EncodeMessage(const Message& m, std::vector<uint8_t>& out);
+
+// Header-only parse: returns the total frame length (header + payload) once `data` holds at
+// least a header, or an error if the header is invalid. `expected_src` < kMaxNodes checks the
+// sender; `cluster_size` bounds node ids.
+absl::StatusOr<size_t> PeekFrameLength(absl::Span<const uint8_t> data, size_t cluster_size);
+
+// Decodes exactly one frame (data.size() must equal the frame length).
+absl::StatusOr<Message> DecodeMessage(absl::Span<const uint8_t> frame, size_t cluster_size);
+
+}  // namespace dsm
