@@ -52,19 +52,31 @@ class Userfaultfd {
   absl::Status Unregister(void* addr, size_t len);
 
   // Installs `len` bytes from `src` at unmapped `dst`, write-protected if `write_protect`.
-  // Wakes waiters unless `dont_wake`. AlreadyExistsError if a page is already mapped.
+  // Wakes waiters unless `dont_wake`. AlreadyExistsError if a page is already mapped (the
+  // pages before it are installed and woken; waiters on that page are not woken: Wake()).
+  // Partial copies and mmap changes (EAGAIN) are retried internally.
   absl::Status Copy(void* dst, const void* src, size_t len, bool write_protect,
                     bool dont_wake = false);
   // Sets or clears write protection on mapped pages; clearing wakes waiters.
   absl::Status WriteProtect(void* addr, size_t len, bool protect);
   absl::Status Wake(void* addr, size_t len);
   // Makes later accesses to [addr, addr+len) raise SIGBUS (UFFDIO_POISON). Falls back to
-  // UnimplementedError when the kernel lacks it.
+  // UnimplementedError when the kernel lacks it. Only unmapped pages can be poisoned
+  // (AlreadyExistsError otherwise): Zap() first.
   absl::Status Poison(void* addr, size_t len);
-  // Unmaps pages (MADV_DONTNEED): the next access raises a MISSING fault.
+  // Unmaps pages (MADV_DONTNEED): the next access, read or write, raises a MISSING fault, and
+  // no write-protect state survives (tests/fault pin this down on anonymous memory).
   absl::Status Zap(void* addr, size_t len);
+  // Moves the pages at `src` (private anonymous, outside any registered range or in one with
+  // no waiters) to unmapped `dst` without copying (UFFDIO_MOVE, Linux 6.8); `src` is left
+  // unmapped. Pages land writable. UnimplementedError when the kernel lacks it;
+  // AlreadyExistsError if a destination page is mapped.
+  absl::Status Move(void* dst, void* src, size_t len, bool dont_wake = false);
 
-  // Reads up to out.size() pending fault events without blocking (0 when none).
+  // Reads up to out.size() pending fault events without blocking (0 when none). Events other
+  // than page faults (none are requested) are dropped. Several threads faulting on one page
+  // yield one event each: serve the first, and answer the rest with Wake() when Copy() says
+  // AlreadyExists.
   absl::StatusOr<size_t> ReadEvents(absl::Span<FaultEvent> out);
 
  private:
