@@ -39,7 +39,29 @@ enum class MsgType : uint8_t {
   kRecall = 31,       // you hold it Modified: send it back; arg = RecallKind
   kInvAck = 32,
   kRecallAck = 33,    // payload = page if the sender held it Modified; arg = PageState after
-  // Locks (issue 4) start at 40; RDMA control at 60.
+  // Locks (issue 4): requester <-> arbiter. The arbiter of a region's locks is the home of
+  // its page 0. Packing helpers, codes and ValidateLockMessage() are in lock/protocol.h; the
+  // decoder must enforce the rules below. Unless stated, payload is empty.
+  kLockAcquire = 40,  // region; page = byte offset; req_id = lock id (unique per sender,
+                      // never reused); arg = len (bits 0..47, >= 1) | mode (bits 48..51:
+                      // 1 shared, 2 exclusive) | flags (bits 52..55: bit 0 = try, others 0)
+                      // | bits 56..63 = 0. offset + len must not overflow 2^64.
+  kLockReply = 41,    // region; req_id = the lock id; page = 0; arg = LockReplyCode (bits
+                      // 0..7: 1..9) | bit 8 = previous_holder_died (only with kGranted);
+                      // other bits 0. A request may get kQueued and later one final code.
+  kLockRelease = 42,  // region; req_id = lock id; page = 0, arg = 0. Releases a held lock;
+                      // no reply. Unknown ids are ignored.
+  kLockCancel = 43,   // region; req_id = lock id; page = 0, arg = 0. Withdraws a request
+                      // whatever its state at the arbiter (queued: dropped; already granted:
+                      // released); no reply.
+  // Barriers: member <-> barrier arbiter (the lowest node id in the member mask).
+  kBarrierEnter = 44,   // req_id = barrier request id; page = generation; arg = member mask
+                        // (non-zero, no bit >= cluster size, src's bit set); payload = group
+                        // name, 1..255 bytes, no NUL; region = 0.
+  kBarrierReply = 45,   // req_id; page = generation; arg = BarrierReplyCode (bits 0..7: 1..5)
+                        // | down node id (bits 8..15, only with kNodeDown); other bits 0.
+  kBarrierCancel = 46,  // as kBarrierEnter: the member stopped waiting (deadline); no reply.
+  // 47..49 reserved for locks. RDMA control at 60.
 };
 
 // Numbers carried in `arg` of kNack / kRegionOpenReply / kSyncAck.
