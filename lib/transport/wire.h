@@ -30,15 +30,28 @@ inline constexpr uint32_t kWireMagic = 0x314d5344;
 inline constexpr uint16_t kWireVersion = 1;
 inline constexpr size_t kWireHeaderSize = 48;
 
-// Appends the encoded message to `out`.
+// Appends the encoded message to `out`. Does not validate (see ValidateMessage).
 void EncodeMessage(const Message& m, std::vector<uint8_t>& out);
 
+// Writes only the 48-byte header of `m` (payload_len = m.payload.size()) to `out`, for
+// transports that send the payload from the Message's own buffer (scatter-gather).
+void EncodeHeader(const Message& m, uint8_t* out);
+
 // Header-only parse: returns the total frame length (header + payload) once `data` holds at
-// least a header, or an error if the header is invalid. `expected_src` < kMaxNodes checks the
-// sender; `cluster_size` bounds node ids.
+// least a header, 0 while `data` is shorter than a header (need more bytes), or an error if
+// the header is invalid: bad magic/version/flags, a type this build does not declare, a
+// payload_len over kMaxPayload or illegal for the type (and its arg where it matters), or
+// src >= `cluster_size`. `cluster_size` must be in 1..kMaxNodes. The src/connection match is
+// the transport's check (the header does not know the connection).
 absl::StatusOr<size_t> PeekFrameLength(absl::Span<const uint8_t> data, size_t cluster_size);
 
-// Decodes exactly one frame (data.size() must equal the frame length).
+// Decodes exactly one frame (data.size() must equal the frame length). Every check of
+// PeekFrameLength plus the payload content checks (a region name holds no NUL byte).
+// m.dst is left 0: the receiving transport fills it.
 absl::StatusOr<Message> DecodeMessage(absl::Span<const uint8_t> frame, size_t cluster_size);
+
+// The checks DecodeMessage would apply to `m` once encoded; transports run it in Send() so a
+// local bug is reported locally instead of making the receiver close the connection.
+absl::Status ValidateMessage(const Message& m, size_t cluster_size);
 
 }  // namespace dsm
