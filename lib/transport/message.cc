@@ -21,6 +21,13 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kRecall: return "Recall";
     case MsgType::kInvAck: return "InvAck";
     case MsgType::kRecallAck: return "RecallAck";
+    case MsgType::kLockAcquire: return "LockAcquire";
+    case MsgType::kLockReply: return "LockReply";
+    case MsgType::kLockRelease: return "LockRelease";
+    case MsgType::kLockCancel: return "LockCancel";
+    case MsgType::kBarrierEnter: return "BarrierEnter";
+    case MsgType::kBarrierReply: return "BarrierReply";
+    case MsgType::kBarrierCancel: return "BarrierCancel";
   }
   return "Unknown";
 }

@@ -1,5 +1,6 @@
 #include "transport/wire.h"
 
+#include <cstdint>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -42,8 +43,14 @@ struct Fields {
   uint8_t flags;
   uint32_t src;
   uint64_t payload_len;
+  uint64_t region;
+  uint64_t page;
   uint64_t arg;
 };
+
+// The lock and barrier rules of message.h (field packing owned by lock/protocol.h); checked
+// here too so a malformed lock message never reaches the lock layer.
+absl::Status CheckLockFields(const Fields& f, size_t cluster_size);
 
 absl::Status Bad(const std::string& what) { return absl::InvalidArgumentError("wire: " + what); }
 
@@ -114,6 +121,14 @@ absl::Status CheckFields(const Fields& f, size_t cluster_size) {
     case MsgType::kRecallAck:
       ok = len == 0 || IsPageRun(len);
       break;
+    case MsgType::kLockAcquire:
+    case MsgType::kLockReply:
+    case MsgType::kLockRelease:
+    case MsgType::kLockCancel:
+    case MsgType::kBarrierEnter:
+    case MsgType::kBarrierReply:
+    case MsgType::kBarrierCancel:
+      return CheckLockFields(f, cluster_size);
     default:
       return Bad(absl::StrFormat("unknown message type %u", f.type));
   }
@@ -124,6 +139,70 @@ absl::Status CheckFields(const Fields& f, size_t cluster_size) {
   return absl::OkStatus();
 }
 
+absl::Status CheckLockFields(const Fields& f, size_t cluster_size) {
+  const MsgType t = static_cast<MsgType>(f.type);
+  const char* name = MsgTypeName(t);
+  switch (t) {
+    case MsgType::kLockAcquire: {
+      if (f.payload_len != 0) return Bad(absl::StrFormat("%s with a payload", name));
+      const uint64_t len = f.arg & ((uint64_t{1} << 48) - 1);
+      const uint64_t mode = (f.arg >> 48) & 0xf;
+      const uint64_t flags = (f.arg >> 52) & 0xf;
+      if (len == 0) return Bad("LockAcquire with len 0");
+      if (mode != 1 && mode != 2) return Bad(absl::StrFormat("LockAcquire with mode %u", mode));
+      if ((flags & ~uint64_t{1}) != 0 || (f.arg >> 56) != 0) {
+        return Bad(absl::StrFormat("LockAcquire with reserved arg bits 0x%x", f.arg));
+      }
+      if (len > UINT64_MAX - f.page) return Bad("LockAcquire range overflows 2^64");
+      return absl::OkStatus();
+    }
+    case MsgType::kLockReply: {
+      if (f.payload_len != 0) return Bad(absl::StrFormat("%s with a payload", name));
+      const uint64_t code = f.arg & 0xff;
+      if (code < 1 || code > 9) return Bad(absl::StrFormat("LockReply with code %u", code));
+      if ((f.arg >> 9) != 0) return Bad(absl::StrFormat("LockReply with arg 0x%x", f.arg));
+      if (f.page != 0) return Bad("LockReply with page != 0");
+      return absl::OkStatus();
+    }
+    case MsgType::kLockRelease:
+    case MsgType::kLockCancel:
+      if (f.payload_len != 0) return Bad(absl::StrFormat("%s with a payload", name));
+      if (f.page != 0 || f.arg != 0) return Bad(absl::StrFormat("%s with page/arg != 0", name));
+      return absl::OkStatus();
+    case MsgType::kBarrierEnter:
+    case MsgType::kBarrierCancel: {
+      if (f.payload_len < 1 || f.payload_len > 255) {
+        return Bad(absl::StrFormat("payload_len %u illegal for %s", f.payload_len, name));
+      }
+      const uint64_t members = f.arg;
+      const uint64_t all =
+          cluster_size >= 64 ? ~uint64_t{0} : (uint64_t{1} << cluster_size) - 1;
+      if (members == 0 || (members & ~all) != 0 || ((members >> f.src) & 1) == 0) {
+        return Bad(absl::StrFormat("%s with member mask 0x%x", name, members));
+      }
+      if (f.region != 0) return Bad(absl::StrFormat("%s with region != 0", name));
+      return absl::OkStatus();
+    }
+    case MsgType::kBarrierReply: {
+      if (f.payload_len != 0) return Bad(absl::StrFormat("%s with a payload", name));
+      const uint64_t code = f.arg & 0xff;
+      const uint64_t down = (f.arg >> 8) & 0xff;
+      if (code < 1 || code > 5) return Bad(absl::StrFormat("BarrierReply with code %u", code));
+      if ((f.arg >> 16) != 0 || down >= cluster_size) {
+        return Bad(absl::StrFormat("BarrierReply with arg 0x%x", f.arg));
+      }
+      return absl::OkStatus();
+    }
+    default:
+      return Bad(absl::StrFormat("unknown message type %u", f.type));
+  }
+}
+
+// Payloads that are names: no NUL byte.
+bool PayloadIsName(MsgType t) {
+  return t == MsgType::kRegionOpen || t == MsgType::kBarrierEnter || t == MsgType::kBarrierCancel;
+}
+
 absl::Status CheckHeader(const uint8_t* h, size_t cluster_size, Fields* out) {
   const uint32_t magic = Get32(h + kOffMagic);
   if (magic != kWireMagic) return Bad(absl::StrFormat("bad magic 0x%08x", magic));
@@ -131,7 +210,8 @@ absl::Status CheckHeader(const uint8_t* h, size_t cluster_size, Fields* out) {
   if (version != kWireVersion) {
     return Bad(absl::StrFormat("version %u, expected %u", version, kWireVersion));
   }
-  Fields f{h[kOffType], h[kOffFlags], Get32(h + kOffSrc), Get32(h + kOffLen), Get64(h + kOffArg)};
+  Fields f{h[kOffType],          h[kOffFlags],          Get32(h + kOffSrc), Get32(h + kOffLen),
+           Get64(h + kOffRegion), Get64(h + kOffPage), Get64(h + kOffArg)};
   absl::Status s = CheckFields(f, cluster_size);
   if (!s.ok()) return s;
   *out = f;
@@ -184,9 +264,9 @@ absl::StatusOr<Message> DecodeMessage(absl::Span<const uint8_t> frame, size_t cl
                                kWireHeaderSize + f.payload_len));
   }
   const uint8_t* payload = h + kWireHeaderSize;
-  if (static_cast<MsgType>(f.type) == MsgType::kRegionOpen &&
+  if (PayloadIsName(static_cast<MsgType>(f.type)) &&
       std::memchr(payload, 0, f.payload_len) != nullptr) {
-    return Bad("region name contains a NUL byte");
+    return Bad("name payload contains a NUL byte");
   }
   Message m;
   m.type = static_cast<MsgType>(f.type);
@@ -203,12 +283,11 @@ absl::Status ValidateMessage(const Message& m, size_t cluster_size) {
   if (m.payload.size() > kMaxPayload) {
     return Bad(absl::StrFormat("payload_len %u > max %u", m.payload.size(), kMaxPayload));
   }
-  Fields f{static_cast<uint8_t>(m.type), 0, m.src, m.payload.size(), m.arg};
+  Fields f{static_cast<uint8_t>(m.type), 0, m.src, m.payload.size(), m.region, m.page, m.arg};
   absl::Status s = CheckFields(f, cluster_size);
   if (!s.ok()) return s;
-  if (m.type == MsgType::kRegionOpen &&
-      std::memchr(m.payload.data(), 0, m.payload.size()) != nullptr) {
-    return Bad("region name contains a NUL byte");
+  if (PayloadIsName(m.type) && std::memchr(m.payload.data(), 0, m.payload.size()) != nullptr) {
+    return Bad("name payload contains a NUL byte");
   }
   return absl::OkStatus();
 }

@@ -26,6 +26,9 @@ Message Make(MsgType t, uint64_t arg, size_t payload_len) {
   return m;
 }
 
+Message Lock(MsgType t, uint64_t page, uint64_t arg);
+Message Barrier(MsgType t, uint64_t members, size_t name_len);
+
 // One legal message of every declared type (several shapes where a type has several).
 std::vector<Message> AllLegal() {
   return {
@@ -49,7 +52,26 @@ std::vector<Message> AllLegal() {
       Make(MsgType::kInvAck, 0, 0),
       Make(MsgType::kRecallAck, 1, 0),
       Make(MsgType::kRecallAck, 2, kPageSize),
+      Lock(MsgType::kLockAcquire, 0, 100 | (uint64_t{2} << 48) | (uint64_t{1} << 52)),
+      Lock(MsgType::kLockReply, 0, 1 | (1 << 8)),
+      Lock(MsgType::kLockRelease, 0, 0),
+      Lock(MsgType::kLockCancel, 0, 0),
+      Barrier(MsgType::kBarrierEnter, 0b1010, 5),
+      Barrier(MsgType::kBarrierCancel, 0b1000, 255),
+      Lock(MsgType::kBarrierReply, 7, 3 | (2 << 8)),
   };
+}
+
+// Lock messages carry no region page (page = byte offset for kLockAcquire).
+Message Lock(MsgType t, uint64_t page, uint64_t arg) {
+  Message m = Make(t, arg, 0);
+  m.page = page;
+  return m;
+}
+Message Barrier(MsgType t, uint64_t members, size_t name_len) {
+  Message m = Make(t, members, name_len);
+  m.region = 0;
+  return m;
 }
 
 std::vector<uint8_t> Encode(const Message& m) {
@@ -189,6 +211,28 @@ TEST(Wire, RejectsPayloadSizeIllegalForType) {
       Make(MsgType::kPut, static_cast<uint64_t>(PutKind::kWritebackDrop), 0),
       Make(MsgType::kPut, 99, 0),
       Make(MsgType::kRecall, 0, 0),
+      Lock(MsgType::kLockAcquire, 0, 0 | (uint64_t{1} << 48)),             // len 0
+      Lock(MsgType::kLockAcquire, 0, 1 | (uint64_t{3} << 48)),             // mode 3
+      Lock(MsgType::kLockAcquire, 0, 1 | (uint64_t{1} << 48) | (uint64_t{2} << 52)),  // flag
+      Lock(MsgType::kLockAcquire, 0, 1 | (uint64_t{1} << 48) | (uint64_t{1} << 56)),
+      Lock(MsgType::kLockAcquire, UINT64_MAX, 1 | (uint64_t{1} << 48)),    // wraps
+      Make(MsgType::kLockAcquire, 1 | (uint64_t{1} << 48), 1),             // payload
+      Lock(MsgType::kLockReply, 0, 0),
+      Lock(MsgType::kLockReply, 0, 10),
+      Lock(MsgType::kLockReply, 0, 1 | (1 << 9)),
+      Lock(MsgType::kLockReply, 5, 1),
+      Lock(MsgType::kLockRelease, 0, 1),
+      Lock(MsgType::kLockCancel, 1, 0),
+      Barrier(MsgType::kBarrierEnter, 0, 5),
+      Barrier(MsgType::kBarrierEnter, 0b0001, 5),  // src 3 not a member
+      Barrier(MsgType::kBarrierEnter, 0b11000, 5),  // bit 4 >= cluster size
+      Barrier(MsgType::kBarrierEnter, 0b1000, 0),
+      Barrier(MsgType::kBarrierCancel, 0b1000, 256),
+      Make(MsgType::kBarrierEnter, 0b1000, 5),  // region != 0
+      Lock(MsgType::kBarrierReply, 0, 0),
+      Lock(MsgType::kBarrierReply, 0, 6),
+      Lock(MsgType::kBarrierReply, 0, 3 | (4 << 8)),  // down node outside the cluster
+      Lock(MsgType::kBarrierReply, 0, 3 | (1 << 16)),
   };
   for (const Message& m : bad) {
     SCOPED_TRACE(DebugString(m));
@@ -200,10 +244,11 @@ TEST(Wire, RejectsPayloadSizeIllegalForType) {
       EXPECT_FALSE(PeekFrameLength(absl::MakeConstSpan(b), kCluster).ok());
     }
   }
-  Message nul = Make(MsgType::kRegionOpen, 0, 5);
-  nul.payload[2] = 0;
-  EXPECT_FALSE(DecodeStatus(Encode(nul)).ok());
-  EXPECT_FALSE(ValidateMessage(nul, kCluster).ok());
+  for (Message nul : {Make(MsgType::kRegionOpen, 0, 5), Barrier(MsgType::kBarrierEnter, 8, 5)}) {
+    nul.payload[2] = 0;
+    EXPECT_FALSE(DecodeStatus(Encode(nul)).ok());
+    EXPECT_FALSE(ValidateMessage(nul, kCluster).ok());
+  }
 }
 
 // Random bytes, and legal frames with random bytes flipped: the decoder either rejects them or
