@@ -39,6 +39,16 @@ struct Options {
   // For kLoopback: nodes with the same hub name in one process talk to each other.
   std::string loopback_hub = "default";
 
+  // For kRdma (see docs/RDMA.md). Queue pairs are set up over a TCP socket on `peers` /
+  // `listen`; messages and pages then move over the RDMA device.
+  // Device name as ibv_devices lists it (e.g. "mlx5_0"); empty = the first device.
+  std::string rdma_device;
+  // Port number on that device (1-based, as ibv_devinfo prints it).
+  uint8_t rdma_port = 1;
+  // GID table index; -1 = automatic: InfiniBand uses the LID (no GRH), RoCE prefers a RoCE v2
+  // GID holding an IPv4 address. Set it when `show_gids` says otherwise.
+  int rdma_gid_index = -1;
+
   // How long a peer may stay silent on an outstanding request before it is declared down.
   // Faults waiting on a down peer end: the access raises SIGBUS and the page is reported lost.
   std::chrono::milliseconds peer_timeout{10000};
