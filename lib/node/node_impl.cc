@@ -1,0 +1,99 @@
+// The public Node and Region: thin handles over the Engine, which owns all state.
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "dsm/node.h"
+#include "node/engine.h"
+
+namespace dsm {
+namespace {
+
+class RegionHandle final : public Region {
+ public:
+  RegionHandle(std::shared_ptr<Engine> engine, MappedRegion* r)
+      : engine_(std::move(engine)), id_(r->id()), data_(r->data()), size_(r->size()),
+        name_(r->name()) {}
+  ~RegionHandle() override { (void)Unmap(); }
+
+  void* data() const override { return data_; }
+  size_t size() const override { return size_; }
+  const std::string& name() const override { return name_; }
+
+  absl::Status Sync() override {
+    if (data_ == nullptr) return absl::FailedPreconditionError("region is unmapped");
+    return engine_->SyncRegion(id_);
+  }
+
+  absl::Status Unmap() override {
+    if (data_ == nullptr) return absl::OkStatus();
+    data_ = nullptr;
+    absl::Status s = engine_->UnmapRegion(id_);
+    // Shutdown may have unmapped it already.
+    return absl::IsNotFound(s) || absl::IsFailedPrecondition(s) ? absl::OkStatus() : s;
+  }
+
+ private:
+  std::shared_ptr<Engine> engine_;
+  const RegionId id_;
+  void* data_;
+  const size_t size_;
+  const std::string name_;
+};
+
+class NodeImpl final : public Node {
+ public:
+  explicit NodeImpl(std::shared_ptr<Engine> engine) : engine_(std::move(engine)) {}
+  ~NodeImpl() override { (void)Shutdown(); }
+
+  NodeId id() const override { return engine_->id(); }
+  size_t cluster_size() const override { return engine_->cluster_size(); }
+
+  absl::StatusOr<std::unique_ptr<Region>> MapRegion(const RegionOptions& options) override {
+    absl::StatusOr<MappedRegion*> r = engine_->MapRegion(options);
+    if (!r.ok()) return r.status();
+    return std::unique_ptr<Region>(new RegionHandle(engine_, *r));
+  }
+
+  Stats GetStats() const override { return engine_->GetStats(); }
+  absl::Status Shutdown() override { return engine_->Shutdown(); }
+
+ private:
+  std::shared_ptr<Engine> engine_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Options& options) {
+  absl::StatusOr<std::shared_ptr<Engine>> engine = Engine::Start(options);
+  if (!engine.ok()) return engine.status();
+  return std::unique_ptr<Node>(new NodeImpl(std::move(*engine)));
+}
+
+std::string Stats::ToString() const {
+  std::string s;
+  auto line = [&s](const char* name, uint64_t v) { absl::StrAppendFormat(&s, "%-24s %llu\n", name, static_cast<unsigned long long>(v)); };
+  line("read_faults", read_faults);
+  line("write_faults", write_faults);
+  line("upgrade_faults", upgrade_faults);
+  line("coalesced_faults", coalesced_faults);
+  line("pages_installed", pages_installed);
+  line("pages_lost", pages_lost);
+  line("requests_sent", requests_sent);
+  line("invalidations_received", invalidations_received);
+  line("recalls_received", recalls_received);
+  line("writebacks_sent", writebacks_sent);
+  line("home_requests_served", home_requests_served);
+  line("messages_sent", messages_sent);
+  line("messages_received", messages_received);
+  line("bytes_sent", bytes_sent);
+  line("bytes_received", bytes_received);
+  line("bad_messages", bad_messages);
+  line("peers_down", peers_down);
+  line("pages_shared", pages_shared);
+  line("pages_modified", pages_modified);
+  return s;
+}
+
+}  // namespace dsm

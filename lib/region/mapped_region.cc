@@ -1,0 +1,178 @@
+#include "region/mapped_region.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace dsm {
+
+RegionId RegionIdFromName(const std::string& name) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a; the home also compares the name itself
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+MappedRegion::MappedRegion(const RegionOptions& options, NodeId self, size_t cluster_size,
+                           RegionHost* host)
+    : options_(options),
+      self_(self),
+      cluster_size_(cluster_size),
+      host_(host),
+      id_(RegionIdFromName(options.name)) {}
+
+absl::StatusOr<std::unique_ptr<MappedRegion>> MappedRegion::Create(const RegionOptions& options,
+                                                                   NodeId self,
+                                                                   size_t cluster_size,
+                                                                   RegionHost* host) {
+  if (options.name.empty() || options.name.size() > 255) {
+    return absl::InvalidArgumentError("RegionOptions.name must be 1..255 bytes");
+  }
+  if (options.size == 0) return absl::InvalidArgumentError("RegionOptions.size must be > 0");
+  if (options.home >= cluster_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RegionOptions.home = ", options.home, " but the cluster has ",
+                     cluster_size, " nodes"));
+  }
+  if (options.home_policy == HomePolicy::kInterleaved && !options.file_path.empty()) {
+    return absl::InvalidArgumentError("interleaved homes are for anonymous regions only");
+  }
+  if (!options.file_path.empty() && options.home != self) {
+    return absl::InvalidArgumentError(
+        "RegionOptions.file_path is given only at the home node (the file lives there)");
+  }
+  std::unique_ptr<MappedRegion> r(new MappedRegion(options, self, cluster_size, host));
+  r->num_pages_ = (options.size + kPageSize - 1) / kPageSize;
+  r->size_ = r->num_pages_ * kPageSize;
+  r->base_ = mmap(nullptr, r->size_, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r->base_ == MAP_FAILED) {
+    r->base_ = nullptr;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("mmap of ", r->size_, " bytes for region ", options.name, ": ", strerror(errno)));
+  }
+  // Transparent huge pages would install 2 MiB at a time behind the protocol's back.
+  madvise(r->base_, r->size_, MADV_NOHUGEPAGE);
+  absl::Status s = host->uffd().Register(r->base_, r->size_);
+  if (!s.ok()) return s;
+  r->registered_ = true;
+
+  MappedRegion* raw = r.get();
+  coherence::HomeFn home = [raw](PageIndex p) { return raw->HomeOf(p); };
+  bool homes_any = options.home_policy == HomePolicy::kInterleaved || options.home == self;
+  if (homes_any) {
+    auto storage = HomeStorage::Create(options.file_path, r->size_);
+    if (!storage.ok()) return storage.status();
+    r->storage_ = std::move(*storage);
+    r->directory_ = std::make_unique<coherence::Directory>(
+        coherence::Directory::Config{self, r->id_, r->num_pages_, cluster_size, home}, raw);
+  }
+  r->cache_ = std::make_unique<coherence::Cache>(
+      coherence::Cache::Config{self, r->id_, r->num_pages_, home}, raw);
+  return r;
+}
+
+MappedRegion::~MappedRegion() {
+  if (base_ != nullptr) {
+    if (registered_) {
+      absl::Status s = host_->uffd().Unregister(base_, size_);
+      if (!s.ok()) DSM_LOG(WARNING) << "unregister region " << options_.name << ": " << s;
+    }
+    munmap(base_, size_);
+  }
+}
+
+NodeId MappedRegion::HomeOf(PageIndex page) const {
+  if (options_.home_policy == HomePolicy::kInterleaved) {
+    return static_cast<NodeId>(page % cluster_size_);
+  }
+  return options_.home;
+}
+
+std::vector<NodeId> MappedRegion::RemoteHomes() const {
+  std::vector<NodeId> out;
+  if (options_.home_policy == HomePolicy::kInterleaved) {
+    for (NodeId n = 0; n < cluster_size_ && n < num_pages_; ++n) {
+      if (n != self_) out.push_back(n);
+    }
+  } else if (options_.home != self_) {
+    out.push_back(options_.home);
+  }
+  return out;
+}
+
+void MappedRegion::Send(Message&& m) { host_->SendMessage(std::move(m)); }
+
+void MappedRegion::Install(PageIndex page, const uint8_t* data, coherence::PageState state) {
+  absl::Status s = host_->uffd().Copy(PageAddr(page), data, kPageSize,
+                                      /*write_protect=*/state != coherence::PageState::kModified);
+  if (s.ok()) {
+    ++pages_installed_;
+    return;
+  }
+  // Mapped already: only the application itself could have done that (it must not touch the
+  // mapping's layout); make the contents and access right rather than lose the grant.
+  DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": install: " << s;
+  if (absl::IsAlreadyExists(s)) {
+    (void)host_->uffd().WriteProtect(PageAddr(page), kPageSize, false);
+    std::memcpy(PageAddr(page), data, kPageSize);
+    SetAccess(page, state);
+    Wake(page);
+  }
+}
+
+void MappedRegion::SetAccess(PageIndex page, coherence::PageState state) {
+  absl::Status s = host_->uffd().WriteProtect(PageAddr(page), kPageSize,
+                                              state != coherence::PageState::kModified);
+  if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
+}
+
+void MappedRegion::ReadPage(PageIndex page, uint8_t* out) {
+  // The page is mapped (S or M, installed by us), so reading it cannot fault; for M the
+  // protocol write-protected it first, so no store can race with the copy.
+  std::memcpy(out, PageAddr(page), kPageSize);
+}
+
+void MappedRegion::Drop(PageIndex page) {
+  absl::Status s = host_->uffd().Zap(PageAddr(page), kPageSize);
+  if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
+}
+
+void MappedRegion::Fail(PageIndex page, ErrorCode why) {
+  Userfaultfd& uffd = host_->uffd();
+  (void)uffd.Zap(PageAddr(page), kPageSize);
+  absl::Status s = uffd.Poison(PageAddr(page), kPageSize);
+  if (!s.ok()) {
+    // Without UFFDIO_POISON (Linux < 6.6) the access cannot be made to raise SIGBUS; deny it
+    // instead (SIGSEGV) and wake the waiters so no thread stays blocked.
+    if (mprotect(PageAddr(page), kPageSize, PROT_NONE) != 0) {
+      DSM_LOG(ERROR) << "mprotect of lost page failed: " << strerror(errno);
+    }
+    (void)uffd.Wake(PageAddr(page), kPageSize);
+  }
+  DSM_LOG(WARNING) << "region " << options_.name << " page " << page << " lost (code "
+                   << static_cast<uint64_t>(why) << "); accesses raise SIGBUS";
+  host_->ReportLost(options_.name, page, 1);
+}
+
+void MappedRegion::Wake(PageIndex page) {
+  absl::Status s = host_->uffd().Wake(PageAddr(page), kPageSize);
+  if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
+}
+
+absl::Status MappedRegion::LoadPage(PageIndex page, uint8_t* out) {
+  if (!storage_) return absl::FailedPreconditionError("not a home of this region");
+  return storage_->Load(page, out);
+}
+
+void MappedRegion::StorePage(PageIndex page, const uint8_t* data) {
+  if (storage_) storage_->Store(page, data);
+}
+
+}  // namespace dsm

@@ -1,0 +1,101 @@
+// MappedRegion: one region as the engine sees it. It owns the application's mapping
+// (anonymous memory registered with userfaultfd), the requester-side Cache, and, on a node
+// that is home for some of its pages, the Directory and the HomeStorage. It carries out the
+// protocol's effects: it is the CachePort (UFFDIO_COPY / WRITEPROTECT / POISON, MADV_DONTNEED
+// on the mapping) and the DirectoryPort (home storage) of its state machines.
+//
+// Thread safety: engine thread only, except data()/size() which are immutable.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coherence/cache.h"
+#include "coherence/directory.h"
+#include "dsm/options.h"
+#include "fault/userfaultfd.h"
+#include "region/home_storage.h"
+
+namespace dsm {
+
+// What a region needs from the node that maps it.
+class RegionHost {
+ public:
+  virtual void SendMessage(Message&& m) = 0;  // m.dst set; never re-entrant
+  virtual Userfaultfd& uffd() = 0;
+  // Pages of `region` that became unreachable (already poisoned).
+  virtual void ReportLost(const std::string& region, PageIndex first, uint64_t count) = 0;
+
+ protected:
+  ~RegionHost() = default;
+};
+
+RegionId RegionIdFromName(const std::string& name);
+
+class MappedRegion final : public coherence::CachePort, public coherence::DirectoryPort {
+ public:
+  // Maps and registers the memory; creates home storage when this node homes any page.
+  static absl::StatusOr<std::unique_ptr<MappedRegion>> Create(const RegionOptions& options,
+                                                              NodeId self, size_t cluster_size,
+                                                              RegionHost* host);
+  ~MappedRegion();  // unregisters and unmaps
+  MappedRegion(const MappedRegion&) = delete;
+  MappedRegion& operator=(const MappedRegion&) = delete;
+
+  RegionId id() const { return id_; }
+  const std::string& name() const { return options_.name; }
+  void* data() const { return base_; }
+  size_t size() const { return size_; }
+  uint64_t num_pages() const { return num_pages_; }
+  NodeId HomeOf(PageIndex page) const;
+  // Every node other than this one that is home for some page.
+  std::vector<NodeId> RemoteHomes() const;
+  bool Contains(uintptr_t addr) const {
+    return addr >= reinterpret_cast<uintptr_t>(base_) &&
+           addr < reinterpret_cast<uintptr_t>(base_) + size_;
+  }
+  PageIndex PageOf(uintptr_t addr) const {
+    return (addr - reinterpret_cast<uintptr_t>(base_)) / kPageSize;
+  }
+
+  coherence::Cache& cache() { return *cache_; }
+  coherence::Directory* directory() { return directory_.get(); }
+  HomeStorage* storage() { return storage_.get(); }
+
+  // CachePort.
+  void Send(Message&& m) override;
+  void Install(PageIndex page, const uint8_t* data, coherence::PageState state) override;
+  void SetAccess(PageIndex page, coherence::PageState state) override;
+  void ReadPage(PageIndex page, uint8_t* out) override;
+  void Drop(PageIndex page) override;
+  void Fail(PageIndex page, ErrorCode why) override;
+  void Wake(PageIndex page) override;
+  // DirectoryPort.
+  absl::Status LoadPage(PageIndex page, uint8_t* out) override;
+  void StorePage(PageIndex page, const uint8_t* data) override;
+
+  uint64_t pages_installed() const { return pages_installed_; }
+
+ private:
+  MappedRegion(const RegionOptions& options, NodeId self, size_t cluster_size, RegionHost* host);
+  uint8_t* PageAddr(PageIndex page) const { return static_cast<uint8_t*>(base_) + page * kPageSize; }
+
+  const RegionOptions options_;
+  const NodeId self_;
+  const size_t cluster_size_;
+  RegionHost* const host_;
+  const RegionId id_;
+  size_t size_ = 0;
+  uint64_t num_pages_ = 0;
+  void* base_ = nullptr;
+  bool registered_ = false;
+  std::unique_ptr<HomeStorage> storage_;
+  std::unique_ptr<coherence::Cache> cache_;
+  std::unique_ptr<coherence::Directory> directory_;
+  uint64_t pages_installed_ = 0;
+};
+
+}  // namespace dsm
