@@ -12,12 +12,33 @@
 //    M writable. Only this class changes it, through the port, before the message that
 //    reports the change is sent (so the home never counts on a copy that is still writable).
 //  - At most one request per page is outstanding (pending); later faults join it.
-//  - A request is kGetM if any waiting fault is a write (a read that finds a write pending
-//    waits for it: M satisfies reads).
+//  - A request is kGetM if the fault that started it is a write (a read that finds a write
+//    pending waits for it: M satisfies reads). A write that joins a pending kGetS is
+//    remembered: when the S grant is installed the cache sends kGetM at once (the writer,
+//    woken by the install, re-faults with a WP fault that joins this kGetM).
+//  - pending => state is I or S (an M page needs nothing). A lost page is I, never pending,
+//    and every later fault on it is answered with Fail.
 //  - A reply is matched by req_id; a reply for a request that no longer exists is ignored.
+//  - kInv and kRecall are always answered (idempotent), whatever the state: the home counts
+//    the answers, and a copy that is already gone was reported by an earlier kPut on the
+//    same FIFO channel.
+//
+// Races handled here (see also directory.h):
+//  - Stale fault: the kernel reports a fault the page already satisfies (read on S/M, write on
+//    M: another thread's fault was resolved first) -> port Wake, no request.
+//  - WP fault on a page that was invalidated meanwhile (now I) -> a write miss (kGetM).
+//  - kInv while our own upgrade (kGetM from S) is in flight: drop, ack, stay pending; the
+//    home serves our kGetM after this invalidation's transaction and, since we are no longer
+//    a sharer, answers with kData.
+//  - kRecall after we wrote the page back (kPut crossed the recall): answer without payload
+//    with the current state; the home applied the kPut first (per-pair FIFO).
+//  - A dataless kGrant while the page is I cannot happen (the home grants without data only
+//    to a recorded sharer, and a sharer is removed only after it reported its drop). It is
+//    handled defensively: logged, and kGetM is sent again (the home then sends data).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -82,11 +103,16 @@ class Cache {
 
   PageState state(PageIndex page) const;
   bool pending(PageIndex page) const;
+  // The page could not be obtained (kNack or home down): accesses get SIGBUS from now on.
+  bool lost(PageIndex page) const;
   uint64_t num_pages() const;
 
   struct Counters {
+    // read/write/upgrade_faults count faults that needed a request (coalesced ones included);
+    // stale_faults were already satisfied and only woken.
     uint64_t read_faults = 0, write_faults = 0, upgrade_faults = 0, coalesced_faults = 0,
-             requests_sent = 0, invalidations = 0, recalls = 0, writebacks = 0, lost = 0;
+             stale_faults = 0, requests_sent = 0, invalidations = 0, recalls = 0,
+             writebacks = 0, lost = 0;
     uint64_t shared = 0, modified = 0;  // pages currently in S / M
   };
   const Counters& counters() const;

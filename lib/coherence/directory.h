@@ -9,15 +9,41 @@
 // Thread safety: not thread-safe; one engine thread owns it. No I/O: storage and messages go
 // through DirectoryPort.
 //
-// Invariants (per page, between transactions):
-//  - Modified => exactly one owner and no sharers; Shared => owner none, sharers non-empty.
-//  - The home's storage holds the latest data whenever the page is not Modified.
-//  - At most one transaction is active; others queue in arrival order.
+// Invariants (per page):
+//  - Modified => exactly one owner and no sharers; Shared => owner none, sharers non-empty;
+//    Uncached => no copies.
+//  - Every node that has the page mapped (S or M) is recorded (a sharer or the owner): the
+//    home records a grant before sending it and forgets a copy only after the holder reported
+//    its drop (kInvAck, kRecallAck, kPut), so the recorded set is a superset of the real one.
+//  - The home's storage holds the latest data whenever the page is not Modified (and not
+//    lost).
+//  - At most one transaction is active per page; others queue in arrival order in a side
+//    table (busy pages only). A kGetM is granted only when every other copy has acknowledged
+//    its invalidation or recall.
 //  - A write-back (kPut) from the current owner is applied at once, even while the page is
 //    busy: with per-pair FIFO delivery it precedes that owner's answer to any recall.
+//  - Requests are judged on the directory's state, never on what the requester says: a kGetM
+//    is answered without data only if the requester is a recorded sharer.
+//  - A lost page (its Modified owner went down) stays lost: every request gets kNack.
+//
+// Races handled here:
+//  - Recall crosses a write-back: the kPut is applied when it arrives (state Uncached or
+//    Shared{owner}); the recall ack that follows carries no data and only updates the
+//    owner's membership.
+//  - Invalidation crosses a sharer's own upgrade or release: the sharer acks any kInv, and its
+//    kGetM waits in the queue behind the current transaction; when served it is no longer a
+//    sharer, so it gets data. A kPut(kDropClean) that crosses a kInv just removes the sharer;
+//    the ack is still awaited.
+//  - Two sharers upgrade at once: the first kGetM invalidates the second sharer; the second
+//    kGetM, queued, then recalls the first (now the owner) and is answered with data.
+//  - Stale kPut (sender is not the owner/sharer it claims to be): only possible after a lost
+//    page or a protocol bug. Its payload is never stored: if the sender is not the recorded
+//    owner, the home's copy (or the current owner's) is at least as new, because ownership
+//    only moves away from a node through its own write-back or recall ack.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -64,9 +90,21 @@ class Directory {
 
   struct Counters {
     uint64_t requests_served = 0, invalidations_sent = 0, recalls_sent = 0, writebacks = 0,
-             lost_pages = 0;
+             lost_pages = 0, nacks_sent = 0, queued_requests = 0;
   };
   const Counters& counters() const;
+
+  // Introspection for tests and debugging: the directory entry of `page`.
+  enum class EntryState : uint8_t { kUncached = 0, kShared = 1, kModified = 2 };
+  struct EntryView {
+    EntryState state = EntryState::kUncached;
+    uint64_t sharers = 0;  // bit n = node n (Shared only)
+    NodeId owner = 0;      // Modified only
+    bool busy = false;     // a transaction is active
+    bool lost = false;
+    size_t queued = 0;     // requests waiting behind the active transaction
+  };
+  EntryView entry(PageIndex page) const;
 
  private:
   struct Impl;

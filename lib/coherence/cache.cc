@@ -1,0 +1,351 @@
+#include "coherence/cache.h"
+
+#include <utility>
+
+#include "common/log.h"
+
+namespace dsm::coherence {
+namespace {
+
+// Per-page byte: bits 0-1 PageState, then flags. One byte per page, in a LazyArray.
+constexpr uint8_t kStateMask = 0x3;
+constexpr uint8_t kPendingBit = 0x4;
+constexpr uint8_t kLostBit = 0x8;
+
+uint64_t Bit(NodeId n) { return n < kMaxNodes ? uint64_t{1} << n : 0; }
+
+}  // namespace
+
+struct Cache::Impl {
+  // The one outstanding request of a pending page.
+  struct Request {
+    uint64_t req_id = 0;
+    NodeId home = 0;
+    absl::Time start;
+    bool write = false;       // sent as kGetM
+    bool want_write = false;  // a write fault joined this kGetS: upgrade once S is installed
+  };
+
+  Impl(Config config, CachePort* p) : cfg(std::move(config)), port(p), pages(cfg.num_pages) {}
+
+  Config cfg;
+  CachePort* port;
+  LazyArray<uint8_t> pages;
+  absl::flat_hash_map<PageIndex, Request> pending;
+  uint64_t next_req_id = 1;
+  uint64_t down = 0;  // homes declared down
+  Counters c;
+
+  PageState State(PageIndex p) const { return static_cast<PageState>(pages[p] & kStateMask); }
+  bool IsLost(PageIndex p) const { return (pages[p] & kLostBit) != 0; }
+
+  void SetState(PageIndex p, PageState s) {
+    PageState old = State(p);
+    if (old == PageState::kShared) --c.shared;
+    if (old == PageState::kModified) --c.modified;
+    if (s == PageState::kShared) ++c.shared;
+    if (s == PageState::kModified) ++c.modified;
+    pages[p] = static_cast<uint8_t>((pages[p] & ~kStateMask) | static_cast<uint8_t>(s));
+  }
+
+  Message Make(MsgType t, NodeId dst, PageIndex page, uint64_t req_id, uint64_t arg) const {
+    Message m;
+    m.type = t;
+    m.src = cfg.self;
+    m.dst = dst;
+    m.region = cfg.region;
+    m.page = page;
+    m.req_id = req_id;
+    m.arg = arg;
+    return m;
+  }
+
+  void SendRequest(PageIndex page, bool write, absl::Time now) {
+    Request r;
+    r.req_id = next_req_id++;
+    r.home = cfg.home(page);
+    r.start = now;
+    r.write = write;
+    pending[page] = r;
+    pages[page] |= kPendingBit;
+    ++c.requests_sent;
+    port->Send(Make(write ? MsgType::kGetM : MsgType::kGetS, r.home, page, r.req_id, 0));
+  }
+
+  // Ends the pending request (if any) and fails the page for good.
+  void MarkLost(PageIndex page, ErrorCode why) {
+    pending.erase(page);
+    if (State(page) != PageState::kInvalid) port->Drop(page);
+    SetState(page, PageState::kInvalid);
+    pages[page] = static_cast<uint8_t>((pages[page] & ~kPendingBit) | kLostBit);
+    ++c.lost;
+    port->Fail(page, why);
+  }
+
+  void OnReply(const Message& m, absl::Time now);
+  void OnInv(const Message& m);
+  void OnRecall(const Message& m);
+};
+
+Cache::Cache(Config config, CachePort* port)
+    : impl_(std::make_shared<Impl>(std::move(config), port)) {}
+
+void Cache::OnFault(PageIndex page, bool write, absl::Time now) {
+  Impl& s = *impl_;
+  if (page >= s.cfg.num_pages) {
+    DSM_LOG(ERROR) << "fault on page " << page << " beyond the region (" << s.cfg.num_pages
+                   << " pages)";
+    s.port->Fail(page, ErrorCode::kIoError);
+    return;
+  }
+  if (s.IsLost(page)) {
+    s.port->Fail(page, ErrorCode::kPageLost);
+    return;
+  }
+  PageState st = s.State(page);
+  if (st == PageState::kModified || (st == PageState::kShared && !write)) {
+    // Another fault on this page was resolved first; the faulting thread only needs waking.
+    ++s.c.stale_faults;
+    s.port->Wake(page);
+    return;
+  }
+  if (!write) {
+    ++s.c.read_faults;
+  } else if (st == PageState::kShared) {
+    ++s.c.upgrade_faults;
+  } else {
+    ++s.c.write_faults;  // includes a WP fault on a page invalidated meanwhile
+  }
+  auto it = s.pending.find(page);
+  if (it != s.pending.end()) {
+    ++s.c.coalesced_faults;
+    if (write && !it->second.write) it->second.want_write = true;
+    return;
+  }
+  if ((s.down & Bit(s.cfg.home(page))) != 0) {
+    s.MarkLost(page, ErrorCode::kPageLost);
+    return;
+  }
+  s.SendRequest(page, write, now);
+}
+
+void Cache::OnMessage(const Message& m, absl::Time now) {
+  Impl& s = *impl_;
+  if (m.page >= s.cfg.num_pages) {
+    DSM_LOG(ERROR) << "coherence message for page " << m.page << " beyond the region";
+    return;
+  }
+  switch (m.type) {
+    case MsgType::kData:
+    case MsgType::kGrant:
+    case MsgType::kNack:
+      s.OnReply(m, now);
+      return;
+    case MsgType::kInv:
+      s.OnInv(m);
+      return;
+    case MsgType::kRecall:
+      s.OnRecall(m);
+      return;
+    default:
+      DSM_LOG(ERROR) << "cache got unexpected message type " << static_cast<int>(m.type);
+      return;
+  }
+}
+
+void Cache::Impl::OnReply(const Message& m, absl::Time now) {
+  const PageIndex page = m.page;
+  auto it = pending.find(page);
+  if (it == pending.end() || it->second.req_id != m.req_id) {
+    DSM_LOG(WARNING) << "ignoring reply for page " << page << " req " << m.req_id
+                     << ": no such request outstanding";
+    return;
+  }
+  const Request r = it->second;
+  if (m.src != r.home) {
+    DSM_LOG(ERROR) << "reply for page " << page << " from node " << m.src << ", not its home "
+                   << r.home;
+    return;
+  }
+  if (m.type == MsgType::kNack) {
+    MarkLost(page, static_cast<ErrorCode>(m.arg));
+    return;
+  }
+  const PageState st = State(page);
+  if (m.type == MsgType::kGrant) {
+    if (static_cast<Grant>(m.arg) != Grant::kModified) {
+      DSM_LOG(ERROR) << "dataless grant other than M for page " << page;
+      return;
+    }
+    if (st == PageState::kShared) {
+      pending.erase(it);
+      pages[page] &= static_cast<uint8_t>(~kPendingBit);
+      port->SetAccess(page, PageState::kModified);
+      SetState(page, PageState::kModified);
+      return;
+    }
+    // Protocol bug: the home believes we hold a valid S copy, but we do not. Ask again: the
+    // home, seeing us as owner and not as sharer, answers with data (its copy is current,
+    // since it granted us without data only because no one held the page M).
+    DSM_LOG(ERROR) << "dataless M grant for page " << page << " held " << PageStateName(st)
+                   << "; requesting again";
+    SendRequest(page, /*write=*/true, now);
+    return;
+  }
+  // kData.
+  const Grant g = static_cast<Grant>(m.arg);
+  if (m.payload.size() != kPageSize || (g != Grant::kShared && g != Grant::kModified)) {
+    DSM_LOG(ERROR) << "malformed data grant for page " << page;
+    MarkLost(page, ErrorCode::kIoError);
+    return;
+  }
+  if (st != PageState::kInvalid) {
+    // Cannot happen: data is sent only to a node the home does not list as a sharer, and we
+    // left S only after telling the home. Replace the copy rather than trust the old one.
+    DSM_LOG(ERROR) << "data grant for page " << page << " held " << PageStateName(st);
+    port->Drop(page);
+    SetState(page, PageState::kInvalid);
+  }
+  const PageState ns = g == Grant::kModified ? PageState::kModified : PageState::kShared;
+  pending.erase(it);
+  pages[page] &= static_cast<uint8_t>(~kPendingBit);
+  port->Install(page, m.payload.data(), ns);
+  SetState(page, ns);
+  if (ns == PageState::kShared && (r.write || r.want_write)) {
+    // A writer is waiting: upgrade now rather than wait for its WP re-fault.
+    SendRequest(page, /*write=*/true, now);
+  }
+}
+
+void Cache::Impl::OnInv(const Message& m) {
+  ++c.invalidations;
+  const PageState st = State(m.page);
+  if (st == PageState::kModified) {
+    // Cannot happen: the home invalidates only recorded sharers, never its M owner. Drop
+    // anyway: the home will grant M elsewhere after our ack, and single-writer matters more
+    // than this node's unsent stores.
+    DSM_LOG(ERROR) << "invalidation of Modified page " << m.page << "; dropping it";
+  }
+  if (st != PageState::kInvalid) {
+    port->Drop(m.page);
+    SetState(m.page, PageState::kInvalid);
+  }
+  port->Send(Make(MsgType::kInvAck, m.src, m.page, m.req_id, 0));
+}
+
+void Cache::Impl::OnRecall(const Message& m) {
+  ++c.recalls;
+  const PageIndex page = m.page;
+  const bool invalidate = static_cast<RecallKind>(m.arg) == RecallKind::kInvalidate;
+  Message ack = Make(MsgType::kRecallAck, m.src, page, m.req_id, 0);
+  PageState st = State(page);
+  if (st == PageState::kModified) {
+    // Write-protect before reading so no store lands after the copy is taken.
+    port->SetAccess(page, PageState::kShared);
+    SetState(page, PageState::kShared);
+    ack.payload.resize(kPageSize);
+    port->ReadPage(page, ack.payload.data());
+    st = PageState::kShared;
+  }
+  if (invalidate && st == PageState::kShared) {
+    port->Drop(page);
+    SetState(page, PageState::kInvalid);
+    st = PageState::kInvalid;
+  }
+  ack.arg = static_cast<uint64_t>(st);
+  port->Send(std::move(ack));
+}
+
+void Cache::OnPeerDown(NodeId peer) {
+  Impl& s = *impl_;
+  s.down |= Bit(peer);
+  std::vector<PageIndex> failed;
+  for (const auto& [page, r] : s.pending) {
+    if (r.home == peer) failed.push_back(page);
+  }
+  for (PageIndex page : failed) s.MarkLost(page, ErrorCode::kPageLost);
+}
+
+void Cache::CollectOverdue(absl::Time now, absl::Duration timeout,
+                           std::vector<NodeId>* peers) const {
+  uint64_t seen = 0;
+  for (const auto& [page, r] : impl_->pending) {
+    if (now - r.start > timeout && (seen & Bit(r.home)) == 0) {
+      seen |= Bit(r.home);
+      peers->push_back(r.home);
+    }
+  }
+}
+
+bool Cache::Release(PageIndex page) {
+  Impl& s = *impl_;
+  if (page >= s.cfg.num_pages || (s.pages[page] & (kPendingBit | kLostBit)) != 0) return false;
+  const PageState st = s.State(page);
+  const NodeId home = s.cfg.home(page);
+  const bool home_down = (s.down & Bit(home)) != 0;
+  if (st == PageState::kShared) {
+    s.port->Drop(page);
+    s.SetState(page, PageState::kInvalid);
+    if (!home_down) s.port->Send(s.Make(MsgType::kPut, home, page, 0,
+                                        static_cast<uint64_t>(PutKind::kDropClean)));
+    return true;
+  }
+  if (st == PageState::kModified) {
+    if (home_down) return false;  // the only copy: nowhere to write it
+    Message m = s.Make(MsgType::kPut, home, page, 0,
+                       static_cast<uint64_t>(PutKind::kWritebackDrop));
+    s.port->SetAccess(page, PageState::kShared);
+    m.payload.resize(kPageSize);
+    s.port->ReadPage(page, m.payload.data());
+    s.port->Drop(page);
+    s.SetState(page, PageState::kInvalid);
+    ++s.c.writebacks;
+    s.port->Send(std::move(m));
+    return true;
+  }
+  return false;
+}
+
+size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
+  Impl& s = *impl_;
+  uint64_t seen = 0;
+  for (NodeId h : *homes) seen |= Bit(h);
+  size_t written = 0;
+  // Scan until every M page is found (counters track how many there are); the table is one
+  // byte per page, so even a 64 GiB region scans in milliseconds.
+  uint64_t remaining = s.c.modified;
+  for (PageIndex page = 0; page < s.cfg.num_pages && remaining > 0; ++page) {
+    if (s.State(page) != PageState::kModified) continue;
+    --remaining;
+    const NodeId home = s.cfg.home(page);
+    if ((s.down & Bit(home)) != 0) continue;
+    Message m = s.Make(MsgType::kPut, home, page, 0,
+                       static_cast<uint64_t>(PutKind::kWritebackKeep));
+    s.port->SetAccess(page, PageState::kShared);
+    s.SetState(page, PageState::kShared);
+    m.payload.resize(kPageSize);
+    s.port->ReadPage(page, m.payload.data());
+    ++s.c.writebacks;
+    ++written;
+    s.port->Send(std::move(m));
+    if ((seen & Bit(home)) == 0) {
+      seen |= Bit(home);
+      homes->push_back(home);
+    }
+  }
+  return written;
+}
+
+PageState Cache::state(PageIndex page) const {
+  return page < impl_->cfg.num_pages ? impl_->State(page) : PageState::kInvalid;
+}
+bool Cache::pending(PageIndex page) const {
+  return page < impl_->cfg.num_pages && (impl_->pages[page] & kPendingBit) != 0;
+}
+bool Cache::lost(PageIndex page) const {
+  return page < impl_->cfg.num_pages && impl_->IsLost(page);
+}
+uint64_t Cache::num_pages() const { return impl_->cfg.num_pages; }
+const Cache::Counters& Cache::counters() const { return impl_->c; }
+
+}  // namespace dsm::coherence

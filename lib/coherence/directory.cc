@@ -1,0 +1,401 @@
+#include "coherence/directory.h"
+
+#include <bit>
+#include <deque>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "common/log.h"
+
+namespace dsm::coherence {
+namespace {
+
+// Per page: one 64-bit word (the sharer mask when Shared, the owner id when Modified) and one
+// flag byte (bits 0-1 state, busy, lost): 9 bytes, both in LazyArrays.
+constexpr uint8_t kStateMask = 0x3;
+constexpr uint8_t kBusyBit = 0x4;
+constexpr uint8_t kLostBit = 0x8;
+
+using EntryState = Directory::EntryState;
+
+uint64_t Bit(NodeId n) { return n < kMaxNodes ? uint64_t{1} << n : 0; }
+
+}  // namespace
+
+struct Directory::Impl {
+  struct Request {
+    MsgType type = MsgType::kGetS;
+    NodeId src = 0;
+    uint64_t req_id = 0;
+    absl::Time start;
+  };
+  // Side-table entry of a busy page: the active transaction and the requests behind it.
+  struct Txn {
+    bool active = false;
+    Request req;
+    uint64_t waiting = 0;     // nodes that owe a kInvAck
+    bool recalling = false;   // recall_from owes a kRecallAck
+    NodeId recall_from = 0;
+    absl::Time since;         // when the current wait began (for CollectOverdue)
+    std::deque<Request> queue;
+  };
+
+  Impl(Config config, DirectoryPort* p)
+      : cfg(std::move(config)), port(p), words(cfg.num_pages), flags(cfg.num_pages) {}
+
+  Config cfg;
+  DirectoryPort* port;
+  LazyArray<uint64_t> words;
+  LazyArray<uint8_t> flags;
+  absl::flat_hash_map<PageIndex, Txn> txns;
+  uint64_t down = 0;
+  Counters c;
+
+  EntryState State(PageIndex p) const { return static_cast<EntryState>(flags[p] & kStateMask); }
+  uint64_t Sharers(PageIndex p) const {
+    return State(p) == EntryState::kShared ? words[p] : 0;
+  }
+  bool IsLost(PageIndex p) const { return (flags[p] & kLostBit) != 0; }
+
+  void SetUncached(PageIndex p) {
+    flags[p] = static_cast<uint8_t>(flags[p] & ~kStateMask);
+    words[p] = 0;
+  }
+  void SetShared(PageIndex p, uint64_t sharers) {
+    if (sharers == 0) return SetUncached(p);
+    flags[p] = static_cast<uint8_t>((flags[p] & ~kStateMask) |
+                                    static_cast<uint8_t>(EntryState::kShared));
+    words[p] = sharers;
+  }
+  void SetModified(PageIndex p, NodeId owner) {
+    flags[p] = static_cast<uint8_t>((flags[p] & ~kStateMask) |
+                                    static_cast<uint8_t>(EntryState::kModified));
+    words[p] = owner;
+  }
+  void RemoveSharer(PageIndex p, NodeId n) {
+    if (State(p) == EntryState::kShared) SetShared(p, words[p] & ~Bit(n));
+  }
+  bool IsOwner(PageIndex p, NodeId n) const {
+    return State(p) == EntryState::kModified && words[p] == n;
+  }
+
+  Message Make(MsgType t, NodeId dst, PageIndex page, uint64_t req_id, uint64_t arg) const {
+    Message m;
+    m.type = t;
+    m.src = cfg.self;
+    m.dst = dst;
+    m.region = cfg.region;
+    m.page = page;
+    m.req_id = req_id;
+    m.arg = arg;
+    return m;
+  }
+  void Nack(const Request& r, PageIndex page, ErrorCode why) {
+    ++c.nacks_sent;
+    port->Send(Make(MsgType::kNack, r.src, page, r.req_id, static_cast<uint64_t>(why)));
+  }
+
+  void OnRequest(const Message& m, absl::Time now);
+  void OnPut(const Message& m);
+  void OnInvAck(const Message& m);
+  void OnRecallAck(const Message& m);
+  void Begin(PageIndex page, Txn& t, absl::Time now);
+  void Finish(PageIndex page, const Txn& t);
+  void Drain(PageIndex page, absl::Time now);
+};
+
+Directory::Directory(Config config, DirectoryPort* port)
+    : impl_(std::make_shared<Impl>(std::move(config), port)) {}
+
+void Directory::OnMessage(const Message& m, absl::Time now) {
+  Impl& s = *impl_;
+  if (m.src >= kMaxNodes || (s.down & Bit(m.src)) != 0) {
+    DSM_LOG(WARNING) << "directory ignoring message from node " << m.src;
+    return;
+  }
+  const bool is_request = m.type == MsgType::kGetS || m.type == MsgType::kGetM;
+  if (m.page >= s.cfg.num_pages || s.cfg.home(m.page) != s.cfg.self) {
+    DSM_LOG(ERROR) << "directory of node " << s.cfg.self << " is not home of page " << m.page;
+    if (is_request) {
+      Impl::Request r{m.type, m.src, m.req_id, now};
+      s.Nack(r, m.page, ErrorCode::kNotHome);
+    }
+    return;
+  }
+  switch (m.type) {
+    case MsgType::kGetS:
+    case MsgType::kGetM:
+      s.OnRequest(m, now);
+      return;
+    case MsgType::kPut:
+      s.OnPut(m);
+      return;
+    case MsgType::kInvAck:
+      s.OnInvAck(m);
+      s.Drain(m.page, now);
+      return;
+    case MsgType::kRecallAck:
+      s.OnRecallAck(m);
+      s.Drain(m.page, now);
+      return;
+    default:
+      DSM_LOG(ERROR) << "directory got unexpected message type " << static_cast<int>(m.type);
+      return;
+  }
+}
+
+void Directory::Impl::OnRequest(const Message& m, absl::Time now) {
+  Request r{m.type, m.src, m.req_id, now};
+  Txn& t = txns[m.page];  // creates the side-table entry only for this page
+  t.queue.push_back(r);
+  if (t.active) ++c.queued_requests;
+  Drain(m.page, now);
+}
+
+// Runs the page's transactions until one has to wait for an answer or the queue is empty.
+void Directory::Impl::Drain(PageIndex page, absl::Time now) {
+  auto it = txns.find(page);
+  while (it != txns.end()) {
+    Txn& t = it->second;
+    if (t.active) {
+      if (t.waiting != 0 || t.recalling) {
+        flags[page] |= kBusyBit;
+        return;
+      }
+      Finish(page, t);
+      t.active = false;
+    }
+    if (t.queue.empty()) {
+      txns.erase(it);
+      flags[page] &= static_cast<uint8_t>(~kBusyBit);
+      return;
+    }
+    t.req = t.queue.front();
+    t.queue.pop_front();
+    t.active = true;
+    Begin(page, t, now);
+  }
+}
+
+// Starts the transaction of t.req: sends the invalidations and recall it needs.
+void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
+  const Request& r = t.req;
+  t.waiting = 0;
+  t.recalling = false;
+  t.since = now;
+  if (IsLost(page) || (down & Bit(r.src)) != 0) return;  // Finish nacks / drops it
+  const EntryState st = State(page);
+  if (st == EntryState::kModified) {
+    const NodeId owner = static_cast<NodeId>(words[page]);
+    if (owner == r.src) {
+      // The owner asks for a page it holds M: it lost the copy without a write-back (a cache
+      // bug; see Cache's dataless-grant defence). Our copy is the best there is.
+      DSM_LOG(ERROR) << "node " << owner << " requests page " << page << " it owns";
+      SetUncached(page);
+    } else {
+      const RecallKind kind =
+          r.type == MsgType::kGetS ? RecallKind::kDowngrade : RecallKind::kInvalidate;
+      t.recalling = true;
+      t.recall_from = owner;
+      ++c.recalls_sent;
+      port->Send(Make(MsgType::kRecall, owner, page, r.req_id, static_cast<uint64_t>(kind)));
+    }
+  }
+  if (r.type == MsgType::kGetM) {
+    const uint64_t others = Sharers(page) & ~Bit(r.src);
+    t.waiting = others;
+    for (uint64_t m = others; m != 0; m &= m - 1) {
+      const NodeId n = static_cast<NodeId>(std::countr_zero(m));
+      ++c.invalidations_sent;
+      port->Send(Make(MsgType::kInv, n, page, r.req_id, 0));
+    }
+  }
+}
+
+// Completes t.req: every other copy it needed gone is gone.
+void Directory::Impl::Finish(PageIndex page, const Txn& t) {
+  const Request& r = t.req;
+  if ((down & Bit(r.src)) != 0) return;  // nobody to grant to; state is already consistent
+  if (IsLost(page)) {
+    Nack(r, page, ErrorCode::kPageLost);
+    return;
+  }
+  const EntryState st = State(page);
+  if (st == EntryState::kModified) {
+    DSM_LOG(FATAL) << "page " << page << " still Modified at node " << words[page]
+                   << " when its transaction completes";
+  }
+  if (r.type == MsgType::kGetM && (Sharers(page) & ~Bit(r.src)) != 0) {
+    DSM_LOG(FATAL) << "granting M on page " << page << " while other sharers remain";
+  }
+  const bool has_valid_copy = r.type == MsgType::kGetM && (Sharers(page) & Bit(r.src)) != 0;
+  Message m;
+  if (has_valid_copy) {
+    m = Make(MsgType::kGrant, r.src, page, r.req_id, static_cast<uint64_t>(Grant::kModified));
+  } else {
+    const Grant g = r.type == MsgType::kGetM ? Grant::kModified : Grant::kShared;
+    m = Make(MsgType::kData, r.src, page, r.req_id, static_cast<uint64_t>(g));
+    m.payload.resize(kPageSize);
+    absl::Status st_load = port->LoadPage(page, m.payload.data());
+    if (!st_load.ok()) {
+      DSM_LOG(ERROR) << "LoadPage(" << page << "): " << st_load;
+      Nack(r, page, ErrorCode::kIoError);
+      return;
+    }
+  }
+  // Record the grant before it is sent (the superset invariant).
+  if (r.type == MsgType::kGetM) {
+    SetModified(page, r.src);
+  } else {
+    SetShared(page, Sharers(page) | Bit(r.src));
+  }
+  ++c.requests_served;
+  port->Send(std::move(m));
+}
+
+void Directory::Impl::OnPut(const Message& m) {
+  const PageIndex page = m.page;
+  const auto kind = static_cast<PutKind>(m.arg);
+  if (IsLost(page)) return;
+  if (kind == PutKind::kDropClean) {
+    if ((Sharers(page) & Bit(m.src)) != 0) {
+      RemoveSharer(page, m.src);
+    } else {
+      DSM_LOG(WARNING) << "stale kDropClean for page " << page << " from node " << m.src;
+    }
+    return;
+  }
+  if (kind != PutKind::kWritebackDrop && kind != PutKind::kWritebackKeep) {
+    DSM_LOG(ERROR) << "kPut with unknown kind " << m.arg;
+    return;
+  }
+  if (!IsOwner(page, m.src) || m.payload.size() != kPageSize) {
+    // See "Stale kPut" above: the payload is never newer than what the home knows of.
+    DSM_LOG(ERROR) << "stale write-back of page " << page << " from node " << m.src;
+    if (kind == PutKind::kWritebackKeep && State(page) != EntryState::kModified) {
+      // It says it keeps a copy: record it so a later writer invalidates it.
+      SetShared(page, Sharers(page) | Bit(m.src));
+    }
+    return;
+  }
+  port->StorePage(page, m.payload.data());
+  ++c.writebacks;
+  if (kind == PutKind::kWritebackKeep) {
+    SetShared(page, Bit(m.src));
+  } else {
+    SetUncached(page);
+  }
+}
+
+void Directory::Impl::OnInvAck(const Message& m) {
+  auto it = txns.find(m.page);
+  if (it == txns.end() || !it->second.active || (it->second.waiting & Bit(m.src)) == 0) {
+    DSM_LOG(WARNING) << "unexpected kInvAck for page " << m.page << " from node " << m.src;
+    return;
+  }
+  it->second.waiting &= ~Bit(m.src);
+  RemoveSharer(m.page, m.src);  // it dropped the copy before acking
+}
+
+void Directory::Impl::OnRecallAck(const Message& m) {
+  const PageIndex page = m.page;
+  auto it = txns.find(page);
+  if (it == txns.end() || !it->second.active || !it->second.recalling ||
+      it->second.recall_from != m.src) {
+    DSM_LOG(WARNING) << "unexpected kRecallAck for page " << page << " from node " << m.src;
+    return;
+  }
+  it->second.recalling = false;
+  const bool kept = static_cast<PageState>(m.arg) == PageState::kShared;
+  if (IsOwner(page, m.src)) {
+    if (m.payload.size() == kPageSize) {
+      port->StorePage(page, m.payload.data());
+      ++c.writebacks;
+    } else {
+      DSM_LOG(ERROR) << "owner " << m.src << " answered the recall of page " << page
+                     << " without data";
+    }
+    if (kept) {
+      SetShared(page, Bit(m.src));
+    } else {
+      SetUncached(page);
+    }
+    return;
+  }
+  // Its kPut arrived first and was applied; only its membership may have changed since.
+  if (kept) {
+    SetShared(page, Sharers(page) | Bit(m.src));
+  } else {
+    RemoveSharer(page, m.src);
+  }
+}
+
+void Directory::OnPeerDown(NodeId peer) {
+  Impl& s = *impl_;
+  if (peer >= kMaxNodes || (s.down & Bit(peer)) != 0) return;
+  s.down |= Bit(peer);
+  // Forget its copies. A full scan: rare, and non-home entries are all zero.
+  for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
+    const EntryState st = s.State(p);
+    if (st == EntryState::kShared && (s.words[p] & Bit(peer)) != 0) {
+      s.RemoveSharer(p, peer);
+    } else if (st == EntryState::kModified && s.words[p] == peer) {
+      s.SetUncached(p);
+      s.flags[p] |= kLostBit;
+      ++s.c.lost_pages;
+      DSM_LOG(WARNING) << "page " << p << " lost: its only copy was on node " << peer;
+    }
+  }
+  std::vector<PageIndex> touched;
+  for (auto& [page, t] : s.txns) {
+    std::erase_if(t.queue, [peer](const Impl::Request& r) { return r.src == peer; });
+    if (t.active) {
+      t.waiting &= ~Bit(peer);
+      if (t.recalling && t.recall_from == peer) t.recalling = false;  // page is lost now
+    }
+    touched.push_back(page);
+  }
+  const absl::Time now = absl::Now();
+  for (PageIndex page : touched) s.Drain(page, now);
+}
+
+void Directory::CollectOverdue(absl::Time now, absl::Duration timeout,
+                               std::vector<NodeId>* peers) const {
+  uint64_t owing = 0;
+  for (const auto& [page, t] : impl_->txns) {
+    if (!t.active || now - t.since <= timeout) continue;
+    owing |= t.waiting;
+    if (t.recalling) owing |= Bit(t.recall_from);
+  }
+  for (uint64_t m = owing; m != 0; m &= m - 1) {
+    peers->push_back(static_cast<NodeId>(std::countr_zero(m)));
+  }
+}
+
+bool Directory::HasRemoteCopies() const {
+  const Impl& s = *impl_;
+  for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
+    const EntryState st = s.State(p);
+    if (st == EntryState::kShared && (s.words[p] & ~Bit(s.cfg.self)) != 0) return true;
+    if (st == EntryState::kModified && s.words[p] != s.cfg.self) return true;
+  }
+  return false;
+}
+
+Directory::EntryView Directory::entry(PageIndex page) const {
+  const Impl& s = *impl_;
+  EntryView v;
+  if (page >= s.cfg.num_pages) return v;
+  v.state = s.State(page);
+  v.sharers = s.Sharers(page);
+  v.owner = v.state == EntryState::kModified ? static_cast<NodeId>(s.words[page]) : 0;
+  v.busy = (s.flags[page] & kBusyBit) != 0;
+  v.lost = s.IsLost(page);
+  auto it = s.txns.find(page);
+  if (it != s.txns.end()) v.queued = it->second.queue.size();
+  return v;
+}
+
+const Directory::Counters& Directory::counters() const { return impl_->c; }
+
+}  // namespace dsm::coherence
