@@ -1,0 +1,79 @@
+// Subprocess: a child process the tests drive through its stdin and stdout, optionally started
+// inside a network namespace (the child setns()es into /run/netns/<name> before exec).
+//
+// Line protocol helpers: SendLine() writes one command, ReadLine() waits (bounded) for one line
+// of the child's stdout. The child's stderr goes to the test's stderr, prefixed by nothing, so a
+// failing worker's log shows up in the test output.
+//
+// Thread safety: one Subprocess is used by one thread at a time.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace dsm::testing {
+
+// Runs argv[0] (searched in PATH) to completion, capturing stdout+stderr. Returns the output
+// when the exit status is 0, an error with the output otherwise. Bounded by `timeout`.
+absl::StatusOr<std::string> RunCommand(const std::vector<std::string>& argv,
+                                       std::chrono::milliseconds timeout =
+                                           std::chrono::milliseconds(20000));
+
+class Subprocess {
+ public:
+  struct Spawn {
+    std::vector<std::string> argv;  // argv[0] is a path
+    std::string netns;              // empty: stay in the caller's network namespace
+    std::string label;              // used in messages ("node1")
+  };
+  static absl::StatusOr<std::unique_ptr<Subprocess>> Start(const Spawn& spawn);
+
+  // Kills (SIGKILL) and reaps the child if it still runs.
+  ~Subprocess();
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  const std::string& label() const { return label_; }
+
+  absl::Status SendLine(const std::string& line);
+  // Closes the child's stdin (it sees EOF).
+  void CloseStdin();
+  // Next line of stdout without the newline; DeadlineExceeded / error at EOF. Each line the
+  // child prints is also appended to transcript().
+  absl::StatusOr<std::string> ReadLine(std::chrono::milliseconds timeout);
+  // SendLine + ReadLine.
+  absl::StatusOr<std::string> Call(const std::string& line, std::chrono::milliseconds timeout);
+
+  void Kill(int sig);
+  // Waits (bounded) for exit; returns the raw wait status. Kills with SIGKILL on timeout and
+  // returns DeadlineExceeded.
+  absl::StatusOr<int> Wait(std::chrono::milliseconds timeout);
+
+  const std::string& transcript() const { return transcript_; }
+
+ private:
+  Subprocess() = default;
+
+  pid_t pid_ = -1;
+  int stdin_fd_ = -1;
+  int stdout_fd_ = -1;
+  bool reaped_ = false;
+  int wait_status_ = 0;
+  std::string label_;
+  std::string buffer_;      // unread stdout bytes
+  std::string transcript_;  // every line read so far
+};
+
+// Describes a wait status ("exit 0", "killed by SIGBUS").
+std::string DescribeWaitStatus(int status);
+
+}  // namespace dsm::testing
