@@ -93,6 +93,7 @@ Cache::Cache(Config config, CachePort* port)
 void Cache::OnFault(PageIndex page, bool write, absl::Time now) {
   Impl& s = *impl_;
   if (page >= s.cfg.num_pages) {
+    ++s.c.protocol_errors;
     DSM_LOG(ERROR) << "fault on page " << page << " beyond the region (" << s.cfg.num_pages
                    << " pages)";
     s.port->Fail(page, ErrorCode::kIoError);
@@ -132,6 +133,7 @@ void Cache::OnFault(PageIndex page, bool write, absl::Time now) {
 void Cache::OnMessage(const Message& m, absl::Time now) {
   Impl& s = *impl_;
   if (m.page >= s.cfg.num_pages) {
+    ++s.c.protocol_errors;
     DSM_LOG(ERROR) << "coherence message for page " << m.page << " beyond the region";
     return;
   }
@@ -148,6 +150,7 @@ void Cache::OnMessage(const Message& m, absl::Time now) {
       s.OnRecall(m);
       return;
     default:
+      ++s.c.protocol_errors;
       DSM_LOG(ERROR) << "cache got unexpected message type " << static_cast<int>(m.type);
       return;
   }
@@ -157,12 +160,14 @@ void Cache::Impl::OnReply(const Message& m, absl::Time now) {
   const PageIndex page = m.page;
   auto it = pending.find(page);
   if (it == pending.end() || it->second.req_id != m.req_id) {
+    ++c.protocol_errors;
     DSM_LOG(WARNING) << "ignoring reply for page " << page << " req " << m.req_id
                      << ": no such request outstanding";
     return;
   }
   const Request r = it->second;
   if (m.src != r.home) {
+    ++c.protocol_errors;
     DSM_LOG(ERROR) << "reply for page " << page << " from node " << m.src << ", not its home "
                    << r.home;
     return;
@@ -174,6 +179,7 @@ void Cache::Impl::OnReply(const Message& m, absl::Time now) {
   const PageState st = State(page);
   if (m.type == MsgType::kGrant) {
     if (static_cast<Grant>(m.arg) != Grant::kModified) {
+      ++c.protocol_errors;
       DSM_LOG(ERROR) << "dataless grant other than M for page " << page;
       return;
     }
@@ -187,6 +193,7 @@ void Cache::Impl::OnReply(const Message& m, absl::Time now) {
     // Protocol bug: the home believes we hold a valid S copy, but we do not. Ask again: the
     // home, seeing us as owner and not as sharer, answers with data (its copy is current,
     // since it granted us without data only because no one held the page M).
+    ++c.protocol_errors;
     DSM_LOG(ERROR) << "dataless M grant for page " << page << " held " << PageStateName(st)
                    << "; requesting again";
     SendRequest(page, /*write=*/true, now);
@@ -195,6 +202,7 @@ void Cache::Impl::OnReply(const Message& m, absl::Time now) {
   // kData.
   const Grant g = static_cast<Grant>(m.arg);
   if (m.payload.size() != kPageSize || (g != Grant::kShared && g != Grant::kModified)) {
+    ++c.protocol_errors;
     DSM_LOG(ERROR) << "malformed data grant for page " << page;
     MarkLost(page, ErrorCode::kIoError);
     return;
@@ -202,6 +210,7 @@ void Cache::Impl::OnReply(const Message& m, absl::Time now) {
   if (st != PageState::kInvalid) {
     // Cannot happen: data is sent only to a node the home does not list as a sharer, and we
     // left S only after telling the home. Replace the copy rather than trust the old one.
+    ++c.protocol_errors;
     DSM_LOG(ERROR) << "data grant for page " << page << " held " << PageStateName(st);
     port->Drop(page);
     SetState(page, PageState::kInvalid);
@@ -224,6 +233,7 @@ void Cache::Impl::OnInv(const Message& m) {
     // Cannot happen: the home invalidates only recorded sharers, never its M owner. Drop
     // anyway: the home will grant M elsewhere after our ack, and single-writer matters more
     // than this node's unsent stores.
+    ++c.protocol_errors;
     DSM_LOG(ERROR) << "invalidation of Modified page " << m.page << "; dropping it";
   }
   if (st != PageState::kInvalid) {

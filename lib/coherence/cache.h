@@ -113,6 +113,8 @@ class Cache {
     uint64_t read_faults = 0, write_faults = 0, upgrade_faults = 0, coalesced_faults = 0,
              stale_faults = 0, requests_sent = 0, invalidations = 0, recalls = 0,
              writebacks = 0, lost = 0;
+    // "Cannot happen" events handled defensively (logged): a correct run keeps this 0.
+    uint64_t protocol_errors = 0;
     uint64_t shared = 0, modified = 0;  // pages currently in S / M
   };
   const Counters& counters() const;

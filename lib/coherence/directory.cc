@@ -115,6 +115,7 @@ void Directory::OnMessage(const Message& m, absl::Time now) {
   }
   const bool is_request = m.type == MsgType::kGetS || m.type == MsgType::kGetM;
   if (m.page >= s.cfg.num_pages || s.cfg.home(m.page) != s.cfg.self) {
+    ++s.c.protocol_errors;
     DSM_LOG(ERROR) << "directory of node " << s.cfg.self << " is not home of page " << m.page;
     if (is_request) {
       Impl::Request r{m.type, m.src, m.req_id, now};
@@ -139,6 +140,7 @@ void Directory::OnMessage(const Message& m, absl::Time now) {
       s.Drain(m.page, now);
       return;
     default:
+      ++s.c.protocol_errors;
       DSM_LOG(ERROR) << "directory got unexpected message type " << static_cast<int>(m.type);
       return;
   }
@@ -190,6 +192,7 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
     if (owner == r.src) {
       // The owner asks for a page it holds M: it lost the copy without a write-back (a cache
       // bug; see Cache's dataless-grant defence). Our copy is the best there is.
+      ++c.protocol_errors;
       DSM_LOG(ERROR) << "node " << owner << " requests page " << page << " it owns";
       SetUncached(page);
     } else {
@@ -221,12 +224,16 @@ void Directory::Impl::Finish(PageIndex page, const Txn& t) {
     return;
   }
   const EntryState st = State(page);
+  // Both checks below cannot fail while acks are counted correctly; if they do, the grant
+  // still goes out (the alternative is a hang) and the error is counted.
   if (st == EntryState::kModified) {
-    DSM_LOG(FATAL) << "page " << page << " still Modified at node " << words[page]
+    ++c.protocol_errors;
+    DSM_LOG(ERROR) << "page " << page << " still Modified at node " << words[page]
                    << " when its transaction completes";
   }
   if (r.type == MsgType::kGetM && (Sharers(page) & ~Bit(r.src)) != 0) {
-    DSM_LOG(FATAL) << "granting M on page " << page << " while other sharers remain";
+    ++c.protocol_errors;
+    DSM_LOG(ERROR) << "granting M on page " << page << " while other sharers remain";
   }
   const bool has_valid_copy = r.type == MsgType::kGetM && (Sharers(page) & Bit(r.src)) != 0;
   Message m;
@@ -261,16 +268,19 @@ void Directory::Impl::OnPut(const Message& m) {
     if ((Sharers(page) & Bit(m.src)) != 0) {
       RemoveSharer(page, m.src);
     } else {
+      ++c.protocol_errors;
       DSM_LOG(WARNING) << "stale kDropClean for page " << page << " from node " << m.src;
     }
     return;
   }
   if (kind != PutKind::kWritebackDrop && kind != PutKind::kWritebackKeep) {
+    ++c.protocol_errors;
     DSM_LOG(ERROR) << "kPut with unknown kind " << m.arg;
     return;
   }
   if (!IsOwner(page, m.src) || m.payload.size() != kPageSize) {
     // See "Stale kPut" above: the payload is never newer than what the home knows of.
+    ++c.protocol_errors;
     DSM_LOG(ERROR) << "stale write-back of page " << page << " from node " << m.src;
     if (kind == PutKind::kWritebackKeep && State(page) != EntryState::kModified) {
       // It says it keeps a copy: record it so a later writer invalidates it.
@@ -290,6 +300,7 @@ void Directory::Impl::OnPut(const Message& m) {
 void Directory::Impl::OnInvAck(const Message& m) {
   auto it = txns.find(m.page);
   if (it == txns.end() || !it->second.active || (it->second.waiting & Bit(m.src)) == 0) {
+    ++c.protocol_errors;
     DSM_LOG(WARNING) << "unexpected kInvAck for page " << m.page << " from node " << m.src;
     return;
   }
@@ -302,6 +313,7 @@ void Directory::Impl::OnRecallAck(const Message& m) {
   auto it = txns.find(page);
   if (it == txns.end() || !it->second.active || !it->second.recalling ||
       it->second.recall_from != m.src) {
+    ++c.protocol_errors;
     DSM_LOG(WARNING) << "unexpected kRecallAck for page " << page << " from node " << m.src;
     return;
   }
@@ -312,6 +324,7 @@ void Directory::Impl::OnRecallAck(const Message& m) {
       port->StorePage(page, m.payload.data());
       ++c.writebacks;
     } else {
+      ++c.protocol_errors;
       DSM_LOG(ERROR) << "owner " << m.src << " answered the recall of page " << page
                      << " without data";
     }

@@ -91,6 +91,8 @@ class Directory {
   struct Counters {
     uint64_t requests_served = 0, invalidations_sent = 0, recalls_sent = 0, writebacks = 0,
              lost_pages = 0, nacks_sent = 0, queued_requests = 0;
+    // "Cannot happen" events handled defensively (logged): a correct run keeps this 0.
+    uint64_t protocol_errors = 0;
   };
   const Counters& counters() const;
 

@@ -1,0 +1,123 @@
+// A deterministic simulator of the MSI protocol: N nodes, each with a Cache and a Directory
+// (answering for the pages homed there), a simulated memory per node whose mapped access
+// (I/S/M) changes only through the CachePort, FIFO channels per ordered (src, dst) pair (the
+// self channel too), per-node queues of userfaultfd events, and application "threads" that
+// access pages the way the hardware would: directly when the mapping allows it, otherwise by
+// raising a fault and blocking until a port call wakes them (Install, SetAccess(M), Wake,
+// Fail), after which they retry and may fault again.
+//
+// Check() verifies, over the actual simulated mappings (not the protocol's beliefs):
+//  - SWMR: at most one node maps a page writable, and then no other node maps it at all;
+//  - data: every mapped copy holds the value of the last completed write, every completed
+//    read returned it, and the home's storage holds it whenever the directory says the page
+//    is not Modified;
+//  - directory: every node that maps a page is recorded (sharer or owner; M => owner);
+//  - cache: the Cache's state() equals the real mapping.
+// The first violation is kept in error() (with the step number); the simulator keeps going.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "coherence/cache.h"
+#include "coherence/directory.h"
+
+namespace dsm::coherence::sim {
+
+class Sim {
+ public:
+  enum class ThreadState { kBlocked, kRunnable, kDone, kFailed, kDead };
+  struct Thread {
+    NodeId node = 0;
+    PageIndex page = 0;
+    bool write = false;
+    ThreadState state = ThreadState::kRunnable;
+    uint64_t value = 0;  // written value, or value read
+    int faults = 0;      // faults raised so far
+  };
+
+  Sim(int nodes, int pages, HomeFn home);
+  ~Sim();
+  Sim(const Sim&) = delete;
+  Sim& operator=(const Sim&) = delete;
+
+  // --- actions (each is one atomic step of the system) ---
+  // Starts an application access and tries it at once. Returns the thread id.
+  int Access(NodeId n, PageIndex p, bool write);
+  // Retries a runnable (woken) thread: completes it or raises a fault again.
+  void Run(int tid);
+  // Runs every runnable thread once; returns how many ran.
+  int RunAll();
+  // Hands the oldest pending uffd event of node n to its Cache. False if none.
+  bool DeliverFault(NodeId n);
+  int DeliverAllFaults();
+  // Delivers the head of channel src->dst. False if empty.
+  bool Deliver(NodeId src, NodeId dst);
+  bool Release(NodeId n, PageIndex p);
+  size_t WriteBackAll(NodeId n);
+  // n goes down: its channels and events vanish, survivors get OnPeerDown.
+  void Kill(NodeId n);
+  // One random action. `allow_new` permits starting new accesses, `maintenance` permits
+  // Release/WriteBackAll.
+  void Step(std::mt19937_64& rng, bool allow_new, bool maintenance);
+  // Runs until nothing is left to do (threads first, then faults, then messages in the
+  // order given by rng, or channel order when rng is null). False if it does not settle
+  // within max_steps (livelock).
+  bool Settle(std::mt19937_64* rng = nullptr, int max_steps = 100000);
+
+  // Verifies the invariants listed above; records the first violation.
+  bool Check();
+
+  // --- inspection ---
+  bool ok() const { return error_.empty(); }
+  const std::string& error() const { return error_; }
+  const Thread& thread(int tid) const { return threads_[tid]; }
+  int num_threads() const { return static_cast<int>(threads_.size()); }
+  bool AllThreadsFinished() const;  // every thread of a live node is done or failed
+  const std::deque<Message>& channel(NodeId src, NodeId dst) const;
+  size_t InFlight() const;
+  Cache& cache(NodeId n);
+  Directory& directory(NodeId n);
+  PageState mapped(NodeId n, PageIndex p) const;
+  uint64_t value(NodeId n, PageIndex p) const;       // first word of n's copy
+  uint64_t home_value(PageIndex p) const;            // first word of the home's storage
+  uint64_t last_write(PageIndex p) const { return last_write_[p]; }
+  bool alive(NodeId n) const { return alive_[n]; }
+  uint64_t steps() const { return steps_; }
+  // Counts of port calls, for tests that care how a result was reached.
+  struct PortCalls {
+    int install = 0, set_access = 0, read_page = 0, drop = 0, fail = 0, wake = 0;
+  };
+  const PortCalls& port_calls(NodeId n) const;
+
+  // Records a violation (also used by the ports).
+  void Violation(const std::string& what);
+
+ private:
+  class Port;
+  friend class Port;
+  struct Node;
+
+  void Enqueue(NodeId src, Message&& m);
+  void WakeThreads(NodeId n, PageIndex p);
+  bool TryAccess(int tid);
+
+  int n_;
+  int pages_;
+  HomeFn home_;
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::vector<bool> alive_;
+  std::vector<std::deque<Message>> chans_;  // index src * n_ + dst
+  std::vector<Thread> threads_;
+  std::vector<uint64_t> last_write_;
+  uint64_t next_value_ = 1;
+  uint64_t steps_ = 0;
+  absl::Time now_ = absl::UnixEpoch();
+  std::string error_;
+};
+
+}  // namespace dsm::coherence::sim
