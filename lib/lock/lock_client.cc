@@ -1,0 +1,246 @@
+#include "lock/lock_client.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+
+namespace dsm::lock {
+namespace {
+
+bool IsDown(uint64_t mask, NodeId n) { return n < 64 && ((mask >> n) & 1) != 0; }
+
+}  // namespace
+
+absl::Status LockReplyStatus(LockReplyCode code, NodeId arbiter) {
+  switch (code) {
+    case LockReplyCode::kGranted:
+      return absl::OkStatus();
+    case LockReplyCode::kQueued:
+      return absl::InternalError("kQueued is not a final answer");
+    case LockReplyCode::kBusy:
+      return absl::AbortedError("lock: the range is held or awaited in a conflicting mode");
+    case LockReplyCode::kBadRequest:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "lock: arbiter node %d refused the request (range outside the region?)", arbiter));
+    case LockReplyCode::kNoSuchRegion:
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "lock: the region is not mapped at its lock arbiter (node %d)", arbiter));
+    case LockReplyCode::kNotArbiter:
+      return absl::InternalError(
+          absl::StrFormat("lock: node %d does not arbitrate this region's locks", arbiter));
+    case LockReplyCode::kShuttingDown:
+      return absl::UnavailableError(
+          absl::StrFormat("lock: the region is being unmapped at its arbiter (node %d)", arbiter));
+  }
+  return absl::InternalError(absl::StrFormat("lock: unknown reply code %d", static_cast<int>(code)));
+}
+
+LockClient::LockClient(Config config, LockClientPort* port) : config_(config), port_(port) {}
+
+void LockClient::SendSimple(MsgType type, const Request& r, uint64_t id) {
+  Message m;
+  m.type = type;
+  m.src = config_.self;
+  m.dst = r.arbiter;
+  m.region = r.region;
+  m.req_id = id;
+  port_->Send(std::move(m));
+}
+
+uint64_t LockClient::Acquire(RegionId region, NodeId arbiter, uint64_t region_size,
+                             const LockRequest& request, absl::Time now, LockCallback done,
+                             uint64_t id) {
+  if (id == 0) id = next_id_++;
+  ++counters_.requests;
+  auto fail = [&](absl::Status s) {
+    ++counters_.failed;
+    done(std::move(s));
+    return id;
+  };
+  if (requests_.contains(id)) return fail(absl::InvalidArgumentError("lock: id in use"));
+  const uint64_t len = request.length;
+  if (len == 0 || len > kMaxLockLength || request.offset > UINT64_MAX - len ||
+      (region_size != 0 && request.offset + len > region_size)) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrFormat("lock: range [%d, +%d) is empty, too long or outside the region (%d "
+                        "bytes)",
+                        request.offset, len, region_size)));
+  }
+  if (request.mode != LockMode::kShared && request.mode != LockMode::kExclusive) {
+    return fail(absl::InvalidArgumentError("lock: bad mode"));
+  }
+  if (IsDown(down_mask_, arbiter)) {
+    return fail(absl::UnavailableError(
+        absl::StrFormat("lock: the region's lock arbiter (node %d) is down", arbiter)));
+  }
+  if (request.deadline <= now) {
+    ++counters_.deadline_expired;
+    return fail(absl::DeadlineExceededError("lock: deadline already passed"));
+  }
+  requests_.emplace(id, Request{region, arbiter, request, State::kPending, std::move(done)});
+  ++num_pending_;
+  if (request.deadline != absl::InfiniteFuture()) deadlines_.emplace(request.deadline, id);
+  Message m;
+  m.type = MsgType::kLockAcquire;
+  m.src = config_.self;
+  m.dst = arbiter;
+  m.region = region;
+  m.page = request.offset;
+  m.req_id = id;
+  m.arg = PackAcquireArg(len, request.mode, request.try_lock);
+  port_->Send(std::move(m));
+  return id;
+}
+
+void LockClient::FailPending(uint64_t id, absl::Status status) {
+  auto it = requests_.find(id);
+  Request r = std::move(it->second);
+  requests_.erase(it);
+  --num_pending_;
+  deadlines_.erase({r.request.deadline, id});
+  ++counters_.failed;
+  r.done(std::move(status));
+}
+
+absl::Status LockClient::Release(uint64_t id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) {
+    return absl::NotFoundError(absl::StrFormat("lock %d is neither held nor pending", id));
+  }
+  switch (it->second.state) {
+    case State::kHeld:
+      SendSimple(MsgType::kLockRelease, it->second, id);
+      requests_.erase(it);
+      ++counters_.released;
+      return absl::OkStatus();
+    case State::kLost: {
+      const NodeId arbiter = it->second.arbiter;
+      requests_.erase(it);
+      return absl::UnavailableError(absl::StrFormat(
+          "lock %d was lost: its arbiter (node %d) went down while it was held", id, arbiter));
+    }
+    case State::kPending:
+    case State::kQueued:
+      SendSimple(MsgType::kLockCancel, it->second, id);
+      ++counters_.cancelled;
+      FailPending(id, absl::CancelledError("lock request withdrawn"));
+      return absl::OkStatus();
+  }
+  return absl::InternalError("bad lock state");
+}
+
+void LockClient::OnMessage(const Message& m, absl::Time now) {
+  (void)now;
+  if (m.type != MsgType::kLockReply) return;
+  auto it = requests_.find(m.req_id);
+  if (it == requests_.end() || it->second.arbiter != m.src ||
+      it->second.region != m.region ||
+      (it->second.state != State::kPending && it->second.state != State::kQueued)) {
+    ++counters_.stray_replies;  // withdrawn or released already, or a duplicate
+    return;
+  }
+  Request& r = it->second;
+  const LockReplyCode code = LockReplyCodeOf(m.arg);
+  if (code == LockReplyCode::kQueued) {
+    if (r.state == State::kPending) ++counters_.queued;
+    r.state = State::kQueued;
+    return;
+  }
+  if (code != LockReplyCode::kGranted) {
+    FailPending(m.req_id, LockReplyStatus(code, m.src));
+    return;
+  }
+  r.state = State::kHeld;
+  --num_pending_;
+  deadlines_.erase({r.request.deadline, m.req_id});
+  ++counters_.granted;
+  LockCallback done = std::move(r.done);
+  r.done = nullptr;
+  done(LockHandle(m.req_id, r.request.offset, r.request.length, r.request.mode,
+                  LockReplyDied(m.arg)));
+}
+
+void LockClient::OnPeerDown(NodeId peer) {
+  if (peer < 64) down_mask_ |= uint64_t{1} << peer;
+  std::vector<uint64_t> ids;
+  for (const auto& [id, r] : requests_) {
+    if (r.arbiter == peer) ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  for (uint64_t id : ids) {
+    auto it = requests_.find(id);
+    if (it == requests_.end()) continue;  // a callback released it
+    if (it->second.state == State::kHeld) {
+      it->second.state = State::kLost;
+      ++counters_.lost;
+    } else if (it->second.state != State::kLost) {
+      FailPending(id, absl::UnavailableError(absl::StrFormat(
+                          "lock: the region's lock arbiter (node %d) is down", peer)));
+    }
+  }
+}
+
+void LockClient::OnTick(absl::Time now) {
+  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+    const uint64_t id = deadlines_.begin()->second;
+    SendSimple(MsgType::kLockCancel, requests_.at(id), id);
+    ++counters_.deadline_expired;
+    FailPending(id, absl::DeadlineExceededError("lock: deadline passed before the grant"));
+  }
+}
+
+absl::Time LockClient::NextDeadline() const {
+  return deadlines_.empty() ? absl::InfiniteFuture() : deadlines_.begin()->first;
+}
+
+void LockClient::ForgetRegion(RegionId region) {
+  std::vector<uint64_t> ids;
+  for (const auto& [id, r] : requests_) {
+    if (r.region == region) ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  for (uint64_t id : ids) {
+    auto it = requests_.find(id);
+    if (it == requests_.end()) continue;
+    if (it->second.state == State::kPending || it->second.state == State::kQueued) {
+      SendSimple(MsgType::kLockCancel, it->second, id);
+      FailPending(id, absl::UnavailableError("lock: the region was unmapped on this node"));
+    } else {
+      if (it->second.state == State::kHeld) SendSimple(MsgType::kLockRelease, it->second, id);
+      requests_.erase(it);
+    }
+  }
+}
+
+void LockClient::FailAll(const absl::Status& why) {
+  std::vector<uint64_t> ids;
+  for (const auto& [id, r] : requests_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  for (uint64_t id : ids) {
+    auto it = requests_.find(id);
+    if (it == requests_.end()) continue;
+    if (it->second.state == State::kPending || it->second.state == State::kQueued) {
+      if (!IsDown(down_mask_, it->second.arbiter)) {
+        SendSimple(MsgType::kLockCancel, it->second, id);
+      }
+      FailPending(id, why);
+    } else {
+      if (it->second.state == State::kHeld) SendSimple(MsgType::kLockRelease, it->second, id);
+      requests_.erase(it);
+    }
+  }
+}
+
+bool LockClient::is_pending(uint64_t id) const {
+  auto it = requests_.find(id);
+  return it != requests_.end() &&
+         (it->second.state == State::kPending || it->second.state == State::kQueued);
+}
+
+bool LockClient::is_held(uint64_t id) const {
+  auto it = requests_.find(id);
+  return it != requests_.end() && it->second.state == State::kHeld;
+}
+
+}  // namespace dsm::lock
