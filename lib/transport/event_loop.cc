@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -126,35 +127,65 @@ int EventLoop::Dispatch() {
   return handled;
 }
 
+EventLoop::TimerId EventLoop::RunAfter(absl::Duration delay, absl::AnyInvocable<void()> fn) {
+  const TimerId id = next_timer_id_++;
+  const absl::Time at = absl::Now() + std::max(delay, absl::ZeroDuration());
+  timers_.emplace(std::make_pair(at, id), std::move(fn));
+  timer_deadline_.emplace(id, at);
+  return id;
+}
+
+void EventLoop::CancelTimer(TimerId id) {
+  auto it = timer_deadline_.find(id);
+  if (it == timer_deadline_.end()) return;
+  timers_.erase(std::make_pair(it->second, id));
+  timer_deadline_.erase(it);
+}
+
+int EventLoop::RunTimers(absl::Time now) {
+  int ran = 0;
+  // A timer may add or cancel timers: take each out before running it.
+  while (!timers_.empty() && timers_.begin()->first.first <= now) {
+    auto node = timers_.extract(timers_.begin());
+    timer_deadline_.erase(node.key().second);
+    node.mapped()();
+    ++ran;
+  }
+  return ran;
+}
+
 int EventLoop::Poll(absl::Duration spin, absl::Duration timeout) {
   Submit();
-  int handled = RunPosted() + Dispatch();
+  absl::Time now = absl::Now();
+  int handled = RunPosted() + Dispatch() + RunTimers(now);
   if (handled > 0) {
     Submit();
     return handled;
   }
   if (spin > absl::ZeroDuration()) {
-    const absl::Time until = absl::Now() + spin;
+    const absl::Time until = now + spin;
     do {
       // io_uring_peek_cqe alone never enters the kernel; completions that need task work
       // (socket receives) are delivered by the kernel interrupting this thread.
-      handled = RunPosted() + Dispatch();
+      handled = RunPosted() + Dispatch() + RunTimers(now);
       if (handled > 0) {
         Submit();
         return handled;
       }
-    } while (absl::Now() < until);
+      now = absl::Now();
+    } while (now < until);
   }
-  __kernel_timespec ts = absl::ToTimespec(timeout).tv_sec >= 0
-                             ? __kernel_timespec{absl::ToTimespec(timeout).tv_sec,
-                                                 absl::ToTimespec(timeout).tv_nsec}
-                             : __kernel_timespec{0, 0};
+  if (!timers_.empty()) {
+    timeout = std::min(timeout, timers_.begin()->first.first - absl::Now());
+  }
+  const timespec t = absl::ToTimespec(std::max(timeout, absl::ZeroDuration()));
+  __kernel_timespec ts{t.tv_sec, t.tv_nsec};
   io_uring_cqe* cqe = nullptr;
   int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
     DSM_LOG(ERROR) << "io_uring_submit_and_wait_timeout: " << std::strerror(-rc);
   }
-  handled = RunPosted() + Dispatch();
+  handled = RunPosted() + Dispatch() + RunTimers(absl::Now());
   Submit();
   return handled;
 }

@@ -8,6 +8,9 @@
 // Poll() first busy-polls the completion queue for up to `spin` (bounded, so an idle node uses
 // no CPU), then sleeps in io_uring_enter until a completion or the timeout.
 //
+// Timers (RunAfter) are kept in user space: Poll() never sleeps past the earliest one, so a
+// timer costs no ring operation and cancelling one is immediate (no CQE can outlive it).
+//
 // Thread safety: Post() and Wakeup() from any thread; everything else on the loop thread only.
 #pragma once
 
@@ -16,9 +19,12 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -57,6 +63,13 @@ class EventLoop {
   // Makes a sleeping Poll() return. Any thread.
   void Wakeup();
 
+  // Runs `fn` on the loop thread in the first Poll() at or after now + `delay`. Loop thread.
+  using TimerId = uint64_t;
+  TimerId RunAfter(absl::Duration delay, absl::AnyInvocable<void()> fn);
+  // Cancels a timer that has not run yet (no-op for an unknown or fired id); its function is
+  // destroyed and never runs. Loop thread.
+  void CancelTimer(TimerId id);
+
   io_uring* ring() { return &ring_; }
 
  private:
@@ -66,6 +79,7 @@ class EventLoop {
   void ArmWakeRead();
   int RunPosted();
   int Dispatch();
+  int RunTimers(absl::Time now);
 
   io_uring ring_{};
   bool ring_ok_ = false;
@@ -76,6 +90,10 @@ class EventLoop {
   absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void()>> posted_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> has_posted_{false};
+  // Timers, loop thread only: ordered by (deadline, id); `timer_deadline_` finds one by id.
+  std::map<std::pair<absl::Time, TimerId>, absl::AnyInvocable<void()>> timers_;
+  absl::flat_hash_map<TimerId, absl::Time> timer_deadline_;
+  TimerId next_timer_id_ = 1;
 };
 
 }  // namespace dsm

@@ -13,10 +13,12 @@
 // Send()s to it are dropped. A node never crashes on bad input.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "dsm/options.h"
 #include "transport/event_loop.h"
 #include "transport/message.h"
@@ -61,7 +63,19 @@ class Transport {
   virtual Counters counters() const = 0;
 };
 
-// Builds the transport chosen in `options.transport`.
+// Builds the transport chosen in `options.transport` after ValidateTransportOptions().
 absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const Options& options);
+
+// What every backend needs: 1..kMaxNodes peers, node_id in range, connect_timeout >= 0; for
+// kTcp and kRdma every peer and a non-empty `listen` must parse with ParseHostPort. Errors
+// are InvalidArgument and name the field ("Options.peers[2]: ...").
+absl::Status ValidateTransportOptions(const Options& options);
+
+// "a.b.c.d:port" (numeric IPv4) or "localhost:port"; port 1..65535. Host byte order.
+struct HostPort {
+  uint32_t ipv4 = 0;
+  uint16_t port = 0;
+};
+absl::StatusOr<HostPort> ParseHostPort(absl::string_view s);
 
 }  // namespace dsm

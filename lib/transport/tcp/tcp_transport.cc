@@ -1,0 +1,502 @@
+#include "transport/tcp/tcp_transport.h"
+
+#include <arpa/inet.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "transport/wire.h"
+
+namespace dsm {
+namespace {
+
+sockaddr_in ToSockaddr(const HostPort& hp) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(hp.port);
+  a.sin_addr.s_addr = htonl(hp.ipv4);
+  return a;
+}
+
+std::string AddrString(const HostPort& hp) {
+  in_addr a{};
+  a.s_addr = htonl(hp.ipv4);
+  char buf[INET_ADDRSTRLEN] = {};
+  inet_ntop(AF_INET, &a, buf, sizeof(buf));
+  return absl::StrCat(buf, ":", hp.port);
+}
+
+void SetNoDelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+constexpr absl::Duration kMaxBackoff = absl::Milliseconds(500);
+// After Shutdown closed everything: how long to drive the loop for the cancellations.
+constexpr absl::Duration kDrainLimit = absl::Seconds(5);
+
+}  // namespace
+
+// The listening socket and its accept operation. Like a connection, the accept in flight
+// holds the listener alive until its final completion.
+class TcpTransport::Listener final : public EventLoop::Op,
+                                     public std::enable_shared_from_this<Listener> {
+ public:
+  Listener(EventLoop* loop, TcpTransport* owner, int fd) : loop_(loop), owner_(owner), fd_(fd) {}
+  ~Listener() {
+    if (fd_ >= 0) close(fd_);
+  }
+  void Arm() {
+    hold_ = shared_from_this();
+    inflight_ = true;
+    io_uring_sqe* sqe = loop_->Prepare(this);
+    io_uring_prep_accept(sqe, fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  }
+  void OnComplete(int res, uint32_t /*flags*/) override {
+    std::shared_ptr<Listener> keep = std::move(hold_);
+    inflight_ = false;
+    if (owner_ == nullptr) {
+      if (res >= 0) close(res);
+      if (fd_ >= 0) close(fd_);
+      fd_ = -1;
+      return;
+    }
+    if (res >= 0) {
+      owner_->OnAccept(res);
+    } else if (res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
+      // Out of fds or memory: retry later rather than spin.
+      DSM_LOG(ERROR) << "tcp: accept: " << std::strerror(-res);
+      std::weak_ptr<Listener> weak = keep;
+      owner_->loop_->RunAfter(absl::Milliseconds(100), [weak] {
+        if (auto l = weak.lock(); l != nullptr && l->owner_ != nullptr && !l->inflight_) l->Arm();
+      });
+      return;
+    }
+    if (owner_ != nullptr) Arm();
+  }
+  void Close() {
+    owner_ = nullptr;
+    if (fd_ < 0) return;
+    if (inflight_) {
+      shutdown(fd_, SHUT_RDWR);  // wakes the accept; the fd is closed at its completion
+      io_uring_sqe* sqe = loop_->Prepare(nullptr);
+      io_uring_prep_cancel(sqe, this, 0);
+    } else {
+      close(fd_);
+      fd_ = -1;
+    }
+  }
+  bool finished() const { return !inflight_; }
+
+ private:
+  EventLoop* const loop_;
+  TcpTransport* owner_;
+  int fd_;
+  bool inflight_ = false;
+  std::shared_ptr<Listener> hold_;
+};
+
+absl::StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const Options& options) {
+  if (absl::Status s = ValidateTransportOptions(options); !s.ok()) return s;
+  std::vector<HostPort> addrs;
+  for (const std::string& p : options.peers) addrs.push_back(*ParseHostPort(p));
+  HostPort listen = options.listen.empty() ? addrs[options.node_id]
+                                           : *ParseHostPort(options.listen);
+  return std::unique_ptr<Transport>(new TcpTransport(options, std::move(addrs), listen));
+}
+
+TcpTransport::TcpTransport(const Options& options, std::vector<HostPort> peers, HostPort listen)
+    : options_(options),
+      cluster_size_(peers.size()),
+      self_(options.node_id),
+      addrs_(std::move(peers)),
+      listen_addr_(listen),
+      peers_(cluster_size_) {}
+
+TcpTransport::~TcpTransport() { Shutdown(absl::Now()); }
+
+absl::Status TcpTransport::Start(EventLoop* loop, Handler* handler) {
+  if (started_) return absl::FailedPreconditionError("tcp transport: started twice");
+  if (loop == nullptr || handler == nullptr) {
+    return absl::InvalidArgumentError("tcp transport: null loop or handler");
+  }
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::ErrnoToStatus(errno, "socket");
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  const sockaddr_in addr = ToSockaddr(listen_addr_);
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int err = errno;
+    close(fd);
+    return absl::ErrnoToStatus(err, absl::StrCat("bind ", AddrString(listen_addr_)));
+  }
+  if (listen(fd, 128) != 0) {
+    const int err = errno;
+    close(fd);
+    return absl::ErrnoToStatus(err, absl::StrCat("listen ", AddrString(listen_addr_)));
+  }
+  loop_ = loop;
+  handler_ = handler;
+  started_ = true;
+  alive_ = std::make_shared<Alive>(Alive{this});
+  listener_ = std::make_shared<Listener>(loop, this, fd);
+  listener_->Arm();
+  peers_[self_].state = PeerState::kUp;
+  const absl::Duration timeout = absl::FromChrono(options_.connect_timeout);
+  connect_deadline_ = absl::Now() + timeout;
+  if (cluster_size_ > 1) deadline_timer_ = loop_->RunAfter(timeout, [this] { OnConnectDeadline(); });
+  for (NodeId j = 0; j < self_; ++j) Dial(j);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<TcpConnection> TcpTransport::Adopt(int fd) {
+  SetNoDelay(fd);
+  auto c = TcpConnection::Create(loop_, this, fd, cluster_size_);
+  Prune();
+  conns_.push_back(c);
+  return c;
+}
+
+void TcpTransport::Prune() {
+  conns_.erase(std::remove_if(conns_.begin(), conns_.end(),
+                              [](const std::shared_ptr<TcpConnection>& c) {
+                                return c->finished();
+                              }),
+               conns_.end());
+}
+
+void TcpTransport::Dial(NodeId peer) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    DSM_LOG(ERROR) << "tcp node " << self_ << ": socket: " << std::strerror(errno);
+    ScheduleRedial(peer);
+    return;
+  }
+  auto c = Adopt(fd);
+  c->outbound = true;
+  c->peer = peer;
+  c->peer_known = true;
+  peers_[peer].conn = c;
+  c->StartConnect(ToSockaddr(addrs_[peer]));
+}
+
+void TcpTransport::ScheduleRedial(NodeId peer) {
+  Peer& p = peers_[peer];
+  if (stopping_ || p.state != PeerState::kWaiting || p.redial_timer != 0) return;
+  if (absl::Now() + p.backoff >= connect_deadline_) return;  // the deadline timer decides
+  const absl::Duration delay = p.backoff;
+  p.backoff = std::min(2 * p.backoff, kMaxBackoff);
+  p.redial_timer = loop_->RunAfter(delay, [this, peer] {
+    peers_[peer].redial_timer = 0;
+    if (!stopping_ && peers_[peer].state == PeerState::kWaiting && peers_[peer].conn == nullptr) {
+      Dial(peer);
+    }
+  });
+}
+
+void TcpTransport::OnConnected(TcpConnection* c, int res) {
+  if (res < 0) {
+    DSM_LOG(INFO) << "tcp node " << self_ << ": connect to node " << c->peer << " at "
+                  << AddrString(addrs_[c->peer]) << ": " << std::strerror(-res);
+    c->Close();
+    ConnectionGone(c, absl::ErrnoToStatus(-res, "connect"));
+    return;
+  }
+  Message hello;
+  hello.type = MsgType::kHello;
+  hello.src = self_;
+  hello.arg = cluster_size_;
+  c->Enqueue(std::move(hello));
+  c->StartReceiving();
+}
+
+void TcpTransport::OnAccept(int fd) {
+  if (stopping_) {
+    close(fd);
+    return;
+  }
+  // Bound the connections that have not said Hello yet (each has a receive buffer).
+  size_t anonymous = 0;
+  for (const auto& c : conns_) anonymous += (!c->closed() && !c->outbound && !c->hello_done);
+  if (anonymous >= 2 * cluster_size_ + 8) {
+    DSM_LOG(WARNING) << "tcp node " << self_ << ": too many connections without Hello; refusing";
+    close(fd);
+    return;
+  }
+  auto c = Adopt(fd);
+  Message hello;
+  hello.type = MsgType::kHello;
+  hello.src = self_;
+  hello.arg = cluster_size_;
+  c->Enqueue(std::move(hello));
+  c->StartReceiving();
+}
+
+void TcpTransport::OnFrame(TcpConnection* c, absl::Span<const uint8_t> frame) {
+  if (stopping_) return;  // draining during Shutdown
+  auto m = DecodeMessage(frame, cluster_size_);
+  if (!m.ok()) {
+    Reject(c, m.status(), /*bad=*/true);
+    return;
+  }
+  if (!c->hello_done) {
+    if (m->type != MsgType::kHello) {
+      Reject(c, absl::InvalidArgumentError(absl::StrCat("first message is ", DebugString(*m),
+                                                        ", not Hello")),
+             /*bad=*/true);
+      return;
+    }
+    OnHello(c, *m);
+    return;
+  }
+  if (m->type == MsgType::kHello || m->src != c->peer) {
+    Reject(c, absl::InvalidArgumentError(absl::StrCat("unexpected ", DebugString(*m))),
+           /*bad=*/true);
+    return;
+  }
+  messages_received_.fetch_add(1, std::memory_order_relaxed);
+  bytes_received_.fetch_add(frame.size(), std::memory_order_relaxed);
+  m->dst = self_;
+  handler_->OnMessage(std::move(*m));
+}
+
+void TcpTransport::OnHello(TcpConnection* c, const Message& hello) {
+  if (hello.arg != cluster_size_) {
+    Reject(c, absl::InvalidArgumentError(absl::StrCat("Hello from node ", hello.src,
+                                                      " says cluster size ", hello.arg,
+                                                      ", ours is ", cluster_size_)),
+           /*bad=*/true);
+    return;
+  }
+  if (c->outbound) {
+    if (hello.src != c->peer) {
+      Reject(c, absl::InvalidArgumentError(absl::StrCat("dialed node ", c->peer, " at ",
+                                                        AddrString(addrs_[c->peer]),
+                                                        " but node ", hello.src, " answered")),
+             /*bad=*/true);
+      return;
+    }
+  } else {
+    if (hello.src <= self_) {
+      Reject(c, absl::InvalidArgumentError(absl::StrCat(
+                    "node ", hello.src, " dialed us; only higher node ids dial node ", self_)),
+             /*bad=*/true);
+      return;
+    }
+    const Peer& p = peers_[hello.src];
+    if (p.state != PeerState::kWaiting || p.conn != nullptr) {
+      Reject(c,
+             absl::AlreadyExistsError(absl::StrCat(
+                 "second connection from node ", hello.src,
+                 p.state == PeerState::kDown ? " (already declared down)" : " (already up)")),
+             /*bad=*/p.state == PeerState::kUp);
+      return;
+    }
+    c->peer = hello.src;
+    c->peer_known = true;
+  }
+  c->hello_done = true;
+  PeerUp(hello.src, c);
+}
+
+void TcpTransport::Reject(TcpConnection* c, const absl::Status& why, bool bad) {
+  if (bad) bad_messages_.fetch_add(1, std::memory_order_relaxed);
+  DSM_LOG(WARNING) << "tcp node " << self_ << ": closing connection"
+                   << (c->hello_done ? absl::StrCat(" to node ", c->peer) : std::string())
+                   << ": " << why;
+  c->Close();
+  ConnectionGone(c, why);
+}
+
+void TcpTransport::OnFailed(TcpConnection* c, const absl::Status& why, bool bad) {
+  if (stopping_) return;
+  if (bad) bad_messages_.fetch_add(1, std::memory_order_relaxed);
+  if (bad || c->hello_done) {
+    DSM_LOG(WARNING) << "tcp node " << self_ << ": connection"
+                     << (c->peer_known ? absl::StrCat(" to node ", c->peer) : std::string())
+                     << " closed: " << why;
+  }
+  ConnectionGone(c, why);
+}
+
+void TcpTransport::ConnectionGone(TcpConnection* c, const absl::Status& why) {
+  if (stopping_ || !c->peer_known) return;
+  Peer& p = peers_[c->peer];
+  if (p.conn.get() != c) return;
+  if (c->hello_done) {
+    PeerDown(c->peer, why, /*notify_now=*/true);
+  } else {
+    // A dial that failed before Hello: try again until the connect deadline.
+    p.conn.reset();
+    ScheduleRedial(c->peer);
+  }
+}
+
+void TcpTransport::PeerUp(NodeId peer, TcpConnection* c) {
+  Peer& p = peers_[peer];
+  p.state = PeerState::kUp;
+  p.conn = c->shared_from_this();
+  if (p.redial_timer != 0) loop_->CancelTimer(p.redial_timer);
+  p.redial_timer = 0;
+  // What was queued goes first, before anything the handler sends from OnPeerUp.
+  std::deque<Message> pending;
+  pending.swap(p.pending);
+  for (Message& m : pending) {
+    messages_sent_.fetch_add(1, std::memory_order_relaxed);
+    bytes_sent_.fetch_add(kWireHeaderSize + m.payload.size(), std::memory_order_relaxed);
+    c->Enqueue(std::move(m));
+  }
+  handler_->OnPeerUp(peer);
+}
+
+void TcpTransport::PeerDown(NodeId peer, const absl::Status& why, bool notify_now) {
+  Peer& p = peers_[peer];
+  if (p.state == PeerState::kDown) return;
+  p.state = PeerState::kDown;
+  p.pending.clear();
+  if (p.redial_timer != 0) loop_->CancelTimer(p.redial_timer);
+  p.redial_timer = 0;
+  if (p.conn != nullptr) p.conn->Close();
+  p.conn.reset();
+  if (notify_now) {
+    handler_->OnPeerDown(peer, why);
+  } else {
+    loop_->Post([a = alive_, peer, why] {
+      if (a->t != nullptr) a->t->handler_->OnPeerDown(peer, why);
+    });
+  }
+}
+
+void TcpTransport::OnConnectDeadline() {
+  deadline_timer_ = 0;
+  for (NodeId j = 0; j < cluster_size_; ++j) {
+    if (peers_[j].state != PeerState::kWaiting) continue;
+    PeerDown(j,
+             absl::DeadlineExceededError(absl::StrCat(
+                 "node ", j, " at ", AddrString(addrs_[j]), " did not connect within ",
+                 absl::FormatDuration(absl::FromChrono(options_.connect_timeout)))),
+             /*notify_now=*/true);
+  }
+}
+
+void TcpTransport::Send(Message&& m) {
+  if (!started_ || stopping_) return;
+  m.src = self_;
+  if (m.dst >= cluster_size_) {
+    DSM_LOG(ERROR) << "tcp: dropping message to node " << m.dst << " outside the cluster";
+    return;
+  }
+  if (absl::Status s = ValidateMessage(m, cluster_size_); !s.ok()) {
+    DSM_LOG(ERROR) << "tcp: dropping invalid message " << DebugString(m) << ": " << s;
+    return;
+  }
+  if (m.dst == self_) {
+    messages_sent_.fetch_add(1, std::memory_order_relaxed);
+    loop_->Post([a = alive_, m = std::move(m)]() mutable {
+      if (a->t == nullptr) return;
+      a->t->messages_received_.fetch_add(1, std::memory_order_relaxed);
+      a->t->handler_->OnMessage(std::move(m));
+    });
+    return;
+  }
+  Peer& p = peers_[m.dst];
+  switch (p.state) {
+    case PeerState::kDown:
+      return;
+    case PeerState::kWaiting:
+      p.pending.push_back(std::move(m));
+      return;
+    case PeerState::kUp:
+      messages_sent_.fetch_add(1, std::memory_order_relaxed);
+      bytes_sent_.fetch_add(kWireHeaderSize + m.payload.size(), std::memory_order_relaxed);
+      p.conn->Enqueue(std::move(m));
+      return;
+  }
+}
+
+bool TcpTransport::IsUp(NodeId peer) const {
+  return peer < cluster_size_ && peers_[peer].state == PeerState::kUp;
+}
+
+void TcpTransport::Disconnect(NodeId peer, const absl::Status& why) {
+  if (!started_ || stopping_ || peer >= cluster_size_ || peer == self_) return;
+  PeerDown(peer, why, /*notify_now=*/false);
+}
+
+bool TcpTransport::AnyConnection(bool (*pred)(const TcpConnection&)) const {
+  for (const auto& c : conns_) {
+    if (pred(*c)) return true;
+  }
+  return false;
+}
+
+void TcpTransport::Shutdown(absl::Time deadline) {
+  if (!started_ || shut_down_) return;
+  stopping_ = true;
+  alive_->t = nullptr;  // Posted tasks (self-sends, OnPeerDown) become no-ops
+  if (deadline_timer_ != 0) loop_->CancelTimer(deadline_timer_);
+  deadline_timer_ = 0;
+  for (Peer& p : peers_) {
+    if (p.redial_timer != 0) loop_->CancelTimer(p.redial_timer);
+    p.redial_timer = 0;
+    p.pending.clear();
+  }
+  listener_->Close();
+  auto poll_until = [this](absl::Time until, bool (*busy)(const TcpConnection&)) {
+    while (AnyConnection(busy)) {
+      const absl::Duration left = until - absl::Now();
+      if (left <= absl::ZeroDuration()) return;
+      loop_->Poll(absl::ZeroDuration(), std::min(left, absl::Milliseconds(10)));
+    }
+  };
+  // 1. Flush what the live connections still have queued.
+  poll_until(deadline, [](const TcpConnection& c) {
+    return !c.closed() && c.hello_done && c.queued_bytes() > 0;
+  });
+  // 2. Half-close: the peers see EOF after our last byte and close their side.
+  for (const auto& c : conns_) {
+    if (!c->closed() && c->hello_done) {
+      c->ShutdownWrite();
+    } else {
+      c->Close();
+    }
+  }
+  poll_until(deadline, [](const TcpConnection& c) { return !c.closed(); });
+  // 3. Close everything and wait for every ring operation's final completion.
+  for (const auto& c : conns_) c->Detach();
+  for (Peer& p : peers_) p.conn.reset();
+  const absl::Time drain_until = absl::Now() + kDrainLimit;
+  while ((!listener_->finished() || AnyConnection([](const TcpConnection& c) {
+            return !c.finished();
+          })) &&
+         absl::Now() < drain_until) {
+    loop_->Poll(absl::ZeroDuration(), absl::Milliseconds(10));
+  }
+  Prune();
+  if (!conns_.empty() || !listener_->finished()) {
+    // They keep themselves alive until their completions; the memory stays valid.
+    DSM_LOG(ERROR) << "tcp node " << self_ << ": " << conns_.size()
+                   << " connection(s) still had ring operations after shutdown";
+  }
+  conns_.clear();
+  listener_.reset();
+  shut_down_ = true;
+}
+
+Transport::Counters TcpTransport::counters() const {
+  Counters c;
+  c.messages_sent = messages_sent_.load(std::memory_order_relaxed);
+  c.messages_received = messages_received_.load(std::memory_order_relaxed);
+  c.bytes_sent = bytes_sent_.load(std::memory_order_relaxed);
+  c.bytes_received = bytes_received_.load(std::memory_order_relaxed);
+  c.bad_messages = bad_messages_.load(std::memory_order_relaxed);
+  return c;
+}
+
+}  // namespace dsm

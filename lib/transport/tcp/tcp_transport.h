@@ -1,0 +1,111 @@
+// TcpTransport: a full mesh of TCP connections driven by io_uring on the node's EventLoop.
+//
+//   Options o; o.node_id = 1; o.peers = {"127.0.0.1:7000", "127.0.0.1:7001"};
+//   auto t = CreateTcpTransport(o);        // usually through CreateTransport(o)
+//   t.value()->Start(loop, &handler);      // listens on peers[1] (or o.listen)
+//   ... loop->Poll() on this thread ...
+//
+// Mesh: node i dials every j < i and accepts from every j > i (one connection per pair).
+// Failed dials are retried with backoff (10 ms doubling to 500 ms) until connect_timeout.
+// Each side sends kHello (src = its id, arg = cluster size) first and checks the other's:
+// the expected node id (dialer) or a higher id not yet connected (acceptor), and the same
+// cluster size; otherwise the connection is closed.
+//
+// Peer state: waiting -> up -> down, or waiting -> down after connect_timeout; down is final
+// for this transport instance (a later connection from that node is refused). Messages to a
+// waiting peer are queued and sent in order once it is up; to a down peer they are dropped.
+// A frame that fails validation, a src that does not match the connection, EOF or a socket
+// error closes the connection, logs a warning and reports the peer down once.
+//
+// Shutdown(deadline): stops Handler calls and Sends, flushes queued output and half-closes
+// every connection (peers see EOF and report this node down), waits until the deadline for
+// the peers to close their side, then closes and cancels every ring operation and drives the
+// loop until each one completed, so the transport can then be destroyed. The destructor does
+// Shutdown(now). Ring operations hold their connection alive until their final completion.
+//
+// Threading: as Transport (transport.h): every call, the destructor, and all Handler calls on
+// the loop's thread (or after that thread stopped polling: Shutdown drives the loop itself).
+// The EventLoop must outlive the transport. counters() from any thread.
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "transport/tcp/tcp_connection.h"
+#include "transport/transport.h"
+
+namespace dsm {
+
+absl::StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const Options& options);
+
+class TcpTransport final : public Transport, private TcpConnection::Owner {
+ public:
+  TcpTransport(const Options& options, std::vector<HostPort> peers, HostPort listen);
+  ~TcpTransport() override;
+
+  absl::Status Start(EventLoop* loop, Handler* handler) override;
+  void Send(Message&& m) override;
+  bool IsUp(NodeId peer) const override;
+  void Disconnect(NodeId peer, const absl::Status& why) override;
+  void Shutdown(absl::Time deadline) override;
+  Counters counters() const override;
+
+ private:
+  class Listener;
+  struct Alive {  // tasks Posted to the loop run only while `t` is set
+    TcpTransport* t;
+  };
+  enum class PeerState { kWaiting, kUp, kDown };
+  struct Peer {
+    PeerState state = PeerState::kWaiting;
+    std::shared_ptr<TcpConnection> conn;  // the dial in progress, or the live connection
+    std::deque<Message> pending;          // sent while waiting
+    EventLoop::TimerId redial_timer = 0;
+    absl::Duration backoff = absl::Milliseconds(10);
+  };
+
+  // TcpConnection::Owner.
+  void OnConnected(TcpConnection* c, int res) override;
+  void OnFrame(TcpConnection* c, absl::Span<const uint8_t> frame) override;
+  void OnFailed(TcpConnection* c, const absl::Status& why, bool bad) override;
+
+  void OnAccept(int fd);
+  void Dial(NodeId peer);
+  void ScheduleRedial(NodeId peer);
+  void OnHello(TcpConnection* c, const Message& hello);
+  void Reject(TcpConnection* c, const absl::Status& why, bool bad);
+  void ConnectionGone(TcpConnection* c, const absl::Status& why);
+  void PeerUp(NodeId peer, TcpConnection* c);
+  // Declares `peer` down once; OnPeerDown now (completion context) or Posted (API calls).
+  void PeerDown(NodeId peer, const absl::Status& why, bool notify_now);
+  void OnConnectDeadline();
+  std::shared_ptr<TcpConnection> Adopt(int fd);
+  void Prune();
+  bool AnyConnection(bool (*pred)(const TcpConnection&)) const;
+
+  const Options options_;
+  const size_t cluster_size_;
+  const NodeId self_;
+  const std::vector<HostPort> addrs_;
+  const HostPort listen_addr_;
+  EventLoop* loop_ = nullptr;
+  Handler* handler_ = nullptr;
+  std::vector<Peer> peers_;
+  // Every connection whose ring operations may not have finished (dials, accepted ones
+  // waiting for Hello, live ones, closed ones draining).
+  std::vector<std::shared_ptr<TcpConnection>> conns_;
+  std::shared_ptr<Listener> listener_;
+  std::shared_ptr<Alive> alive_;
+  absl::Time connect_deadline_;
+  EventLoop::TimerId deadline_timer_ = 0;
+  bool started_ = false;
+  bool stopping_ = false;  // Shutdown began: no Handler calls, Sends dropped
+  bool shut_down_ = false;
+
+  std::atomic<uint64_t> messages_sent_{0}, messages_received_{0}, bytes_sent_{0},
+      bytes_received_{0}, bad_messages_{0};
+};
+
+}  // namespace dsm
