@@ -2,6 +2,8 @@
 #pragma once
 
 #include <deque>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include "lock/barrier.h"
@@ -44,5 +46,59 @@ inline Message SimpleMsg(MsgType type, NodeId node, uint64_t id, RegionId region
   m.req_id = id;
   return m;
 }
+
+}  // namespace dsm::lock::testing
+
+namespace dsm::lock::testing {
+
+// In-flight messages between simulated nodes: FIFO per (src, dst) pair, any order across
+// pairs (like one TCP connection per pair).
+class Network {
+ public:
+  void Push(Message m) { queues_[{m.src, m.dst}].push_back(std::move(m)); }
+  bool empty() const {
+    for (const auto& [k, q] : queues_) {
+      if (!q.empty()) return false;
+    }
+    return true;
+  }
+  // Pops the head of a non-empty queue chosen by `pick` (an index among non-empty queues).
+  template <typename Pick>
+  bool PopAny(Pick&& pick, Message* out) {
+    std::vector<std::deque<Message>*> live;
+    for (auto& [k, q] : queues_) {
+      if (!q.empty()) live.push_back(&q);
+    }
+    if (live.empty()) return false;
+    auto* q = live[pick(live.size())];
+    *out = std::move(q->front());
+    q->pop_front();
+    return true;
+  }
+  // Drops every message from or to `node`.
+  void Sever(NodeId node) {
+    for (auto& [k, q] : queues_) {
+      if (k.first == node || k.second == node) q.clear();
+    }
+  }
+
+ private:
+  std::map<std::pair<NodeId, NodeId>, std::deque<Message>> queues_;
+};
+
+// A port that stamps the sender and queues into a Network.
+class NetPort : public LockTablePort, public LockClientPort, public BarrierPort {
+ public:
+  NetPort(Network* net, NodeId self) : net_(net), self_(self) {}
+  virtual ~NetPort() = default;
+  void Send(Message&& m) override {
+    m.src = self_;
+    net_->Push(std::move(m));
+  }
+
+ private:
+  Network* net_;
+  NodeId self_;
+};
 
 }  // namespace dsm::lock::testing
