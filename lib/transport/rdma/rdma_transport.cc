@@ -35,8 +35,7 @@ using rdma::FrameKind;
 using rdma::RdmaHeader;
 using rdma::VerbsOps;
 
-// Staging slots hold one message payload; page-aligned so a run of pages copies aligned.
-constexpr size_t kSlotSize = (kMaxPayload + 4095) / 4096 * 4096;
+constexpr size_t kSlotSize = kRdmaSlotSize;
 
 // --- bootstrap handshake (little-endian, fixed size) ---
 constexpr uint32_t kHandshakeMagic = 0x484d5344;  // "DSMH"
@@ -1058,12 +1057,6 @@ void RdmaTransportImpl::Shutdown(absl::Time deadline) {
 }
 
 }  // namespace
-
-size_t RdmaRegisteredBytes(const RdmaTuning& t, size_t cluster_size) {
-  if (cluster_size < 2) return 0;
-  const size_t bufs = size_t{t.recv_credits} + t.ctrl_reserve;
-  return (cluster_size - 1) * (2 * bufs * t.buf_size + 2 * size_t{t.staging_slots} * kSlotSize);
-}
 
 absl::StatusOr<std::unique_ptr<Transport>> CreateRdmaTransportWithVerbs(
     const Options& options, const RdmaTuning& tuning, std::unique_ptr<rdma::VerbsOps> verbs) {

@@ -58,8 +58,16 @@ struct RdmaTuning {
   uint32_t credit_threshold = 16;
 };
 
-// Bytes the transport registers (pins) for a cluster of `cluster_size` nodes.
-size_t RdmaRegisteredBytes(const RdmaTuning& tuning, size_t cluster_size);
+// A staging slot holds one message payload; page-aligned.
+inline constexpr size_t kRdmaSlotSize = (kMaxPayload + 4095) / 4096 * 4096;
+
+// Bytes the transport registers (pins) for a cluster of `cluster_size` nodes: per peer, the
+// send and receive buffers and the staging slots of both directions.
+inline size_t RdmaRegisteredBytes(const RdmaTuning& t, size_t cluster_size) {
+  if (cluster_size < 2) return 0;
+  const size_t bufs = size_t{t.recv_credits} + t.ctrl_reserve;
+  return (cluster_size - 1) * (2 * bufs * t.buf_size + 2 * size_t{t.staging_slots} * kRdmaSlotSize);
+}
 
 // Extra counters beyond Transport::Counters (for tests and Stats).
 struct RdmaCounters {
