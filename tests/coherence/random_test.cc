@@ -88,12 +88,12 @@ void RunSeeds(uint64_t first_seed, const RunSpec& spec) {
               static_cast<unsigned long long>(lost), secs);
 }
 
-TEST(RandomProtocol, AccessesOnly) { RunSeeds(1, {2000, 2000, false, false}); }
+TEST(RandomProtocol, AccessesOnly) { RunSeeds(1, {3000, 2000, false, false}); }
 
-TEST(RandomProtocol, WithReleaseAndWriteBack) { RunSeeds(100001, {2000, 2000, true, false}); }
+TEST(RandomProtocol, WithReleaseAndWriteBack) { RunSeeds(100001, {3000, 2000, true, false}); }
 
 TEST(RandomProtocol, PeerDownNeverHangsSurvivors) {
-  RunSeeds(200001, {1500, 2000, true, true});
+  RunSeeds(200001, {2000, 2000, true, true});
 }
 
 }  // namespace
