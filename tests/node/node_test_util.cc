@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -98,11 +99,18 @@ PollResult PollWord(const uint64_t* word, const std::function<bool(uint64_t)>& p
                     std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   uint64_t v = 0;
-  for (;;) {
+  for (int spins = 0;; ++spins) {
     v = __atomic_load_n(word, __ATOMIC_ACQUIRE);
     if (pred(v)) return {true, v};
     if (std::chrono::steady_clock::now() >= deadline) return {false, v};
-    sched_yield();
+    // Spin briefly, then back off: on 2 vCPUs a busy poller starves the engine threads that
+    // must run for the value to change (sched_yield does not give them the CPU under CFS).
+    if (spins < 64) {
+      __builtin_ia32_pause();
+    } else {
+      struct timespec ts = {0, 20000};
+      nanosleep(&ts, nullptr);
+    }
   }
 }
 
