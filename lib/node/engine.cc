@@ -570,7 +570,7 @@ Stats Engine::GetStats() {
     for (auto& [id, r] : regions_) {
       const coherence::Cache::Counters& c = r->cache().counters();
       out.read_faults += c.read_faults;
-      out.write_faults += c.write_faults;
+      out.write_faults += c.write_faults + c.upgrade_faults;  // stats.h: WP faults count as writes
       out.upgrade_faults += c.upgrade_faults;
       out.coalesced_faults += c.coalesced_faults;
       out.requests_sent += c.requests_sent;
