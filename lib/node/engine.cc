@@ -239,6 +239,14 @@ void Engine::OnMessage(Message&& m) {
         return;
       }
       if (m.page >= r->num_pages()) return;
+      if (closing_.contains(m.region) && m.src != options_.node_id &&
+          (m.type == MsgType::kGetS || m.type == MsgType::kGetM)) {
+        // The home is unmapping: it hands out no new copies (they would die with it).
+        Message nack{MsgType::kNack, options_.node_id, m.src, m.region, m.page, m.req_id,
+                     static_cast<uint64_t>(ErrorCode::kShuttingDown), {}};
+        SendMessage(std::move(nack));
+        return;
+      }
       r->directory()->OnMessage(m, now);
       return;
     case MsgType::kData:
@@ -523,14 +531,50 @@ absl::Status Engine::SyncRegion(RegionId region) {
 absl::Status Engine::UnmapOnEngine(RegionId region, std::shared_ptr<Waiter> w) {
   MappedRegion* r = FindRegion(region);
   if (r == nullptr) return absl::NotFoundError("region is not mapped");
-  // Give every copy back: Modified pages are written back, Shared ones dropped with notice.
+  w->what = absl::StrCat("unmapping region ", r->name());
+  w->deadline = absl::Now() + absl::FromChrono(options_.peer_timeout);
+  closing_.insert(region);
+  // At a home, pages other nodes hold Modified are the only current copies: fetch them back
+  // (a read by the home recalls them) before the home's copy is persisted and dropped.
+  std::vector<PageIndex> reclaim;
+  if (coherence::Directory* dir = r->directory()) {
+    for (PageIndex p = 0; p < r->num_pages(); ++p) {
+      if (r->HomeOf(p) != options_.node_id) continue;
+      coherence::Directory::EntryView e = dir->entry(p);
+      if (e.state == coherence::Directory::EntryState::kModified && e.owner != options_.node_id) {
+        reclaim.push_back(p);
+      }
+    }
+    const absl::Time now = absl::Now();
+    for (PageIndex p : reclaim) r->cache().OnFault(p, /*write=*/false, now);
+  }
+  FinishUnmap(region, w, std::move(reclaim));
+  return absl::OkStatus();
+}
+
+void Engine::FinishUnmap(RegionId region, std::shared_ptr<Waiter> w,
+                         std::vector<PageIndex> reclaim) {
+  MappedRegion* r = FindRegion(region);
+  if (r == nullptr) {
+    w->Fail(absl::NotFoundError("region vanished while unmapping"));
+    w->done.Notify();
+    return;
+  }
   coherence::Cache& cache = r->cache();
+  bool waiting = false;
+  for (PageIndex p : reclaim) waiting = waiting || cache.pending(p);
+  if (waiting && absl::Now() < w->deadline) {
+    After(absl::Milliseconds(1),
+          [this, region, w, reclaim = std::move(reclaim)]() mutable {
+            FinishUnmap(region, w, std::move(reclaim));
+          });
+    return;
+  }
+  // Give every copy back: Modified pages are written back, Shared ones dropped with notice.
   for (PageIndex p = 0; p < r->num_pages(); ++p) {
     if (cache.state(p) != coherence::PageState::kInvalid && !cache.pending(p)) cache.Release(p);
   }
-  w->what = absl::StrCat("unmapping region ", r->name());
-  w->deadline = absl::Now() + absl::FromChrono(options_.peer_timeout);
-  // Homes persist what they received (file-backed regions), then we drop the mapping.
+  // Homes persist what they received (file-backed regions); the mapping goes when they answer.
   std::vector<NodeId> homes = r->RemoteHomes();
   if (r->directory() != nullptr) homes.push_back(options_.node_id);
   NewWaiter(w);
@@ -543,7 +587,6 @@ absl::Status Engine::UnmapOnEngine(RegionId region, std::shared_ptr<Waiter> w) {
     m.req_id = w->req_id;
     SendMessage(std::move(m));
   }
-  return absl::OkStatus();
 }
 
 absl::Status Engine::UnmapRegion(RegionId region) {
@@ -558,6 +601,7 @@ absl::Status Engine::UnmapRegion(RegionId region) {
   }
   absl::Status erased = RunOnEngine([this, region] {
     regions_.erase(region);
+    closing_.erase(region);
     return absl::OkStatus();
   });
   return result.ok() ? erased : result;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -82,6 +83,9 @@ class Engine final : public Transport::Handler, public RegionHost {
   void SendRegionOpen(std::shared_ptr<Waiter> w, MappedRegion* r, NodeId home);
   uint64_t NewWaiter(std::shared_ptr<Waiter> w);
   absl::Status UnmapOnEngine(RegionId region, std::shared_ptr<Waiter> w);
+  // Waits (polling every millisecond, bounded by the waiter's deadline) until `reclaim` pages
+  // are back at this home, then releases every copy and asks the homes to persist.
+  void FinishUnmap(RegionId region, std::shared_ptr<Waiter> w, std::vector<PageIndex> reclaim);
 
   const Options options_;
   std::unique_ptr<Userfaultfd> uffd_;
@@ -95,6 +99,7 @@ class Engine final : public Transport::Handler, public RegionHost {
   // Engine-thread state.
   absl::flat_hash_map<RegionId, std::unique_ptr<MappedRegion>> regions_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Waiter>> waiters_;
+  absl::flat_hash_set<RegionId> closing_;  // being unmapped: no new copies handed out
   uint64_t next_req_id_ = 1;
   uint64_t down_mask_ = 0;  // peers declared down (bit per node id)
   struct Timer {
