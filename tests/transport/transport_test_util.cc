@@ -113,7 +113,7 @@ bool Recorder::reentrant_delivery() const { return reentrant_.load(); }
 
 TestNode::~TestNode() { Stop(); }
 
-absl::Status TestNode::Init(const Options& o) {
+absl::Status TestNode::Init(const Options& o, bool inject_faults) {
   options = o;
   auto loop = EventLoop::Create();
   if (!loop.ok()) return loop.status();
@@ -121,6 +121,11 @@ absl::Status TestNode::Init(const Options& o) {
   auto t = CreateTransport(o);
   if (!t.ok()) return t.status();
   transport_ = std::move(*t);
+  if (inject_faults) {
+    auto f = std::make_unique<FaultInjectionTransport>(std::move(transport_));
+    faults_ = f.get();
+    transport_ = std::move(f);
+  }
   thread_ = std::thread([this] {
     while (!stop_.load()) {
       loop_->Poll(absl::Microseconds(spin_us.load()), absl::Milliseconds(5));
@@ -167,7 +172,7 @@ void TestNode::Stop() {
 
 absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Create(
     TransportKind kind, size_t n, std::vector<NodeId> start,
-    std::chrono::milliseconds connect_timeout) {
+    std::chrono::milliseconds connect_timeout, bool inject_faults) {
   static std::atomic<int> hub_seq{0};
   if (start.empty()) {
     for (NodeId i = 0; i < n; ++i) start.push_back(i);
@@ -191,7 +196,7 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Create(
       o.transport = kind;
       o.loopback_hub = hub;
       o.connect_timeout = connect_timeout;
-      absl::Status s = c->nodes_[i]->Init(o);
+      absl::Status s = c->nodes_[i]->Init(o, inject_faults);
       if (s.ok()) s = c->nodes_[i]->Start();
       if (!s.ok()) {
         last = s;

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "transport/fault_injection_transport.h"
 #include "transport/transport.h"
 
 namespace dsm::testing {
@@ -73,7 +74,10 @@ class TestNode {
  public:
   TestNode() = default;
   ~TestNode();
-  absl::Status Init(const Options& o);  // creates the loop, the transport and the thread
+  // Creates the loop, the transport (wrapped in a FaultInjectionTransport when
+  // `inject_faults`) and the polling thread.
+  absl::Status Init(const Options& o, bool inject_faults = false);
+  FaultInjectionTransport& faults() { return *faults_; }
   // Runs `fn` on the loop thread and waits for it.
   void Run(const std::function<void()>& fn);
   absl::Status Start();
@@ -90,6 +94,7 @@ class TestNode {
  private:
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<Transport> transport_;
+  FaultInjectionTransport* faults_ = nullptr;
   Recorder rec_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
@@ -100,7 +105,8 @@ class TestCluster {
  public:
   static absl::StatusOr<std::unique_ptr<TestCluster>> Create(
       TransportKind kind, size_t n, std::vector<NodeId> start = {},
-      std::chrono::milliseconds connect_timeout = std::chrono::seconds(20));
+      std::chrono::milliseconds connect_timeout = std::chrono::seconds(20),
+      bool inject_faults = false);
   TestNode& node(NodeId i) { return *nodes_[i]; }
   const std::vector<std::string>& peers() const { return peers_; }
   uint16_t port(NodeId i) const { return ports_[i]; }
