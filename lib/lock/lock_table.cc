@@ -232,6 +232,10 @@ absl::Status LockTable::CheckInvariants() const {
       if (i == j || !Conflict(x.mode, x.start, x.end, y.mode, y.start, y.end)) continue;
       if (x.held && y.held) return absl::InternalError("conflicting holders " + str(x) + str(y));
       if (!x.held && (y.held || y.seq < x.seq)) blocked = true;
+      if (x.held && !y.held && y.seq < x.seq) {
+        return absl::InternalError("granted over an earlier conflicting waiter " + str(x) +
+                                   str(y));
+      }
     }
     if (!x.held && !blocked) return absl::InternalError("grantable waiter " + str(x));
   }

@@ -12,9 +12,10 @@
 //  - Exclusion: no two held locks conflict.
 //  - FIFO fairness: every request has a sequence number (arrival order). A waiting request
 //    conflicts with some held lock or with some waiting request of a lower sequence number;
-//    i.e. no waiting request is grantable (a request that could be granted has been). So a
-//    request is overtaken only by requests it does not conflict with, and an exclusive
-//    request is not starved by later shared ones.
+//    i.e. no waiting request is grantable (a request that could be granted has been). And no
+//    held lock conflicts with a waiting request of a lower sequence number: a request is
+//    overtaken only by requests it does not conflict with, so an exclusive request is not
+//    starved by later shared ones.
 //  - Granting never makes another request grantable (the "conflicts with" relation is the same
 //    for holders and earlier waiters), so only removing a lock or a waiter [a, b) can, and only
 //    for waiters overlapping [a, b): those are re-examined in sequence order.

@@ -178,6 +178,14 @@ TEST(Barrier, NodeDownSeenOnlyByTheArbiterStillFailsEveryone) {
   EXPECT_NE(c.result(b)->message().find("node 2"), std::string::npos) << *c.result(b);
 }
 
+TEST(Barrier, MemberDownSeenOnlyByTheClientFailsLocally) {
+  BarrierCluster c(3);
+  const size_t b = c.Enter(1, "b", {});
+  c.Run();
+  c.clients_[1]->OnPeerDown(2);  // the arbiter (node 0) has not noticed yet
+  EXPECT_EQ(c.code(b), absl::StatusCode::kUnavailable);
+}
+
 TEST(Barrier, ArbiterDownFailsWaiters) {
   BarrierCluster c(3);
   const size_t b = c.Enter(1, "b", {});
