@@ -108,11 +108,9 @@ void Engine::Run() {
   const absl::Duration spin = absl::FromChrono(options_.poll_spin);
   while (!stop_.load(std::memory_order_acquire)) {
     absl::Time now = absl::Now();
-    absl::Duration wait = std::max(absl::ZeroDuration(), next_tick_ - now);
-    for (const Timer& t : timers_) wait = std::min(wait, std::max(absl::ZeroDuration(), t.when - now));
-    loop_->Poll(spin, wait);
+    // The loop never sleeps past its own timers (RunAfter); the tick bounds the rest.
+    loop_->Poll(spin, std::max(absl::ZeroDuration(), next_tick_ - now));
     now = absl::Now();
-    RunTimers(now);
     if (now >= next_tick_) {
       Tick(now);
       next_tick_ = now + kTickPeriod;
@@ -403,22 +401,7 @@ void Engine::ReportLost(const std::string& region, PageIndex first, uint64_t cou
 }
 
 void Engine::After(absl::Duration delay, absl::AnyInvocable<void()> fn) {
-  timers_.push_back(Timer{absl::Now() + delay, std::move(fn)});
-}
-
-void Engine::RunTimers(absl::Time now) {
-  if (timers_.empty()) return;
-  std::vector<Timer> due;
-  for (size_t i = 0; i < timers_.size();) {
-    if (timers_[i].when <= now) {
-      due.push_back(std::move(timers_[i]));
-      timers_[i] = std::move(timers_.back());
-      timers_.pop_back();
-    } else {
-      ++i;
-    }
-  }
-  for (Timer& t : due) t.fn();
+  loop_->RunAfter(delay, std::move(fn));
 }
 
 void Engine::Tick(absl::Time now) {

@@ -72,7 +72,6 @@ class Engine final : public Transport::Handler, public RegionHost {
   void ArmUffdPoll();
   void OnUffdReadable();
   void Tick(absl::Time now);
-  void RunTimers(absl::Time now);
   void After(absl::Duration delay, absl::AnyInvocable<void()> fn);
 
   MappedRegion* FindRegion(RegionId id);
@@ -102,11 +101,6 @@ class Engine final : public Transport::Handler, public RegionHost {
   absl::flat_hash_set<RegionId> closing_;  // being unmapped: no new copies handed out
   uint64_t next_req_id_ = 1;
   uint64_t down_mask_ = 0;  // peers declared down (bit per node id)
-  struct Timer {
-    absl::Time when;
-    absl::AnyInvocable<void()> fn;
-  };
-  std::vector<Timer> timers_;
   absl::Time next_tick_ = absl::InfinitePast();
   Stats stats_;  // the engine's own counters; GetStats() adds the layers' counters
 };
