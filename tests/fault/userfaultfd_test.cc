@@ -334,6 +334,7 @@ TEST_F(UffdTest, PoisonOnMappedPageIsAlreadyExists) {
 }
 
 void TouchPoisonedPage() {
+  signal(SIGBUS, SIG_DFL);  // ASan would catch it and exit instead
   absl::StatusOr<std::unique_ptr<Userfaultfd>> u = Userfaultfd::Open();
   if (!u.ok()) _exit(2);
   char* p = static_cast<char*>(
