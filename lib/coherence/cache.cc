@@ -1,5 +1,6 @@
 #include "coherence/cache.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "common/log.h"
@@ -273,6 +274,8 @@ void Cache::OnPeerDown(NodeId peer) {
   for (const auto& [page, r] : s.pending) {
     if (r.home == peer) failed.push_back(page);
   }
+  // Hash-map order varies per process: sort so runs repeat exactly.
+  std::sort(failed.begin(), failed.end());
   for (PageIndex page : failed) s.MarkLost(page, ErrorCode::kPageLost);
 }
 

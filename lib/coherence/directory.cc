@@ -1,5 +1,6 @@
 #include "coherence/directory.h"
 
+#include <algorithm>
 #include <bit>
 #include <deque>
 #include <utility>
@@ -368,6 +369,8 @@ void Directory::OnPeerDown(NodeId peer) {
     }
     touched.push_back(page);
   }
+  // Hash-map order varies per process: sort so runs repeat exactly.
+  std::sort(touched.begin(), touched.end());
   const absl::Time now = absl::Now();
   for (PageIndex page : touched) s.Drain(page, now);
 }
