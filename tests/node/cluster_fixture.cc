@@ -103,8 +103,7 @@ LocalCluster::~LocalCluster() {
   nodes_.clear();
 }
 
-absl::StatusOr<std::vector<std::unique_ptr<Region>>> LocalCluster::MapAll(
-    const RegionOptions& ro) {
+absl::StatusOr<std::vector<std::unique_ptr<Region>>> LocalCluster::MapAll(const RegionOptions& ro) {
   std::vector<absl::StatusOr<std::unique_ptr<Region>>> made;
   for (size_t i = 0; i < nodes_.size(); ++i) made.emplace_back(absl::UnknownError("not run"));
   std::vector<std::function<void()>> fns;

@@ -63,15 +63,15 @@ class ClusterTest : public ::testing::TestWithParam<TransportKind> {
  protected:
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    watchdog_ = std::make_unique<Watchdog>(
-        absl::StrCat(info->test_suite_name(), ".", info->name()), std::chrono::seconds(240));
+    watchdog_ = std::make_unique<Watchdog>(absl::StrCat(info->test_suite_name(), ".", info->name()),
+                                           std::chrono::seconds(240));
     Start();
   }
 
   void Start(const std::function<void(Options&)>& tweak = nullptr) {
     Step("starting the cluster");
-    absl::StatusOr<std::unique_ptr<LocalCluster>> c = LocalCluster::Start(GetParam(), kNodes,
-                                                                          tweak);
+    absl::StatusOr<std::unique_ptr<LocalCluster>> c =
+        LocalCluster::Start(GetParam(), kNodes, tweak);
     if (!c.ok() && c.status().code() == absl::StatusCode::kPermissionDenied && geteuid() != 0) {
       GTEST_SKIP() << "userfaultfd unavailable to this user: " << c.status();
     }
@@ -157,8 +157,7 @@ TEST_P(ClusterTest, AWriteByOneNodeIsReadByAll) {
   FillPattern(Bytes(r[1], 2 * kPage), 4 * kPage, 7, 2 * kPage);
   Step("every node reads them");
   for (int i = 0; i < kNodes; ++i) {
-    auto bad = CheckPattern(Bytes(r[static_cast<size_t>(i)], 2 * kPage), 4 * kPage, 7,
-                            2 * kPage);
+    auto bad = CheckPattern(Bytes(r[static_cast<size_t>(i)], 2 * kPage), 4 * kPage, 7, 2 * kPage);
     EXPECT_FALSE(bad) << "node " << i << ": " << *bad;
   }
   Step("untouched pages read as zero everywhere");
@@ -204,7 +203,8 @@ TEST_P(ClusterTest, PingPongWritesToOnePage) {
   auto player = [&](int me, Region* reg) {
     for (uint64_t k = 0; k < rounds; ++k) {
       uint64_t want = 2 * k + static_cast<uint64_t>(me);
-      PollResult p = PollWord(Word(reg, 0), [want](uint64_t x) { return x == want; }, kWait);
+      PollResult p = PollWord(
+          Word(reg, 0), [want](uint64_t x) { return x == want; }, kWait);
       if (!p.ok) {
         err[me] = absl::StrCat("round ", k, ": turn stuck at ", p.last, ", want ", want);
         return;
@@ -227,8 +227,8 @@ TEST_P(ClusterTest, PingPongWritesToOnePage) {
 }
 
 // threads x nodes atomic increments; `offs` are the counters' offsets.
-void RunIncrements(const std::vector<Region*>& r, const std::vector<uint64_t>& offs,
-                   int threads, uint64_t iters) {
+void RunIncrements(const std::vector<Region*>& r, const std::vector<uint64_t>& offs, int threads,
+                   uint64_t iters) {
   std::vector<std::function<void()>> fns;
   // Every thread first faults the counters in, then all start together, so they contend.
   std::latch go(static_cast<std::ptrdiff_t>(r.size()) * threads);
@@ -267,8 +267,7 @@ TEST_P(ClusterTest, AtomicIncrementsOnCountersInSeparatePagesAreExact) {
   RunIncrements(r, {kPage, 3 * kPage + 64}, 2, iters);
   for (int i = 0; i < kNodes; ++i) {
     EXPECT_EQ(*Word(r[static_cast<size_t>(i)], kPage), kNodes * 2 * iters) << "node " << i;
-    EXPECT_EQ(*Word(r[static_cast<size_t>(i)], 3 * kPage + 64), kNodes * 2 * iters)
-        << "node " << i;
+    EXPECT_EQ(*Word(r[static_cast<size_t>(i)], 3 * kPage + 64), kNodes * 2 * iters) << "node " << i;
   }
 }
 
@@ -293,10 +292,11 @@ TEST_P(ClusterTest, KernelReadIntoARemotePageAndWriteFromOne) {
   for (int i = 0; i < kNodes; ++i) {
     SCOPED_TRACE(absl::StrCat("node ", i));
     EXPECT_EQ(std::nullopt, CheckPattern(Bytes(r[static_cast<size_t>(i)], off), len, 9, off));
-    EXPECT_EQ(std::nullopt, CheckPattern(Bytes(r[static_cast<size_t>(i)], 2 * kPage), 1000, 1, 2 * kPage))
+    EXPECT_EQ(std::nullopt,
+              CheckPattern(Bytes(r[static_cast<size_t>(i)], 2 * kPage), 1000, 1, 2 * kPage))
         << "bytes before the read(2) range changed";
     EXPECT_EQ(std::nullopt, CheckPattern(Bytes(r[static_cast<size_t>(i)], off + len),
-                              3 * kPage - off - len, 1, off + len))
+                                         3 * kPage - off - len, 1, off + len))
         << "bytes after the read(2) range changed";
   }
 
@@ -337,8 +337,7 @@ TEST_P(ClusterTest, KernelReadIntoARemotePageAndWriteFromOne) {
   ASSERT_EQ(pipe(p), 0);
   FillPattern(src.data(), len, 15, 7 * kPage);
   ASSERT_EQ(write(p[1], src.data(), len), static_cast<ssize_t>(len));
-  ASSERT_EQ(read(p[0], Bytes(r[2], 7 * kPage), len), static_cast<ssize_t>(len))
-      << strerror(errno);
+  ASSERT_EQ(read(p[0], Bytes(r[2], 7 * kPage), len), static_cast<ssize_t>(len)) << strerror(errno);
   close(p[0]);
   close(p[1]);
   EXPECT_EQ(std::nullopt, CheckPattern(Bytes(r[0], 7 * kPage), len, 15, 7 * kPage)) << "home";
@@ -395,16 +394,16 @@ TEST_P(ClusterTest, SyncLeavesTheRightBytesInTheHomeFile) {
 }
 
 TEST_P(ClusterTest, InterleavedHomesSpreadPagesAndStayCoherent) {
-  auto r = Map({.name = "inter", .size = 12 * kPage, .home = 0,
-                .home_policy = HomePolicy::kInterleaved});
+  auto r = Map(
+      {.name = "inter", .size = 12 * kPage, .home = 0, .home_policy = HomePolicy::kInterleaved});
   ASSERT_EQ(r.size(), 3u);
   Step("each node writes its own word of every page, all at once");
   std::vector<std::function<void()>> fns;
   for (int n = 0; n < kNodes; ++n) {
     fns.push_back([&, n] {
       for (uint64_t pg = 0; pg < 12; ++pg) {
-        __atomic_store_n(Word(r[static_cast<size_t>(n)], pg * kPage + 8 * n),
-                         (n + 1) * 1000 + pg, __ATOMIC_RELEASE);
+        __atomic_store_n(Word(r[static_cast<size_t>(n)], pg * kPage + 8 * n), (n + 1) * 1000 + pg,
+                         __ATOMIC_RELEASE);
       }
     });
   }
@@ -536,8 +535,8 @@ TEST_P(ClusterTest, APeerThatLeavesEndsInSigbusAndTheOthersKeepWorking) {
     if (m.regions.size() > 2 && m.regions[2]) {
       absl::Status s = m.regions[2]->Unmap();
       if (m.must_unmap_cleanly) {
-          EXPECT_TRUE(s.ok()) << "node 2 Unmap: " << s;
-        }
+        EXPECT_TRUE(s.ok()) << "node 2 Unmap: " << s;
+      }
       m.regions[2].reset();
     }
   }

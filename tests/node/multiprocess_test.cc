@@ -78,12 +78,18 @@ class MultiprocessTest : public ::testing::TestWithParam<Net> {
       workers_.clear();
       for (int i = 0; i < n; ++i) {
         std::vector<std::string> argv = {DSM_NODE_WORKER,
-                                         "--id", std::to_string(i),
-                                         "--peers", absl::StrJoin(peers, ","),
-                                         "--region", spec.name,
-                                         "--size", std::to_string(spec.pages * kPage),
-                                         "--home", std::to_string(spec.home),
-                                         "--peer-timeout-ms", "2000"};
+                                         "--id",
+                                         std::to_string(i),
+                                         "--peers",
+                                         absl::StrJoin(peers, ","),
+                                         "--region",
+                                         spec.name,
+                                         "--size",
+                                         std::to_string(spec.pages * kPage),
+                                         "--home",
+                                         std::to_string(spec.home),
+                                         "--peer-timeout-ms",
+                                         "2000"};
         if (!spec.file.empty() && i == spec.home) {
           argv.insert(argv.end(), {"--file", spec.file});
         }
@@ -152,8 +158,8 @@ class MultiprocessTest : public ::testing::TestWithParam<Net> {
       (void)w->SendLine("quit");
       absl::StatusOr<std::string> bye = w->ReadLine(kReply);
       EXPECT_TRUE(bye.ok() && *bye == "bye")
-          << w->label() << " did not leave cleanly: "
-          << (bye.ok() ? *bye : bye.status().ToString());
+          << w->label()
+          << " did not leave cleanly: " << (bye.ok() ? *bye : bye.status().ToString());
       absl::StatusOr<int> st = w->Wait(milliseconds(30000));
       ASSERT_TRUE(st.ok()) << st.status();
       if (expect_clean_exit_) {
@@ -203,8 +209,8 @@ TEST_P(MultiprocessTest, WritePromotesASharedPageAndOtherSharersSeeIt) {
 
 TEST_P(MultiprocessTest, PingPongWritesToOnePage) {
   Start(3, {.name = "pingpong"});
-  std::vector<std::string> r = CallAll({{1, "pingpong 0 0 1000 30000"},
-                                        {2, "pingpong 0 1 1000 30000"}});
+  std::vector<std::string> r =
+      CallAll({{1, "pingpong 0 0 1000 30000"}, {2, "pingpong 0 1 1000 30000"}});
   EXPECT_EQ(r[0], "ok") << "player on node 1";
   EXPECT_EQ(r[1], "ok") << "player on node 2";
   EXPECT_EQ(Call(0, "read64 0"), "ok 2000");

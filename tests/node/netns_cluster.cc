@@ -80,10 +80,10 @@ absl::Status NetnsCluster::Build(int n) {
   std::string br = prefix_ + "-br";
   if (absl::Status s = Ip({"netns", "add", br}); !s.ok()) return s;
   bridge_ns_ = br;
-  for (const auto& args : std::vector<std::vector<std::string>>{
-           {"-n", br, "link", "set", "lo", "up"},
-           {"-n", br, "link", "add", "br0", "type", "bridge"},
-           {"-n", br, "link", "set", "br0", "up"}}) {
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"-n", br, "link", "set", "lo", "up"},
+                                             {"-n", br, "link", "add", "br0", "type", "bridge"},
+                                             {"-n", br, "link", "set", "br0", "up"}}) {
     if (absl::Status s = Ip(args); !s.ok()) return s;
   }
   for (int i = 0; i < n; ++i) {
@@ -92,8 +92,7 @@ absl::Status NetnsCluster::Build(int n) {
     hosts_.push_back(host);
     std::string port = absl::StrCat("p", i);
     for (const auto& args : std::vector<std::vector<std::string>>{
-             {"-n", host, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns",
-              br},
+             {"-n", host, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", br},
              {"-n", br, "link", "set", port, "master", "br0"},
              {"-n", br, "link", "set", port, "up"},
              {"-n", host, "addr", "add", address(i) + "/24", "dev", "eth0"},

@@ -51,10 +51,10 @@ class NetnsCluster {
   absl::Status Build(int n);
   void Destroy();
 
-  int subnet_ = 0;                   // third octet
-  std::string prefix_;               // dsmt-<pid>-<seq>
-  std::string bridge_ns_;            // empty until created
-  std::vector<std::string> hosts_;   // created host namespaces
+  int subnet_ = 0;                  // third octet
+  std::string prefix_;              // dsmt-<pid>-<seq>
+  std::string bridge_ns_;           // empty until created
+  std::vector<std::string> hosts_;  // created host namespaces
 };
 
 }  // namespace dsm::testing

@@ -28,9 +28,8 @@ std::optional<std::string> CheckPattern(const void* p, size_t len, uint64_t seed
   for (size_t i = 0; i < len; ++i) {
     uint8_t want = PatternByte(seed, base_offset + i);
     if (b[i] != want) {
-      return absl::StrCat("byte at offset ", base_offset + i, " (page ",
-                          (base_offset + i) / kPage, ") is ", b[i], ", want ", want,
-                          " (seed ", seed, ")");
+      return absl::StrCat("byte at offset ", base_offset + i, " (page ", (base_offset + i) / kPage,
+                          ") is ", b[i], ", want ", want, " (seed ", seed, ")");
     }
   }
   return std::nullopt;

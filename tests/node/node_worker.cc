@@ -58,8 +58,7 @@ struct Args {
     uint64_t v = def;
     auto it = kv.find(k);
     if (it != kv.end() && !absl::SimpleAtoi(it->second, &v)) {
-      std::fprintf(stderr, "node_worker: bad number for --%s: %s\n", k.c_str(),
-                   it->second.c_str());
+      std::fprintf(stderr, "node_worker: bad number for --%s: %s\n", k.c_str(), it->second.c_str());
       std::exit(2);
     }
     return v;
@@ -128,8 +127,8 @@ class Worker {
 
 std::string Worker::Barrier(uint64_t off, uint64_t n, milliseconds timeout) {
   __atomic_fetch_add(word(off), 1, __ATOMIC_ACQ_REL);
-  dsm::testing::PollResult r =
-      dsm::testing::PollWord(word(off), [n](uint64_t v) { return v >= n; }, timeout);
+  dsm::testing::PollResult r = dsm::testing::PollWord(
+      word(off), [n](uint64_t v) { return v >= n; }, timeout);
   if (!r.ok) {
     return absl::StrCat("err barrier at offset ", off, " saw ", r.last, " of ", n,
                         " arrivals within ", timeout.count(), " ms");
@@ -212,8 +211,8 @@ std::string Worker::RunCommand(const std::vector<std::string>& c) {
     if (off % 8 != 0 || !InRange(off, 8)) return "err bad offset";
     dsm::testing::PollResult r{false, 0};
     bool bus = dsm::testing::RaisesSigbus([&] {
-      r = dsm::testing::PollWord(word(off), [v](uint64_t x) { return x == v; },
-                                 milliseconds(ms));
+      r = dsm::testing::PollWord(
+          word(off), [v](uint64_t x) { return x == v; }, milliseconds(ms));
     });
     if (bus) return "sigbus";
     if (!r.ok) return absl::StrCat("err word at ", off, " is ", r.last, ", want ", v);
@@ -246,8 +245,7 @@ std::string Worker::RunCommand(const std::vector<std::string>& c) {
         dsm::testing::PollResult pr = dsm::testing::PollWord(
             word(off), [want](uint64_t x) { return x == want; }, milliseconds(ms));
         if (!pr.ok) {
-          err = absl::StrCat("err round ", r, ": turn counter stuck at ", pr.last, ", want ",
-                             want);
+          err = absl::StrCat("err round ", r, ": turn counter stuck at ", pr.last, ", want ", want);
           break;
         }
         uint64_t payload = __atomic_load_n(word(off + 8), __ATOMIC_ACQUIRE);
@@ -351,9 +349,9 @@ std::string Worker::RunCommand(const std::vector<std::string>& c) {
   if (cmd == "stats") {
     dsm::Stats s = node_->GetStats();
     return absl::StrCat("ok read_faults=", s.read_faults, " write_faults=", s.write_faults,
-                        " upgrade_faults=", s.upgrade_faults, " pages_installed=",
-                        s.pages_installed, " pages_lost=", s.pages_lost, " peers_down=",
-                        s.peers_down, " bad_messages=", s.bad_messages);
+                        " upgrade_faults=", s.upgrade_faults,
+                        " pages_installed=", s.pages_installed, " pages_lost=", s.pages_lost,
+                        " peers_down=", s.peers_down, " bad_messages=", s.bad_messages);
   }
   return "err unknown command " + cmd;
 }
@@ -430,8 +428,9 @@ int main(int argc, char** argv) {
   if (scenario != "repl") std::getline(std::cin, line);
   absl::Status s = w.Leave();
   if (!s.ok()) std::fprintf(stderr, "node_worker %u: leave: %s\n", o.node_id, s.ToString().c_str());
-  if (lost.load() > 0) std::fprintf(stderr, "node_worker %u: %lu pages reported lost\n", o.node_id,
-                                    static_cast<unsigned long>(lost.load()));
+  if (lost.load() > 0)
+    std::fprintf(stderr, "node_worker %u: %lu pages reported lost\n", o.node_id,
+                 static_cast<unsigned long>(lost.load()));
   Reply(s.ok() ? "bye" : "bye err " + s.ToString());
   return all_ok ? 0 : 1;
 }

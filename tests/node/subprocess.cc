@@ -111,8 +111,8 @@ absl::StatusOr<std::string> RunCommand(const std::vector<std::string>& argv,
   }
   std::string cmd = absl::StrJoin(argv, " ");
   if (timed_out) {
-    return absl::DeadlineExceededError(absl::StrCat("`", cmd, "` did not finish within ",
-                                                    timeout.count(), " ms: ", output));
+    return absl::DeadlineExceededError(
+        absl::StrCat("`", cmd, "` did not finish within ", timeout.count(), " ms: ", output));
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     return absl::InternalError(
@@ -192,8 +192,8 @@ absl::StatusOr<std::string> Subprocess::ReadLine(std::chrono::milliseconds timeo
       return line;
     }
     if (stdout_fd_ < 0) {
-      return absl::UnavailableError(absl::StrCat(label_, ": stdout closed; partial output '",
-                                                 buffer_, "'"));
+      return absl::UnavailableError(
+          absl::StrCat(label_, ": stdout closed; partial output '", buffer_, "'"));
     }
     pollfd p{stdout_fd_, POLLIN, 0};
     int r = poll(&p, 1, RemainingMs(deadline));

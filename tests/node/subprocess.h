@@ -23,9 +23,9 @@ namespace dsm::testing {
 
 // Runs argv[0] (searched in PATH) to completion, capturing stdout+stderr. Returns the output
 // when the exit status is 0, an error with the output otherwise. Bounded by `timeout`.
-absl::StatusOr<std::string> RunCommand(const std::vector<std::string>& argv,
-                                       std::chrono::milliseconds timeout =
-                                           std::chrono::milliseconds(20000));
+absl::StatusOr<std::string> RunCommand(
+    const std::vector<std::string>& argv,
+    std::chrono::milliseconds timeout = std::chrono::milliseconds(20000));
 
 class Subprocess {
  public:
