@@ -42,6 +42,7 @@
 //   kInvalidArgument    length 0, or the range is not inside the region.
 //   kCancelled          a pending request was withdrawn with Cancel() (async API only).
 //   kNotFound           Unlock()/Cancel() of an id that is neither held nor pending.
+//   kFailedPrecondition the region is not mapped at its lock arbiter.
 // Barrier errors: kUnavailable (a member's node is down: the barrier fails for every member
 // and the group can never complete again), kAborted (a member gave up on its deadline, so this
 // generation of the barrier failed for everyone), kDeadlineExceeded (this node stopped waiting;

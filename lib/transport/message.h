@@ -47,7 +47,7 @@ enum class MsgType : uint8_t {
                       // 1 shared, 2 exclusive) | flags (bits 52..55: bit 0 = try, others 0)
                       // | bits 56..63 = 0. offset + len must not overflow 2^64.
   kLockReply = 41,    // region; req_id = the lock id; page = 0; arg = LockReplyCode (bits
-                      // 0..7: 1..9) | bit 8 = previous_holder_died (only with kGranted);
+                      // 0..7: 1..7) | bit 8 = previous_holder_died (only with kGranted);
                       // other bits 0. A request may get kQueued and later one final code.
   kLockRelease = 42,  // region; req_id = lock id; page = 0, arg = 0. Releases a held lock;
                       // no reply. Unknown ids are ignored.
