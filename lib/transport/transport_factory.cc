@@ -6,6 +6,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "transport/loopback/loopback_transport.h"
+#include "transport/rdma/rdma_transport.h"
 #include "transport/tcp/tcp_transport.h"
 #include "transport/transport.h"
 
@@ -80,7 +81,7 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const Options& option
     case TransportKind::kLoopback:
       return CreateLoopbackTransport(options);
     case TransportKind::kRdma:
-      return absl::UnimplementedError("RDMA transport not built yet");
+      return CreateRdmaTransport(options);
   }
   return absl::InvalidArgumentError("Options.transport: unknown transport kind");
 }
