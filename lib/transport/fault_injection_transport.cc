@@ -78,7 +78,7 @@ void FaultInjectionTransport::Send(Message&& m) {
     return;
   }
   Held& h = held_[dst];
-  if (delay <= absl::ZeroDuration() && h.q.empty()) {
+  if ((delay <= absl::ZeroDuration() && h.q.empty()) || loop_ == nullptr) {
     inner_->Send(std::move(m));
     return;
   }

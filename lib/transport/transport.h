@@ -49,10 +49,15 @@ class Transport {
 
   virtual bool IsUp(NodeId peer) const = 0;
 
-  // Closes the connection to `peer` (reported through OnPeerDown with `why`).
+  // Closes the connection to `peer` (reported through OnPeerDown with `why`, from a task
+  // Posted to the loop, never re-entrantly). Later Send()s to `peer` are dropped at once.
   virtual void Disconnect(NodeId peer, const absl::Status& why) = 0;
 
-  // Flushes what is queued (bounded by `deadline`), then closes everything.
+  // Flushes what is queued (bounded by `deadline`), then closes everything. No Handler call
+  // is made from Shutdown() or after it. A backend may drive the loop itself (nested Poll())
+  // until its ring operations have completed; afterwards nothing on the loop refers to the
+  // transport, which may then be destroyed (the destructor does Shutdown(now) if needed).
+  // The EventLoop must outlive the transport.
   virtual void Shutdown(absl::Time deadline) = 0;
 
   // Counters for Stats.

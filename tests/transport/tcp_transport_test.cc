@@ -252,8 +252,10 @@ TEST(TransportFactory, ValidatesOptions) {
   EXPECT_FALSE(CreateTransport(o).ok());
   o.peers = {"127.0.0.1:7000"};
   o.node_id = 0;
-  o.transport = TransportKind::kRdma;
-  EXPECT_EQ(CreateTransport(o).status().code(), absl::StatusCode::kUnimplemented);
+  o.transport = TransportKind::kRdma;  // valid options: any failure is about the device
+  if (auto r = CreateTransport(o); !r.ok()) {
+    EXPECT_NE(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  }
   o.transport = TransportKind::kLoopback;
   o.peers = {"a", "b"};  // loopback needs no addresses
   EXPECT_TRUE(CreateTransport(o).ok());
