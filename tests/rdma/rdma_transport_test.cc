@@ -73,6 +73,19 @@ class RdmaTransportOnDevice : public ::testing::Test {
   std::vector<std::unique_ptr<TestNode>> nodes_;
 };
 
+// Runs everywhere: without a device the factory fails cleanly and says why.
+TEST(RdmaTransportFactory, WithoutADeviceCreateTransportSaysWhy) {
+  if (DeviceCount() != 0) GTEST_SKIP() << "an RDMA device is present";
+  Options o;
+  o.peers = {"127.0.0.1:1", "127.0.0.1:2"};
+  o.transport = TransportKind::kRdma;
+  absl::StatusOr<std::unique_ptr<Transport>> t = CreateTransport(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(std::string(t.status().message()).find("no RDMA device"), std::string::npos)
+      << t.status();
+}
+
 TEST_F(RdmaTransportOnDevice, AllPairsComeUp) {
   MakeCluster(3);
   ASSERT_TRUE(PumpUntil(nodes_, [&] { return AllUp(); }, absl::Seconds(30)));
