@@ -54,9 +54,12 @@ struct Options {
   std::chrono::milliseconds peer_timeout{10000};
   // How long Create()/MapRegion() wait for peers to connect or for the home to map a region.
   std::chrono::milliseconds connect_timeout{30000};
-  // The engine thread polls this long after its last event before it sleeps (0 = never spin).
-  // Waking a sleeping thread on another vCPU costs ~20 us here, more than a whole fault.
-  std::chrono::microseconds poll_spin{200};
+  // The engine thread busy-polls this long after its last event before it sleeps (0 = never
+  // spin). Waking a sleeping thread on another vCPU costs ~20 us on small VMs, but a spinning
+  // engine also takes the vCPU from the thread it waits for when threads outnumber vCPUs
+  // (several nodes per host, loaded machines): measured there, spinning made faults 10-100x
+  // slower. Off by default; docs/PERFORMANCE.md shows when it pays.
+  std::chrono::microseconds poll_spin{0};
 
   // Called on the engine thread when pages become unreachable (their home or their only
   // up-to-date copy was on a node that went down). Must not block or touch region memory.
