@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds dsm_bench (Release) and runs the benchmark suite, then writes docs/PERFORMANCE.md from
+# its JSON output. Needs root (userfaultfd; network namespaces for the veth variant).
+#
+# Usage: scripts/bench.sh [--smoke] [--net=lo|veth|both] [more dsm_bench / benchmark flags]
+#   --smoke    tiny sizes, one short repetition; writes build-bench/PERFORMANCE-smoke.md instead
+#              of docs/PERFORMANCE.md
+# Env: DSM_BENCH_BUILD (build dir, default build-bench), DSM_BENCH_REPS (repetitions, default 1),
+#      DSM_BENCH_NICE (run under `nice -n N`, e.g. -10 on a machine shared with builds; default 0)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+build="${DSM_BENCH_BUILD:-build-bench}"
+smoke=0
+net="both"
+extra=()
+for a in "$@"; do
+  case "$a" in
+    --smoke) smoke=1 ;;
+    --net=*) net="${a#--net=}" ;;
+    *) extra+=("$a") ;;
+  esac
+done
+
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSM_WERROR=ON -DDSM_BUILD_BENCH=ON \
+  >/dev/null
+cmake --build "$build" --target dsm_bench -j"$(nproc)"
+
+machine="$build/bench-machine.txt"
+json="$build/bench.json"
+log="$build/bench.log"
+{
+  echo "kernel: $(uname -r)"
+  echo "vCPUs: $(nproc)"
+  echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "priority: nice ${DSM_BENCH_NICE:-0}"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- lib include 2>/dev/null || echo ' (lib/ or include/ modified)')"
+} >"$machine"
+
+args=(--net="$net" --benchmark_out="$json" --benchmark_out_format=json)
+if [[ $smoke == 1 ]]; then
+  args+=(--smoke)
+else
+  args+=(--benchmark_repetitions="${DSM_BENCH_REPS:-1}")
+fi
+echo "running: $build/bench/dsm_bench ${args[*]} ${extra[*]:-} (node logs: $log)"
+rc=0
+nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" "${args[@]}" "${extra[@]}" 2>"$log" || rc=$?
+if [[ $rc == 77 ]]; then
+  echo "bench.sh: skipped: userfaultfd is unavailable (run as root)"
+  exit 0
+fi
+[[ $rc == 0 ]] || { echo "bench.sh: dsm_bench failed ($rc); see $log" >&2; tail -20 "$log" >&2; exit "$rc"; }
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$machine"
+
+out="docs/PERFORMANCE.md"
+[[ $smoke == 1 ]] && out="$build/PERFORMANCE-smoke.md"
+cmd="scripts/bench.sh"
+[[ $# -gt 0 ]] && cmd="scripts/bench.sh $*"
+python3 bench/report.py --json "$json" --machine "$machine" --notes bench/PERFORMANCE_notes.md \
+  --command "$cmd" >"$out"
+echo "wrote $out"
