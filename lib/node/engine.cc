@@ -77,9 +77,11 @@ Engine::Engine(const Options& options) : options_(options) {}
 
 absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
   std::shared_ptr<Engine> e(new Engine(options));
+  // Options first (CreateTransport validates them): a bad option is reported as such, before
+  // any kernel facility is touched.
+  DSM_ASSIGN_OR_RETURN(e->transport_, CreateTransport(options));
   DSM_ASSIGN_OR_RETURN(e->uffd_, Userfaultfd::Open());
   DSM_ASSIGN_OR_RETURN(e->loop_, EventLoop::Create(512));
-  DSM_ASSIGN_OR_RETURN(e->transport_, CreateTransport(options));
   e->uffd_op_ = std::make_unique<UffdPollOp>(e.get());
   e->ArmUffdPoll();
   absl::Status started = absl::UnknownError("engine did not start");
