@@ -84,6 +84,7 @@ def main():
     ap.add_argument("--machine", required=True)
     ap.add_argument("--notes")
     ap.add_argument("--command", default="scripts/bench.sh")
+    ap.add_argument("--spin0-json", help="a second run with --poll_spin_us=0 (same figures)")
     args = ap.parse_args()
 
     ctx, runs = load(args.json)
@@ -232,6 +233,33 @@ def main():
               f"{fmt(F.get(key, 'virt_bytes_per_page') if counter == 'rss_bytes_per_page' else None)} "
               f"B/page; map took {fmt(F.get(key, 'map_ms'))} ms) | {fmt(v)} B/page | ≤ 16 B/page | "
               f"{verdict(v <= 16)} |")
+        w("")
+
+    if args.spin0_json:
+        _, runs0 = load(args.spin0_json)
+        F0 = Figures(runs0)
+        w("## Sensitivity: the engines' busy-poll (`Options::poll_spin`)")
+        w("")
+        w("The same figures from a second run right after the first, with every node's "
+          "`poll_spin` = 0 (the engine blocks in io_uring_enter at once instead of spinning "
+          "200 µs first). Floors are those of the second run.")
+        w("")
+        w("| figure | median µs, default spin | median µs, spin 0 | p99 µs, spin 0 | ratio to floor, spin 0 |")
+        w("|---|---:|---:|---:|---:|")
+        for n in nets:
+            miss0 = F0.get("Floor_UffdMissing/busy", "median_us")
+            wp0 = F0.get("Floor_UffdWp/busy", "median_us")
+            rtt0 = F0.get(f"Floor_TcpRtt4K/{n}", "median_us")
+            for key, label, fl in (
+                (f"ReadFault/{n}", f"remote read fault ({n})", (miss0, rtt0)),
+                (f"Upgrade/{n}/k:1", f"write upgrade, 1 sharer ({n})", (wp0, rtt0, rtt0)),
+                (f"Recall/{n}", f"recall ({n})", (miss0, rtt0, rtt0)),
+            ):
+                m0 = F0.get(key, "median_us")
+                floor0 = None if any(x is None for x in fl) else sum(fl)
+                ratio = m0 / floor0 if (m0 is not None and floor0) else None
+                w(f"| {label} | {fmt(F.get(key, 'median_us'))} | {fmt(m0)} | "
+                  f"{fmt(F0.get(key, 'p99_us'))} | {fmt(ratio)}{'×' if ratio else ''} |")
         w("")
 
     w("## Method")

@@ -5,7 +5,8 @@
 # Usage: scripts/bench.sh [--smoke] [--net=lo|veth|both] [more dsm_bench / benchmark flags]
 #   --smoke    tiny sizes, one short repetition; writes build-bench/PERFORMANCE-smoke.md instead
 #              of docs/PERFORMANCE.md
-# Env: DSM_BENCH_BUILD (build dir, default build-bench), DSM_BENCH_REPS (repetitions, default 1),
+# Env: DSM_BENCH_COMMIT (what to report as the measured commit, when run from an export),
+#      DSM_BENCH_BUILD (build dir, default build-bench), DSM_BENCH_REPS (repetitions, default 1),
 #      DSM_BENCH_NICE (run under `nice -n N`, e.g. -10 on a machine shared with builds; default 0)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,7 +38,11 @@ log="$build/bench.log"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "priority: nice ${DSM_BENCH_NICE:-0}"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- lib include 2>/dev/null || echo ' (lib/ or include/ modified)')"
+  if [[ -n ${DSM_BENCH_COMMIT:-} ]]; then
+    echo "commit: $DSM_BENCH_COMMIT"
+  else
+    echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- lib include 2>/dev/null || echo ' (with uncommitted changes in lib/ or include/)')"
+  fi
 } >"$machine"
 
 args=(--net="$net" --benchmark_out="$json" --benchmark_out_format=json)
@@ -54,6 +59,15 @@ if [[ $rc == 77 ]]; then
   exit 0
 fi
 [[ $rc == 0 ]] || { echo "bench.sh: dsm_bench failed ($rc); see $log" >&2; tail -20 "$log" >&2; exit "$rc"; }
+spin0=()
+if [[ $smoke == 0 ]]; then
+  # The same key figures with the engines' busy-poll off, for the sensitivity table.
+  echo "running: the same key figures with --poll_spin_us=0"
+  nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" --net="$net" --poll_spin_us=0 \
+    --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt4K|ReadFault/|Upgrade/.*/k:1|Recall' \
+    --benchmark_out="$build/bench-spin0.json" --benchmark_out_format=json 2>>"$log" >/dev/null &&
+    spin0=(--spin0-json "$build/bench-spin0.json")
+fi
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$machine"
 
 out="docs/PERFORMANCE.md"
@@ -61,5 +75,5 @@ out="docs/PERFORMANCE.md"
 cmd="scripts/bench.sh"
 [[ $# -gt 0 ]] && cmd="scripts/bench.sh $*"
 python3 bench/report.py --json "$json" --machine "$machine" --notes bench/PERFORMANCE_notes.md \
-  --command "$cmd" >"$out"
+  --command "$cmd" "${spin0[@]}" >"$out"
 echo "wrote $out"
