@@ -486,24 +486,13 @@ absl::Status Engine::SyncRegion(RegionId region) {
   DSM_RETURN_IF_ERROR(RunOnEngine([&, w]() -> absl::Status {
     MappedRegion* r = FindRegion(region);
     if (r == nullptr) return absl::NotFoundError("region is not mapped");
-    std::vector<NodeId> homes;
-    stats_.writebacks_sent += r->cache().WriteBackAll(&homes);
-    // Every home persists, including homes we wrote nothing to now: they may hold pages we
-    // wrote back earlier (evictions) that are not durable yet.
-    homes = r->RemoteHomes();
-    if (r->directory() != nullptr) homes.push_back(options_.node_id);
+    std::vector<NodeId> written_to;  // counted in the cache's writebacks
+    r->cache().WriteBackAll(&written_to);
     w->what = absl::StrCat("syncing region ", r->name());
     w->deadline = absl::Now() + absl::FromChrono(options_.peer_timeout);
-    NewWaiter(w);
-    for (NodeId h : homes) w->pending_mask |= uint64_t{1} << h;
-    for (NodeId h : homes) {
-      Message m;
-      m.type = MsgType::kSyncReq;
-      m.dst = h;
-      m.region = region;
-      m.req_id = w->req_id;
-      SendMessage(std::move(m));
-    }
+    // Every home persists, including homes we wrote nothing to now: they may hold pages we
+    // wrote back earlier (evictions) that are not durable yet.
+    AskHomesToPersist(r, w);
     return absl::OkStatus();
   }));
   if (!w->done.WaitForNotificationWithTimeout(absl::FromChrono(options_.peer_timeout) +
@@ -560,6 +549,10 @@ void Engine::FinishUnmap(RegionId region, std::shared_ptr<Waiter> w,
     if (cache.state(p) != coherence::PageState::kInvalid && !cache.pending(p)) cache.Release(p);
   }
   // Homes persist what they received (file-backed regions); the mapping goes when they answer.
+  AskHomesToPersist(r, w);
+}
+
+void Engine::AskHomesToPersist(MappedRegion* r, std::shared_ptr<Waiter> w) {
   std::vector<NodeId> homes = r->RemoteHomes();
   if (r->directory() != nullptr) homes.push_back(options_.node_id);
   NewWaiter(w);
@@ -568,7 +561,7 @@ void Engine::FinishUnmap(RegionId region, std::shared_ptr<Waiter> w,
     Message m;
     m.type = MsgType::kSyncReq;
     m.dst = h;
-    m.region = region;
+    m.region = r->id();
     m.req_id = w->req_id;
     SendMessage(std::move(m));
   }

@@ -85,6 +85,8 @@ class Engine final : public Transport::Handler, public RegionHost {
   // Waits (polling every millisecond, bounded by the waiter's deadline) until `reclaim` pages
   // are back at this home, then releases every copy and asks the homes to persist.
   void FinishUnmap(RegionId region, std::shared_ptr<Waiter> w, std::vector<PageIndex> reclaim);
+  // Sends kSyncReq to every home of `r` (this node included) and registers `w` for the acks.
+  void AskHomesToPersist(MappedRegion* r, std::shared_ptr<Waiter> w);
 
   const Options options_;
   std::unique_ptr<Userfaultfd> uffd_;
