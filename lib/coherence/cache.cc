@@ -27,7 +27,9 @@ struct Cache::Impl {
     bool want_write = false;  // a write fault joined this kGetS: upgrade once S is installed
   };
 
-  Impl(Config config, CachePort* p) : cfg(std::move(config)), port(p), pages(cfg.num_pages) {}
+  Impl(Config config, CachePort* p) : cfg(std::move(config)), port(p), pages(cfg.num_pages) {
+    pending.reserve(256);  // the fault path does not grow it below this many requests
+  }
 
   Config cfg;
   CachePort* port;
@@ -254,7 +256,7 @@ void Cache::Impl::OnRecall(const Message& m) {
     // Write-protect before reading so no store lands after the copy is taken.
     port->SetAccess(page, PageState::kShared);
     SetState(page, PageState::kShared);
-    ack.payload.resize(kPageSize);
+    port->TakePageBuffer(&ack.payload);
     port->ReadPage(page, ack.payload.data());
     st = PageState::kShared;
   }
@@ -308,7 +310,7 @@ bool Cache::Release(PageIndex page) {
     Message m = s.Make(MsgType::kPut, home, page, 0,
                        static_cast<uint64_t>(PutKind::kWritebackDrop));
     s.port->SetAccess(page, PageState::kShared);
-    m.payload.resize(kPageSize);
+    s.port->TakePageBuffer(&m.payload);
     s.port->ReadPage(page, m.payload.data());
     s.port->Drop(page);
     s.SetState(page, PageState::kInvalid);
@@ -317,6 +319,14 @@ bool Cache::Release(PageIndex page) {
     return true;
   }
   return false;
+}
+
+bool Cache::CanRelease(PageIndex page) const {
+  const Impl& s = *impl_;
+  if (page >= s.cfg.num_pages || (s.pages[page] & (kPendingBit | kLostBit)) != 0) return false;
+  const PageState st = s.State(page);
+  if (st == PageState::kShared) return true;
+  return st == PageState::kModified && (s.down & Bit(s.cfg.home(page))) == 0;
 }
 
 size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
@@ -336,7 +346,7 @@ size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
                        static_cast<uint64_t>(PutKind::kWritebackKeep));
     s.port->SetAccess(page, PageState::kShared);
     s.SetState(page, PageState::kShared);
-    m.payload.resize(kPageSize);
+    s.port->TakePageBuffer(&m.payload);
     s.port->ReadPage(page, m.payload.data());
     ++s.c.writebacks;
     ++written;

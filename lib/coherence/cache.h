@@ -65,6 +65,10 @@ class CachePort {
   virtual void Fail(PageIndex page, ErrorCode why) = 0;
   // Wakes threads blocked on `page` whose fault is already resolved.
   virtual void Wake(PageIndex page) = 0;
+  // Makes *out a kPageSize buffer for a page the cache is about to send (write-back, recall
+  // answer). A port may hand out buffers allocated ahead of time, so the eviction path need
+  // not allocate under memory pressure.
+  virtual void TakePageBuffer(std::vector<uint8_t>* out) { out->resize(kPageSize); }
 
  protected:
   ~CachePort() = default;
@@ -96,6 +100,10 @@ class Cache {
   // Voluntary release (eviction): S is dropped and the home told; M is written back and
   // dropped. No-op for I or pending pages. Returns true if the page was released.
   bool Release(PageIndex page);
+
+  // Whether Release(page) would release it now: mapped, not pending, not lost, and if M its
+  // home is up (the write-back needs somewhere to go).
+  bool CanRelease(PageIndex page) const;
 
   // Sync: every M page is written back and kept S. Appends each home written to (once).
   // Returns the number of pages written back.

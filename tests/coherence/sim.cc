@@ -16,11 +16,11 @@ uint64_t FirstWord(const std::vector<uint8_t>& page) {
 }  // namespace
 
 // The simulated kernel and home storage of one node, seen through both ports.
-class Sim::Port final : public CachePort, public DirectoryPort {
+class Sim::Port final : public CachePort, public DirectoryPort, public ReplacementPort {
  public:
   Port(Sim* sim, NodeId id) : sim_(sim), id_(id) {}
 
-  void Send(Message&& m) override { sim_->Enqueue(id_, std::move(m)); }
+  void Send(Message&& m) override;
 
   void Install(PageIndex page, const uint8_t* data, PageState state) override;
   void SetAccess(PageIndex page, PageState state) override;
@@ -30,6 +30,14 @@ class Sim::Port final : public CachePort, public DirectoryPort {
   void Wake(PageIndex page) override;
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
   void StorePage(PageIndex page, const uint8_t* data) override;
+  // ReplacementPort (space 0 is the one region).
+  void Protect(int space, PageIndex first, uint64_t n) override;
+  void Unprotect(int space, PageIndex page) override;
+  void BeginBatch(int space) override;
+  void EndBatch(int space) override;
+
+  bool batching = false;
+  std::vector<Message> deferred;  // sends held until EndBatch
 
  private:
   Sim* sim_;
@@ -46,7 +54,8 @@ struct Sim::Node {
         memory(pages, std::vector<uint8_t>(kPageSize, 0)),
         storage(pages, std::vector<uint8_t>(kPageSize, 0)),
         mapped(pages, PageState::kInvalid),
-        failed(pages, false) {}
+        failed(pages, false),
+        sampled(pages, false) {}
 
   Port port;
   Cache cache;
@@ -55,10 +64,57 @@ struct Sim::Node {
   std::vector<std::vector<uint8_t>> storage;  // home copy (used only for pages homed here)
   std::vector<PageState> mapped;
   std::vector<bool> failed;                   // SIGBUS from now on
+  std::vector<bool> sampled;                  // M but write-protected for sampling
+  std::unique_ptr<Replacer> replacer;         // memory budget (SetBudget)
   std::deque<std::pair<PageIndex, bool>> faults;  // uffd events not yet read
   std::vector<int> live;                      // its threads not yet done/failed
   PortCalls calls;
 };
+
+void Sim::Port::Send(Message&& m) {
+  if (batching) {
+    ++sim_->nodes_[id_]->calls.batched_sends;
+    deferred.push_back(std::move(m));
+    return;
+  }
+  sim_->Enqueue(id_, std::move(m));
+}
+
+void Sim::Port::Protect(int space, PageIndex first, uint64_t n) {
+  Node& nd = *sim_->nodes_[id_];
+  ++nd.calls.protect;
+  nd.calls.protected_pages += static_cast<int>(n);
+  if (space != 0) sim_->Violation("Protect on space " + std::to_string(space));
+  for (PageIndex p = first; p < first + n; ++p) {
+    if (nd.mapped[p] == PageState::kInvalid) {
+      sim_->Violation("Protect of unmapped page " + std::to_string(p) + " on node " +
+                      std::to_string(id_));
+    }
+    if (nd.mapped[p] == PageState::kModified) nd.sampled[p] = true;
+  }
+}
+
+void Sim::Port::Unprotect(int, PageIndex page) {
+  Node& nd = *sim_->nodes_[id_];
+  ++nd.calls.unprotect;
+  if (nd.mapped[page] != PageState::kModified || !nd.sampled[page]) {
+    sim_->Violation("Unprotect of page " + std::to_string(page) + " on node " +
+                    std::to_string(id_) + " which is not a sampled M page");
+  }
+  nd.sampled[page] = false;
+  sim_->WakeThreads(id_, page);
+}
+
+void Sim::Port::BeginBatch(int) {
+  ++sim_->nodes_[id_]->calls.batches;
+  batching = true;
+}
+
+void Sim::Port::EndBatch(int) {
+  batching = false;
+  for (Message& m : deferred) sim_->Enqueue(id_, std::move(m));
+  deferred.clear();
+}
 
 void Sim::Port::Install(PageIndex page, const uint8_t* data, PageState state) {
   Node& nd = *sim_->nodes_[id_];
@@ -70,6 +126,8 @@ void Sim::Port::Install(PageIndex page, const uint8_t* data, PageState state) {
   if (state == PageState::kInvalid) sim_->Violation("Install with state I");
   std::memcpy(nd.memory[page].data(), data, kPageSize);
   nd.mapped[page] = state;
+  nd.sampled[page] = false;
+  if (nd.replacer) nd.replacer->OnInstall(0, page);
   sim_->WakeThreads(id_, page);
 }
 
@@ -83,6 +141,8 @@ void Sim::Port::SetAccess(PageIndex page, PageState state) {
     return;
   }
   nd.mapped[page] = state;
+  nd.sampled[page] = false;
+  if (nd.replacer) nd.replacer->OnSetAccess(0, page);
   if (state == PageState::kModified) sim_->WakeThreads(id_, page);  // WP removal wakes
 }
 
@@ -101,6 +161,8 @@ void Sim::Port::Drop(PageIndex page) {
   Node& nd = *sim_->nodes_[id_];
   ++nd.calls.drop;
   nd.mapped[page] = PageState::kInvalid;
+  nd.sampled[page] = false;
+  if (nd.replacer) nd.replacer->OnDrop(0, page);
   std::fill(nd.memory[page].begin(), nd.memory[page].end(), 0xEE);  // poison
 }
 
@@ -108,6 +170,7 @@ void Sim::Port::Fail(PageIndex page, ErrorCode) {
   Node& nd = *sim_->nodes_[id_];
   ++nd.calls.fail;
   nd.failed[page] = true;
+  if (nd.replacer) nd.replacer->OnFail(0, page);
   sim_->WakeThreads(id_, page);
 }
 
@@ -170,7 +233,8 @@ bool Sim::TryAccess(int tid) {
     finished = true;
   } else {
     const PageState a = nd.mapped[t.page];
-    if (a == PageState::kModified || (a == PageState::kShared && !t.write)) {
+    const bool wp = nd.sampled[t.page] && t.write;  // sampling protection
+    if (!wp && (a == PageState::kModified || (a == PageState::kShared && !t.write))) {
       std::vector<uint8_t>& mem = nd.memory[t.page];
       if (t.write) {
         t.value = next_value_++;
@@ -232,7 +296,12 @@ bool Sim::DeliverFault(NodeId n) {
   if (!alive_[n] || nd.faults.empty()) return false;
   auto [page, write] = nd.faults.front();
   nd.faults.pop_front();
-  nd.cache.OnFault(page, write, now_);
+  if (nd.replacer) {
+    nd.replacer->OnFault(0, page, write, now_);
+    Enforce(n);
+  } else {
+    nd.cache.OnFault(page, write, now_);
+  }
   return true;
 }
 
@@ -266,6 +335,50 @@ bool Sim::Deliver(NodeId src, NodeId dst) {
 }
 
 bool Sim::Release(NodeId n, PageIndex p) { return alive_[n] && nodes_[n]->cache.Release(p); }
+
+void Sim::SetBudget(NodeId n, uint64_t pages, bool sample_writes) {
+  Node& nd = *nodes_[n];
+  nd.replacer = std::make_unique<Replacer>(Replacer::Config{n, pages, sample_writes, 64},
+                                           &nd.port);
+  if (nd.replacer->AddSpace(&nd.cache, home_) != 0) Violation("first space is not 0");
+}
+
+Replacer* Sim::replacer(NodeId n) { return nodes_[n]->replacer.get(); }
+
+uint64_t Sim::MappedRemote(NodeId n) const {
+  uint64_t k = 0;
+  for (int p = 0; p < pages_; ++p) {
+    if (home_(p) != n && nodes_[n]->mapped[p] != PageState::kInvalid) ++k;
+  }
+  return k;
+}
+
+void Sim::Enforce(NodeId n) {
+  Node& nd = *nodes_[n];
+  if (!alive_[n] || !nd.replacer) return;
+  nd.replacer->Enforce();
+  CheckEnforced(n);
+}
+
+// After Enforce(): within the budget, or every resident page is one that cannot go.
+void Sim::CheckEnforced(NodeId n) {
+  Node& nd = *nodes_[n];
+  Replacer& r = *nd.replacer;
+  if (r.budget_pages() == 0 || r.resident() + r.reserved() <= r.budget_pages()) return;
+  for (int p = 0; p < pages_; ++p) {
+    const PageIndex page = static_cast<PageIndex>(p);
+    if (home_(page) == n || nd.mapped[p] == PageState::kInvalid) continue;
+    const bool stuck = nd.cache.pending(page) ||
+                       (nd.mapped[p] == PageState::kModified && !alive_[home_(page)]);
+    if (!stuck) {
+      Violation("node " + std::to_string(n) + " over budget (" + std::to_string(r.resident()) +
+                " resident + " + std::to_string(r.reserved()) + " reserved > " +
+                std::to_string(r.budget_pages()) + ") after Enforce, yet page " +
+                std::to_string(p) + " could be released");
+      return;
+    }
+  }
+}
 
 size_t Sim::WriteBackAll(NodeId n) {
   if (!alive_[n]) return 0;
@@ -377,6 +490,41 @@ bool Sim::Settle(std::mt19937_64* rng, int max_steps) {
 }
 
 bool Sim::Check() {
+  for (int n = 0; n < n_; ++n) {
+    Node& nd = *nodes_[n];
+    if (!alive_[n] || !nd.replacer) continue;
+    if (nd.port.batching) Violation("node " + std::to_string(n) + " left a batch open");
+    uint64_t reserved = 0;
+    for (int p = 0; p < pages_; ++p) {
+      const PageIndex page = static_cast<PageIndex>(p);
+      const bool remote = home_(page) != NodeId(n);
+      const bool mapped = nd.mapped[p] != PageState::kInvalid;
+      if (nd.replacer->is_resident(0, page) != (remote && mapped)) {
+        Violation("node " + std::to_string(n) + " page " + std::to_string(p) + " mapped " +
+                  PageStateName(nd.mapped[p]) + " but the replacer has it " +
+                  (nd.replacer->is_resident(0, page) ? "resident" : "not resident"));
+      }
+      if (nd.replacer->is_armed(0, page) != nd.sampled[p]) {
+        Violation("node " + std::to_string(n) + " page " + std::to_string(p) +
+                  " armed/sampled mismatch");
+      }
+      if (nd.sampled[p] && nd.cache.state(page) != PageState::kModified) {
+        Violation("node " + std::to_string(n) + " page " + std::to_string(p) +
+                  " sampling-protected but not M");
+      }
+      if (remote && !mapped && nd.cache.pending(page)) ++reserved;
+    }
+    if (nd.replacer->resident() != MappedRemote(n)) {
+      Violation("node " + std::to_string(n) + " replacer counts " +
+                std::to_string(nd.replacer->resident()) + " resident pages, " +
+                std::to_string(MappedRemote(n)) + " are mapped");
+    }
+    if (nd.replacer->reserved() != reserved) {
+      Violation("node " + std::to_string(n) + " replacer reserves " +
+                std::to_string(nd.replacer->reserved()) + " pages, " + std::to_string(reserved) +
+                " requests from I are pending");
+    }
+  }
   for (int p = 0; p < pages_; ++p) {
     const PageIndex page = static_cast<PageIndex>(p);
     int writers = 0, mappers = 0;

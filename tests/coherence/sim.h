@@ -25,6 +25,7 @@
 
 #include "coherence/cache.h"
 #include "coherence/directory.h"
+#include "coherence/replacement.h"
 
 namespace dsm::coherence::sim {
 
@@ -58,6 +59,16 @@ class Sim {
   // Delivers the head of channel src->dst. False if empty.
   bool Deliver(NodeId src, NodeId dst);
   bool Release(NodeId n, PageIndex p);
+  // Gives node n a memory budget of `pages` remote pages, enforced by a coherence::Replacer
+  // on its fault path (after every DeliverFault), with write sampling if `sample_writes`.
+  // Check() then also verifies the replacer's accounting against the real mappings and that
+  // each Enforce() did all it could.
+  void SetBudget(NodeId n, uint64_t pages, bool sample_writes = true);
+  Replacer* replacer(NodeId n);
+  // Runs node n's Enforce() now (as the engine's periodic tick does).
+  void Enforce(NodeId n);
+  // Pages node n maps whose home is another node.
+  uint64_t MappedRemote(NodeId n) const;
   size_t WriteBackAll(NodeId n);
   // n goes down: its channels and events vanish, survivors get OnPeerDown.
   void Kill(NodeId n);
@@ -91,6 +102,7 @@ class Sim {
   // Counts of port calls, for tests that care how a result was reached.
   struct PortCalls {
     int install = 0, set_access = 0, read_page = 0, drop = 0, fail = 0, wake = 0;
+    int protect = 0, protected_pages = 0, unprotect = 0, batches = 0, batched_sends = 0;
   };
   const PortCalls& port_calls(NodeId n) const;
 
@@ -100,6 +112,7 @@ class Sim {
  private:
   class Port;
   friend class Port;
+  void CheckEnforced(NodeId n);
   struct Node;
 
   void Enqueue(NodeId src, Message&& m);
