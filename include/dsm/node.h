@@ -11,6 +11,9 @@
 // requests. Create() probes userfaultfd and io_uring and fails with an actionable message when
 // they are unavailable (for example, not root and vm.unprivileged_userfaultfd=0).
 //
+// Barriers (ClusterBarrier, dsm/lock.h): node->Barrier("phase-1", {}, deadline) waits until
+// every node of the cluster (or the listed node ids) has entered the same barrier.
+//
 // Thread safety: all methods may be called from any application thread.
 #pragma once
 
@@ -18,13 +21,14 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "dsm/lock.h"
 #include "dsm/options.h"
 #include "dsm/region.h"
 #include "dsm/stats.h"
 
 namespace dsm {
 
-class Node {
+class Node : public ClusterBarrier {
  public:
   static absl::StatusOr<std::unique_ptr<Node>> Create(const Options& options);
 

@@ -52,6 +52,11 @@ struct Options {
   // How long a peer may stay silent on an outstanding request before it is declared down.
   // Faults waiting on a down peer end: the access raises SIGBUS and the page is reported lost.
   std::chrono::milliseconds peer_timeout{10000};
+  // How long the locks of a node declared down stay held before its waiters are granted in
+  // order (on top of the time it takes to declare it down: at once when its connection breaks,
+  // after peer_timeout when it just goes silent). Grants over bytes it held exclusively then
+  // report previous_holder_died().
+  std::chrono::milliseconds lock_release_grace{1000};
   // How long Create()/MapRegion() wait for peers to connect or for the home to map a region.
   std::chrono::milliseconds connect_timeout{30000};
   // The engine thread busy-polls this long after its last event before it sleeps (0 = never

@@ -9,19 +9,30 @@
 // write. Across nodes, programs observe x86-TSO; an atomic read-modify-write on one word is
 // atomic cluster-wide.
 //
-// Thread safety: data() memory may be used from any thread. Sync() and Unmap() may be called
-// from any application thread, never from a thread that serves this node's faults (there is
-// none in the application). Destroying a Region unmaps it.
+// Locks (RegionLocks, dsm/lock.h): byte-range locks on this region, shared or exclusive,
+// arbitrated by the region's home node (the home of page 0), so no two nodes ever hold
+// conflicting locks. Lock() blocks the calling thread; LockAsync() returns at once and its
+// callback (the grant or the error) runs on this node's engine thread, the thread that serves
+// the page faults: it must not block or touch region memory. Unmapping the region releases
+// every lock this node holds in it.
+//
+//   absl::StatusOr<dsm::LockGuard> g = region->Lock(0, 64, dsm::LockMode::kExclusive);
+//   if (g.ok()) { p[0]++; }          // the next holder sees the increment
+//
+// Thread safety: data() memory may be used from any thread. Sync(), Unmap() and the lock
+// methods may be called from any application thread, never from a thread that serves this
+// node's faults (there is none in the application). Destroying a Region unmaps it.
 #pragma once
 
 #include <cstddef>
 #include <string>
 
 #include "absl/status/status.h"
+#include "dsm/lock.h"
 
 namespace dsm {
 
-class Region {
+class Region : public RegionLocks {
  public:
   virtual ~Region() = default;
 

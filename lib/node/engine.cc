@@ -10,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "node/lock_service.h"
 
 namespace dsm {
 namespace {
@@ -83,6 +84,9 @@ absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
   DSM_ASSIGN_OR_RETURN(e->uffd_, Userfaultfd::Open());
   DSM_ASSIGN_OR_RETURN(e->loop_, EventLoop::Create(512));
   e->uffd_op_ = std::make_unique<UffdPollOp>(e.get());
+  e->locks_ = std::make_unique<LockService>(
+      options, e->loop_.get(), [raw = e.get()](Message&& m) { raw->SendMessage(std::move(m)); },
+      [raw = e.get()](RegionId id) { return raw->FindRegion(id); });
   e->ArmUffdPoll();
   absl::Status started = absl::UnknownError("engine did not start");
   absl::Notification ready;
@@ -206,6 +210,7 @@ MappedRegion* Engine::FindRegion(RegionId id) {
 
 void Engine::OnMessage(Message&& m) {
   if (m.src < 64 && (down_mask_ >> m.src) & 1 && m.src != options_.node_id) return;
+  if (LockService::Handles(m.type)) return locks_->OnMessage(std::move(m));
   switch (m.type) {
     case MsgType::kHello:
       return;
@@ -385,6 +390,7 @@ void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
     if (r->directory() != nullptr) r->directory()->OnPeerDown(peer);
     r->cache().OnPeerDown(peer);
   }
+  locks_->OnPeerDown(peer);
   std::vector<uint64_t> ids;
   for (auto& [id, w] : waiters_) {
     if ((w->pending_mask >> peer) & 1) ids.push_back(id);
@@ -435,6 +441,7 @@ void Engine::Tick(absl::Time now) {
     w->Fail(absl::DeadlineExceededError(absl::StrCat(w->what, ": no answer in time")));
     w->done.Notify();
   }
+  locks_->OnTick(now);
 }
 
 // ---- application-thread operations -------------------------------------------------------
@@ -578,6 +585,7 @@ absl::Status Engine::UnmapRegion(RegionId region) {
     result = w->status;
   }
   absl::Status erased = RunOnEngine([this, region] {
+    locks_->OnRegionUnmapped(region);
     regions_.erase(region);
     closing_.erase(region);
     return absl::OkStatus();
@@ -633,6 +641,7 @@ absl::Status Engine::Shutdown() {
       if (!s.ok() && result.ok()) result = s;
     }
     (void)RunOnEngine([this] {
+      locks_->Shutdown();  // releases go out before the transport closes
       transport_->Shutdown(absl::Now() + absl::Seconds(2));
       return absl::OkStatus();
     });

@@ -35,6 +35,8 @@
 
 namespace dsm {
 
+class LockService;  // node/lock_service.h
+
 class Engine final : public Transport::Handler, public RegionHost {
  public:
   static absl::StatusOr<std::shared_ptr<Engine>> Start(const Options& options);
@@ -50,6 +52,8 @@ class Engine final : public Transport::Handler, public RegionHost {
   absl::Status UnmapRegion(RegionId region);
   Stats GetStats();
   absl::Status Shutdown();
+  // Locks and barriers (any thread; see node/lock_service.h).
+  LockService& locks() { return *locks_; }
 
   // Transport::Handler (engine thread).
   void OnMessage(Message&& m) override;
@@ -93,6 +97,7 @@ class Engine final : public Transport::Handler, public RegionHost {
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<UffdPollOp> uffd_op_;
+  std::unique_ptr<LockService> locks_;  // uses loop_; destroyed before it
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> shut_down_{false};

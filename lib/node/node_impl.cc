@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "dsm/node.h"
 #include "node/engine.h"
+#include "node/lock_service.h"
 
 namespace dsm {
 namespace {
@@ -14,7 +15,7 @@ class RegionHandle final : public Region {
  public:
   RegionHandle(std::shared_ptr<Engine> engine, MappedRegion* r)
       : engine_(std::move(engine)), id_(r->id()), data_(r->data()), size_(r->size()),
-        name_(r->name()) {}
+        name_(r->name()), arbiter_(r->HomeOf(0)) {}
   ~RegionHandle() override { (void)Unmap(); }
 
   void* data() const override { return data_; }
@@ -34,12 +35,21 @@ class RegionHandle final : public Region {
     return absl::IsNotFound(s) || absl::IsFailedPrecondition(s) ? absl::OkStatus() : s;
   }
 
+  // RegionLocks: the engine arbitrates (at home(0)) and answers on its thread.
+  uint64_t RequestLock(const LockRequest& request, LockCallback done) override {
+    return engine_->locks().RequestLock(id_, arbiter_, size_, request, std::move(done));
+  }
+  absl::Status ReleaseLock(uint64_t lock_id) override {
+    return engine_->locks().ReleaseLock(lock_id);
+  }
+
  private:
   std::shared_ptr<Engine> engine_;
   const RegionId id_;
   void* data_;
   const size_t size_;
   const std::string name_;
+  const NodeId arbiter_;  // lock arbiter: home of page 0
 };
 
 class NodeImpl final : public Node {
@@ -58,6 +68,11 @@ class NodeImpl final : public Node {
 
   Stats GetStats() const override { return engine_->GetStats(); }
   absl::Status Shutdown() override { return engine_->Shutdown(); }
+
+  void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
+                    absl::Time deadline, std::function<void(absl::Status)> done) override {
+    engine_->locks().BarrierAsync(name, members, deadline, std::move(done));
+  }
 
  private:
   std::shared_ptr<Engine> engine_;

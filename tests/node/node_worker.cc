@@ -19,7 +19,9 @@
 // Usage: node_worker --id 1 --peers 127.0.0.1:7000,127.0.0.1:7001 --region r --size 65536
 //                    [--home 0] [--policy fixed|interleaved] [--file PATH] [--transport tcp]
 //                    [--scenario repl|counter] [--threads 2] [--iters 20000]
-//                    [--peer-timeout-ms 3000]
+//                    [--peer-timeout-ms 3000] [--lock-grace-ms 1000]
+//
+// Lock and barrier commands of the repl: see node/worker_locks.h.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -42,6 +44,7 @@
 #include "dsm/options.h"
 #include "dsm/region.h"
 #include "node/node_test_util.h"
+#include "node/worker_locks.h"
 
 namespace {
 
@@ -111,6 +114,7 @@ class Worker {
   std::string Counter(uint64_t nodes, uint64_t threads, uint64_t iters, milliseconds timeout);
 
   absl::Status Leave() {
+    locks_.reset();  // releases held locks while the region is still mapped
     absl::Status s = region_ ? region_->Unmap() : absl::OkStatus();
     region_.reset();
     absl::Status s2 = node_->Shutdown();
@@ -123,6 +127,7 @@ class Worker {
 
   std::unique_ptr<dsm::Node> node_;
   std::unique_ptr<dsm::Region> region_;
+  std::unique_ptr<dsm::testing::WorkerLocks> locks_;
 };
 
 std::string Worker::Barrier(uint64_t off, uint64_t n, milliseconds timeout) {
@@ -353,6 +358,8 @@ std::string Worker::RunCommand(const std::vector<std::string>& c) {
                         " pages_installed=", s.pages_installed, " pages_lost=", s.pages_lost,
                         " peers_down=", s.peers_down, " bad_messages=", s.bad_messages);
   }
+  if (!locks_) locks_ = std::make_unique<dsm::testing::WorkerLocks>(node_.get(), region_.get());
+  if (std::string r = locks_->Run(c); !r.empty()) return r;
   return "err unknown command " + cmd;
 }
 
@@ -374,6 +381,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.peer_timeout = milliseconds(args.GetU("peer-timeout-ms", 3000));
+  o.lock_release_grace = milliseconds(args.GetU("lock-grace-ms", 1000));
   o.connect_timeout = milliseconds(args.GetU("connect-timeout-ms", 20000));
   std::atomic<uint64_t> lost{0};
   o.on_pages_lost = [&lost](const std::string&, uint64_t, uint64_t n) { lost += n; };

@@ -1,0 +1,326 @@
+#include "node/lock_service.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "lock/protocol.h"
+
+namespace dsm {
+namespace {
+
+// How long past peer_timeout an application thread waits for the engine to answer an Unlock
+// (the engine answers at once; this only guards against a wedged engine).
+constexpr absl::Duration kEngineSlack = absl::Seconds(5);
+
+absl::Status ShutDownError() {
+  return absl::UnavailableError("dsm lock: the node is shut down");
+}
+
+}  // namespace
+
+LockService::LockService(const Options& options, EventLoop* loop, SendFn send, FindFn find)
+    : options_(options),
+      self_(options.node_id),
+      cluster_size_(options.peers.size()),
+      loop_(loop),
+      send_(std::move(send)),
+      find_(std::move(find)),
+      client_(lock::LockClient::Config{options.node_id},
+              static_cast<lock::LockClientPort*>(this)),
+      barrier_client_(lock::BarrierClient::Config{options.node_id},
+                      static_cast<lock::BarrierPort*>(this)),
+      barrier_arbiter_(lock::BarrierArbiter::Config{options.node_id},
+                       static_cast<lock::BarrierPort*>(this)) {
+  // The loop runs posted tasks in order on the engine thread: this one runs before any
+  // callback can, so OnEngineThread() is right whenever it matters.
+  loop_->Post([this] {
+    engine_thread_.store(std::this_thread::get_id(), std::memory_order_release);
+  });
+}
+
+LockService::~LockService() {
+  if (timer_ != 0) loop_->CancelTimer(timer_);
+}
+
+bool LockService::Handles(MsgType type) { return lock::IsLockMessage(type); }
+
+// ---- engine thread -------------------------------------------------------------------------
+
+void LockService::Send(Message&& m) {
+  m.src = self_;
+  outbox_.push_back(std::move(m));
+}
+
+void LockService::Flush() {
+  if (flushing_) return;
+  flushing_ = true;
+  while (!outbox_.empty()) {
+    Message m = std::move(outbox_.front());
+    outbox_.pop_front();
+    if (m.dst == self_) {
+      Dispatch(m);  // as if received; may queue more
+    } else {
+      send_(std::move(m));
+    }
+  }
+  flushing_ = false;
+  ArmTimer();
+}
+
+void LockService::Dispatch(const Message& m) {
+  const absl::Time now = absl::Now();
+  switch (m.type) {
+    case MsgType::kLockAcquire:
+    case MsgType::kLockRelease:
+    case MsgType::kLockCancel:
+      return DispatchToTable(m, now);
+    case MsgType::kLockReply:
+      return client_.OnMessage(m, now);
+    case MsgType::kBarrierEnter:
+    case MsgType::kBarrierCancel:
+      return barrier_arbiter_.OnMessage(m);
+    case MsgType::kBarrierReply:
+      return barrier_client_.OnMessage(m);
+    default:
+      return;
+  }
+}
+
+void LockService::DispatchToTable(const Message& m, absl::Time now) {
+  if (lock::LockTable* t = TableFor(m.region)) return t->OnMessage(m, now);
+  if (m.type != MsgType::kLockAcquire) return;  // release/cancel of a table gone: nothing held
+  const lock::LockReplyCode code = find_(m.region) != nullptr
+                                       ? lock::LockReplyCode::kNotArbiter
+                                       : lock::LockReplyCode::kNoSuchRegion;
+  Message reply;
+  reply.type = MsgType::kLockReply;
+  reply.dst = m.src;
+  reply.region = m.region;
+  reply.req_id = m.req_id;
+  reply.arg = lock::PackLockReply(code);
+  Send(std::move(reply));
+}
+
+lock::LockTable* LockService::TableFor(RegionId region) {
+  MappedRegion* r = find_(region);
+  auto it = tables_.find(region);
+  if (r == nullptr || r->HomeOf(0) != self_) {
+    // Not (or no longer) ours to arbitrate: a table left over from a mapping that went
+    // without OnRegionUnmapped (a failed MapRegion) is dropped here.
+    if (it != tables_.end()) {
+      it->second->FailAll(lock::LockReplyCode::kShuttingDown);
+      tables_.erase(it);
+    }
+    return nullptr;
+  }
+  if (it != tables_.end()) return it->second.get();
+  lock::LockTable::Config c;
+  c.self = self_;
+  c.region = region;
+  c.region_size = r->size();
+  c.release_grace = absl::FromChrono(options_.lock_release_grace);
+  auto table = std::make_unique<lock::LockTable>(c, static_cast<lock::LockTablePort*>(this));
+  lock::LockTable* raw = table.get();
+  tables_[region] = std::move(table);
+  return raw;
+}
+
+void LockService::OnMessage(Message&& m) {
+  if (stopped_) return;
+  Dispatch(m);
+  Flush();
+}
+
+void LockService::OnPeerDown(NodeId peer) {
+  if (stopped_) return;
+  const absl::Time now = absl::Now();
+  client_.OnPeerDown(peer);
+  barrier_client_.OnPeerDown(peer);
+  barrier_arbiter_.OnNodeDown(peer);
+  for (auto& [id, t] : tables_) t->OnNodeDown(peer, now);
+  Flush();
+}
+
+void LockService::OnTick(absl::Time now) {
+  if (stopped_) return;
+  client_.OnTick(now);
+  barrier_client_.OnTick(now);
+  for (auto& [id, t] : tables_) t->OnTick(now);
+  Flush();
+}
+
+void LockService::ArmTimer() {
+  absl::Time next = absl::InfiniteFuture();
+  if (!stopped_) {
+    next = std::min(client_.NextDeadline(), barrier_client_.NextDeadline());
+    for (auto& [id, t] : tables_) next = std::min(next, t->NextDeadline());
+  }
+  if (next == timer_at_) return;
+  if (timer_ != 0) loop_->CancelTimer(timer_);
+  timer_ = 0;
+  timer_at_ = next;
+  if (next == absl::InfiniteFuture()) return;
+  timer_ = loop_->RunAfter(std::max(absl::ZeroDuration(), next - absl::Now()), [this] {
+    timer_ = 0;
+    timer_at_ = absl::InfiniteFuture();
+    OnTimer();
+  });
+}
+
+void LockService::OnTimer() { OnTick(absl::Now()); }
+
+void LockService::OnRegionUnmapped(RegionId region) {
+  if (stopped_) return;
+  // This node's requests first: their releases reach the local table, if any, while it exists.
+  client_.ForgetRegion(region);
+  Flush();
+  auto it = tables_.find(region);
+  if (it != tables_.end()) {
+    it->second->FailAll(lock::LockReplyCode::kShuttingDown);
+    // Its replies are queued; the table may go (they do not refer to it).
+    tables_.erase(it);
+  }
+  Flush();
+}
+
+void LockService::Shutdown() {
+  if (stopped_) return;
+  const absl::Status why = absl::UnavailableError("dsm lock: the node is shutting down");
+  client_.FailAll(why);
+  barrier_client_.FailAll(why);
+  barrier_arbiter_.FailAll();
+  Flush();  // releases to local tables are delivered before the tables go
+  for (auto& [id, t] : tables_) t->FailAll(lock::LockReplyCode::kShuttingDown);
+  Flush();
+  tables_.clear();
+  stopped_ = true;
+  ArmTimer();  // cancels
+  std::deque<absl::AnyInvocable<void()>> left;
+  {
+    absl::MutexLock l(&mu_);
+    closed_ = true;
+    left.swap(inbox_);
+  }
+  for (auto& task : left) task();  // each sees stopped_ and fails
+}
+
+LockService::Counters LockService::counters() const {
+  Counters c;
+  c.client = client_.counters();
+  c.tables_alive = tables_.size();
+  for (const auto& [id, t] : tables_) {
+    const lock::LockTable::Counters& x = t->counters();
+    c.tables.acquires += x.acquires;
+    c.tables.granted += x.granted;
+    c.tables.queued += x.queued;
+    c.tables.busy += x.busy;
+    c.tables.bad_requests += x.bad_requests;
+    c.tables.released += x.released;
+    c.tables.cancelled += x.cancelled;
+    c.tables.released_by_death += x.released_by_death;
+    c.tables.dropped_by_death += x.dropped_by_death;
+    c.tables.died_flags += x.died_flags;
+  }
+  return c;
+}
+
+// ---- any thread ----------------------------------------------------------------------------
+
+bool LockService::Enqueue(absl::AnyInvocable<void()> fn) {
+  bool queued = false;
+  bool post = false;
+  {
+    absl::MutexLock l(&mu_);
+    if (!closed_) {
+      post = inbox_.empty();  // else a drain is posted already and takes this one too
+      inbox_.push_back(std::move(fn));
+      queued = true;
+    }
+  }
+  if (!queued) {
+    // Shut down: no engine thread will run it. It sees stopped_ (written before closed_, read
+    // after taking mu_) and fails on this thread.
+    fn();
+    return false;
+  }
+  if (post) loop_->Post([this] { DrainInbox(); });
+  return true;
+}
+
+void LockService::DrainInbox() {
+  std::deque<absl::AnyInvocable<void()>> tasks;
+  {
+    absl::MutexLock l(&mu_);
+    tasks.swap(inbox_);
+  }
+  for (auto& task : tasks) task();
+}
+
+uint64_t LockService::RequestLock(RegionId region, NodeId arbiter, uint64_t size,
+                                  const LockRequest& request, LockCallback done) {
+  const uint64_t id = next_lock_id_.fetch_add(1, std::memory_order_relaxed);
+  auto task = [this, region, arbiter, size, request, id, done = std::move(done)]() mutable {
+    if (stopped_) return done(ShutDownError());
+    if (find_(region) == nullptr) {
+      return done(absl::FailedPreconditionError("dsm lock: the region is not mapped here"));
+    }
+    client_.Acquire(region, arbiter, size, request, absl::Now(), std::move(done), id);
+    Flush();
+  };
+  if (OnEngineThread()) {
+    task();
+  } else {
+    Enqueue(std::move(task));
+  }
+  return id;
+}
+
+absl::Status LockService::ReleaseLock(uint64_t lock_id) {
+  if (OnEngineThread()) {
+    if (stopped_) return ShutDownError();
+    absl::Status s = client_.Release(lock_id);
+    Flush();
+    return s;
+  }
+  struct Call {
+    absl::Notification done;
+    absl::Status status;
+  };
+  auto call = std::make_shared<Call>();
+  Enqueue([this, call, lock_id] {
+    if (stopped_) {
+      call->status = ShutDownError();
+    } else {
+      call->status = client_.Release(lock_id);
+      Flush();
+    }
+    call->done.Notify();
+  });
+  if (!call->done.WaitForNotificationWithTimeout(absl::FromChrono(options_.peer_timeout) +
+                                                 kEngineSlack)) {
+    return absl::DeadlineExceededError("dsm unlock: the node's engine thread did not answer");
+  }
+  return call->status;
+}
+
+void LockService::BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
+                               absl::Time deadline, std::function<void(absl::Status)> done) {
+  auto task = [this, name, members, deadline, done = std::move(done)]() mutable {
+    if (stopped_) return done(ShutDownError());
+    absl::StatusOr<uint64_t> mask = lock::MemberMask(members, cluster_size_, self_);
+    if (!mask.ok()) return done(mask.status());
+    barrier_client_.Enter(name, *mask, deadline, absl::Now(), std::move(done));
+    Flush();
+  };
+  if (OnEngineThread()) {
+    task();
+  } else {
+    Enqueue(std::move(task));
+  }
+}
+
+}  // namespace dsm
