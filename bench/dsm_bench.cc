@@ -759,7 +759,11 @@ int main(int argc, char** argv) {
   dsm::bench::RegisterFloorBenchmarks(cfg);
   dsm::bench::RegisterClusterBenchmarks(cfg);
   benchmark::AddCustomContext("dsm_smoke", cfg.smoke ? "1" : "0");
-  benchmark::AddCustomContext("dsm_poll_spin_us", std::to_string(cfg.poll_spin_us));
+  const int64_t effective_spin =
+      cfg.poll_spin_us >= 0 ? cfg.poll_spin_us
+                            : static_cast<int64_t>(dsm::Options{}.poll_spin.count());
+  benchmark::AddCustomContext("dsm_poll_spin_us", std::to_string(effective_spin));
+  benchmark::AddCustomContext("dsm_poll_spin_is_default", cfg.poll_spin_us < 0 ? "1" : "0");
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   benchmark::RunSpecifiedBenchmarks();

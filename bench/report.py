@@ -84,7 +84,7 @@ def main():
     ap.add_argument("--machine", required=True)
     ap.add_argument("--notes")
     ap.add_argument("--command", default="scripts/bench.sh")
-    ap.add_argument("--spin0-json", help="a second run with --poll_spin_us=0 (same figures)")
+    ap.add_argument("--spin-json", help="a second run of the key figures with another --poll_spin_us")
     args = ap.parse_args()
 
     ctx, runs = load(args.json)
@@ -235,31 +235,38 @@ def main():
               f"{verdict(v <= 16)} |")
         w("")
 
-    if args.spin0_json:
-        _, runs0 = load(args.spin0_json)
-        F0 = Figures(runs0)
+    if args.spin_json:
+        ctx2, runs2 = load(args.spin_json)
+        F2 = Figures(runs2)
+        spin1 = ctx.get("dsm_poll_spin_us", "?")
+        spin2 = ctx2.get("dsm_poll_spin_us", "?")
+        if spin1 == "-1":  # older dsm_bench: -1 meant "the library default"
+            spin1 = "default"
+            ctx["dsm_poll_spin_is_default"] = "1"
         w("## Sensitivity: the engines' busy-poll (`Options::poll_spin`)")
         w("")
-        w("The same figures from a second run right after the first, with every node's "
-          "`poll_spin` = 0 (the engine blocks in io_uring_enter at once instead of spinning "
-          "200 µs first). Floors are those of the second run.")
+        w(f"The main run used poll_spin = {spin1} µs"
+          f"{' (the library default)' if ctx.get('dsm_poll_spin_is_default') == '1' else ''}; "
+          f"a second run right after it measured the same key figures with poll_spin = {spin2} µs "
+          "on every node. Ratios of the second run use the floors of the second run.")
         w("")
-        w("| figure | median µs, default spin | median µs, spin 0 | p99 µs, spin 0 | ratio to floor, spin 0 |")
+        w(f"| figure | median µs, spin {spin1} µs | median µs, spin {spin2} µs | "
+          f"p99 µs, spin {spin2} µs | ratio to floor, spin {spin2} µs |")
         w("|---|---:|---:|---:|---:|")
         for n in nets:
-            miss0 = F0.get("Floor_UffdMissing/busy", "median_us")
-            wp0 = F0.get("Floor_UffdWp/busy", "median_us")
-            rtt0 = F0.get(f"Floor_TcpRtt4K/{n}", "median_us")
+            miss2 = F2.get("Floor_UffdMissing/busy", "median_us")
+            wp2 = F2.get("Floor_UffdWp/busy", "median_us")
+            rtt2 = F2.get(f"Floor_TcpRtt4K/{n}", "median_us")
             for key, label, fl in (
-                (f"ReadFault/{n}", f"remote read fault ({n})", (miss0, rtt0)),
-                (f"Upgrade/{n}/k:1", f"write upgrade, 1 sharer ({n})", (wp0, rtt0, rtt0)),
-                (f"Recall/{n}", f"recall ({n})", (miss0, rtt0, rtt0)),
+                (f"ReadFault/{n}", f"remote read fault ({n})", (miss2, rtt2)),
+                (f"Upgrade/{n}/k:1", f"write upgrade, 1 sharer ({n})", (wp2, rtt2, rtt2)),
+                (f"Recall/{n}", f"recall ({n})", (miss2, rtt2, rtt2)),
             ):
-                m0 = F0.get(key, "median_us")
-                floor0 = None if any(x is None for x in fl) else sum(fl)
-                ratio = m0 / floor0 if (m0 is not None and floor0) else None
-                w(f"| {label} | {fmt(F.get(key, 'median_us'))} | {fmt(m0)} | "
-                  f"{fmt(F0.get(key, 'p99_us'))} | {fmt(ratio)}{'×' if ratio else ''} |")
+                m2 = F2.get(key, "median_us")
+                floor2 = None if any(x is None for x in fl) else sum(fl)
+                ratio = m2 / floor2 if (m2 is not None and floor2) else None
+                w(f"| {label} | {fmt(F.get(key, 'median_us'))} | {fmt(m2)} | "
+                  f"{fmt(F2.get(key, 'p99_us'))} | {fmt(ratio)}{'×' if ratio else ''} |")
         w("")
 
     w("## Method")
