@@ -245,12 +245,14 @@ def main():
             ctx["dsm_poll_spin_is_default"] = "1"
         w("## Sensitivity: the engines' busy-poll (`Options::poll_spin`)")
         w("")
-        w(f"The main run used poll_spin = {spin1} µs"
-          f"{' (the library default)' if ctx.get('dsm_poll_spin_is_default') == '1' else ''}; "
+        main_spin = "the library default" if spin1 == "default" else f"poll_spin = {spin1} µs" + (
+            " (the library default)" if ctx.get("dsm_poll_spin_is_default") == "1" else "")
+        w(f"The main run used {main_spin}; "
           f"a second run right after it measured the same key figures with poll_spin = {spin2} µs "
           "on every node. Ratios of the second run use the floors of the second run.")
         w("")
-        w(f"| figure | median µs, spin {spin1} µs | median µs, spin {spin2} µs | "
+        col1 = "default spin" if spin1 == "default" else f"spin {spin1} µs"
+        w(f"| figure | median µs, {col1} | median µs, spin {spin2} µs | "
           f"p99 µs, spin {spin2} µs | ratio to floor, spin {spin2} µs |")
         w("|---|---:|---:|---:|---:|")
         for n in nets:
