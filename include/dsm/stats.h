@@ -31,6 +31,18 @@ struct Stats {
   // Resident pages of all mapped regions, by state.
   uint64_t pages_shared = 0;
   uint64_t pages_modified = 0;
+  // Memory budget and eviction (Options::cache_budget_bytes).
+  uint64_t budget_pages = 0;           // the budget in pages (0 = unlimited)
+  uint64_t resident_remote_pages = 0;  // pages counted against it now (remote-homed, S or M)
+  uint64_t evictions = 0;              // pages released to stay within the budget
+  uint64_t eviction_writebacks = 0;    // of which were Modified and written back first
+  uint64_t eviction_batches = 0;       // times the budget was enforced (runs of releases)
+  uint64_t sample_faults = 0;          // write faults that only re-marked a page as in use
+  uint64_t eviction_time_us = 0;       // engine time spent choosing and releasing victims
+  uint64_t buffer_pool_misses = 0;     // write-back buffers allocated on the fault path
+  // Options::lock_memory: whether every lock asked for succeeded, and the bytes locked.
+  bool memory_locked = false;
+  uint64_t memory_locked_bytes = 0;
 
   std::string ToString() const;
 };

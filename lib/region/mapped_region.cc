@@ -2,11 +2,13 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "region/eviction.h"
 
 namespace dsm {
 
@@ -75,10 +77,18 @@ absl::StatusOr<std::unique_ptr<MappedRegion>> MappedRegion::Create(const RegionO
   }
   r->cache_ = std::make_unique<coherence::Cache>(
       coherence::Cache::Config{self, r->id_, r->num_pages_, home}, raw);
+  if (Evictor* ev = host->evictor()) {
+    r->evictor_ = ev;
+    r->space_ = ev->AddRegion(raw, self);
+    r->batch_.protected_runs.reserve(64);
+    r->batch_.zap_runs.reserve(64);
+    r->batch_.sends.reserve(64);
+  }
   return r;
 }
 
 MappedRegion::~MappedRegion() {
+  if (evictor_ != nullptr) evictor_->RemoveRegion(space_);
   if (base_ != nullptr) {
     if (registered_) {
       absl::Status s = host_->uffd().Unregister(base_, size_);
@@ -107,15 +117,23 @@ std::vector<NodeId> MappedRegion::RemoteHomes() const {
   return out;
 }
 
-void MappedRegion::Send(Message&& m) { host_->SendMessage(std::move(m)); }
+void MappedRegion::Send(Message&& m) {
+  if (batch_.active) {
+    batch_.sends.push_back(std::move(m));
+    return;
+  }
+  host_->SendMessage(std::move(m));
+}
 
 void MappedRegion::Install(PageIndex page, const uint8_t* data, coherence::PageState state) {
   absl::Status s = host_->uffd().Copy(PageAddr(page), data, kPageSize,
                                       /*write_protect=*/state != coherence::PageState::kModified);
   if (s.ok()) {
     ++pages_installed_;
+    if (evictor_ != nullptr) evictor_->replacer().OnInstall(space_, page);
     return;
   }
+  if (evictor_ != nullptr) evictor_->replacer().OnInstall(space_, page);
   // Mapped already: only the application itself could have done that (it must not touch the
   // mapping's layout); make the contents and access right rather than lose the grant.
   DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": install: " << s;
@@ -128,6 +146,12 @@ void MappedRegion::Install(PageIndex page, const uint8_t* data, coherence::PageS
 }
 
 void MappedRegion::SetAccess(PageIndex page, coherence::PageState state) {
+  if (evictor_ != nullptr) evictor_->replacer().OnSetAccess(space_, page);
+  if (batch_.active && state != coherence::PageState::kModified) {
+    for (const Run& r : batch_.protected_runs) {
+      if (page >= r.first && page - r.first < r.n) return;  // protected by ProtectRun
+    }
+  }
   absl::Status s = host_->uffd().WriteProtect(PageAddr(page), kPageSize,
                                               state != coherence::PageState::kModified);
   if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
@@ -140,6 +164,16 @@ void MappedRegion::ReadPage(PageIndex page, uint8_t* out) {
 }
 
 void MappedRegion::Drop(PageIndex page) {
+  if (evictor_ != nullptr) evictor_->replacer().OnDrop(space_, page);
+  if (batch_.active) {
+    if (!batch_.zap_runs.empty() &&
+        batch_.zap_runs.back().first + batch_.zap_runs.back().n == page) {
+      ++batch_.zap_runs.back().n;
+    } else {
+      batch_.zap_runs.push_back({page, 1});
+    }
+    return;
+  }
   absl::Status s = host_->uffd().Zap(PageAddr(page), kPageSize);
   if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
 }
@@ -156,6 +190,7 @@ void MappedRegion::Fail(PageIndex page, ErrorCode why) {
     }
     (void)uffd.Wake(PageAddr(page), kPageSize);
   }
+  if (evictor_ != nullptr) evictor_->replacer().OnFail(space_, page);
   DSM_LOG(WARNING) << "region " << options_.name << " page " << page << " lost (code "
                    << static_cast<uint64_t>(why) << "); accesses raise SIGBUS";
   host_->ReportLost(options_.name, page, 1);
@@ -164,6 +199,52 @@ void MappedRegion::Fail(PageIndex page, ErrorCode why) {
 void MappedRegion::Wake(PageIndex page) {
   absl::Status s = host_->uffd().Wake(PageAddr(page), kPageSize);
   if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
+}
+
+void MappedRegion::TakePageBuffer(std::vector<uint8_t>* out) {
+  if (evictor_ != nullptr) {
+    evictor_->TakePageBuffer(out);
+  } else {
+    out->resize(kPageSize);
+  }
+}
+
+void MappedRegion::ProtectRun(PageIndex first, uint64_t n) {
+  if (first >= num_pages_ || n == 0) return;
+  n = std::min<uint64_t>(n, num_pages_ - first);
+  absl::Status s = host_->uffd().WriteProtect(PageAddr(first), n * kPageSize, true);
+  if (!s.ok()) {
+    DSM_LOG(ERROR) << "region " << options_.name << " pages " << first << "+" << n << ": " << s;
+    return;  // SetAccess will protect each page itself
+  }
+  if (batch_.active) batch_.protected_runs.push_back({first, n});
+}
+
+void MappedRegion::UnprotectPage(PageIndex page) {
+  absl::Status s = host_->uffd().WriteProtect(PageAddr(page), kPageSize, false);
+  if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
+}
+
+void MappedRegion::BeginBatch() {
+  batch_.active = true;
+  batch_.protected_runs.clear();
+  batch_.zap_runs.clear();
+  batch_.sends.clear();
+}
+
+void MappedRegion::EndBatch() {
+  batch_.active = false;
+  for (const Run& r : batch_.zap_runs) {
+    absl::Status s = host_->uffd().Zap(PageAddr(r.first), r.n * kPageSize);
+    if (!s.ok()) {
+      DSM_LOG(ERROR) << "region " << options_.name << " pages " << r.first << "+" << r.n << ": "
+                     << s;
+    }
+  }
+  for (Message& m : batch_.sends) host_->SendMessage(std::move(m));
+  batch_.protected_runs.clear();
+  batch_.zap_runs.clear();
+  batch_.sends.clear();
 }
 
 absl::Status MappedRegion::LoadPage(PageIndex page, uint8_t* out) {

@@ -21,6 +21,8 @@
 
 namespace dsm {
 
+class Evictor;  // region/eviction.h
+
 // What a region needs from the node that maps it.
 class RegionHost {
  public:
@@ -28,6 +30,9 @@ class RegionHost {
   virtual Userfaultfd& uffd() = 0;
   // Pages of `region` that became unreachable (already poisoned).
   virtual void ReportLost(const std::string& region, PageIndex first, uint64_t count) = 0;
+  // The node's memory budget, if it keeps one: regions register with it and report every
+  // change of their mappings to it.
+  virtual Evictor* evictor() { return nullptr; }
 
  protected:
   ~RegionHost() = default;
@@ -73,11 +78,25 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
   void Drop(PageIndex page) override;
   void Fail(PageIndex page, ErrorCode why) override;
   void Wake(PageIndex page) override;
+  void TakePageBuffer(std::vector<uint8_t>* out) override;
   // DirectoryPort.
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
   void StorePage(PageIndex page, const uint8_t* data) override;
 
   uint64_t pages_installed() const { return pages_installed_; }
+
+  // Eviction (driven by the Evictor). The region's space id in the node's Replacer (-1: none).
+  int space() const { return space_; }
+  // Write-protects [first, first + n) in one ioctl. Inside a batch, SetAccess(S) on these
+  // pages then skips its own ioctl.
+  void ProtectRun(PageIndex first, uint64_t n);
+  // Removes sampling protection from one Modified page (wakes its waiters).
+  void UnprotectPage(PageIndex page);
+  // Between BeginBatch and EndBatch, Drop only records the page and Send queues the message;
+  // EndBatch unmaps the recorded pages in runs (one madvise each), then sends the messages in
+  // order, so every unmap still precedes the message that reports it.
+  void BeginBatch();
+  void EndBatch();
 
  private:
   MappedRegion(const RegionOptions& options, NodeId self, size_t cluster_size, RegionHost* host);
@@ -96,6 +115,17 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
   std::unique_ptr<coherence::Cache> cache_;
   std::unique_ptr<coherence::Directory> directory_;
   uint64_t pages_installed_ = 0;
+  Evictor* evictor_ = nullptr;
+  int space_ = -1;
+  struct Run {
+    PageIndex first;
+    uint64_t n;
+  };
+  struct Batch {
+    bool active = false;
+    std::vector<Run> protected_runs, zap_runs;  // capacity kept across batches
+    std::vector<Message> sends;
+  } batch_;
 };
 
 }  // namespace dsm
