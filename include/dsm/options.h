@@ -66,6 +66,19 @@ struct Options {
   // slower. Off by default; docs/PERFORMANCE.md shows when it pays.
   std::chrono::microseconds poll_spin{0};
 
+  // Memory budget for cached remote pages (0 = unlimited): the most memory this node holds in
+  // pages of its mapped regions whose home is another node (a page counts while it is mapped
+  // here, read-only or writable, and from the moment a fault requests it). Pages homed at this
+  // node and the home's own storage are not counted. Over the budget, the node releases the
+  // least recently used pages it can: clean ones are dropped (the home is told), dirty ones
+  // are written back to their home first; pages with a request in flight are kept. Rounded
+  // down to whole 4 KiB pages. See "Eviction and the memory budget" in docs/ARCHITECTURE.md.
+  size_t cache_budget_bytes = 0;
+  // mlock the memory the fault and eviction path needs (the engine thread's stack window and
+  // the eviction tables) so it keeps working under memory pressure. Best effort: what
+  // RLIMIT_MEMLOCK (`ulimit -l`) allows; Stats::memory_locked says whether all of it was.
+  bool lock_memory = true;
+
   // Called on the engine thread when pages become unreachable (their home or their only
   // up-to-date copy was on a node that went down). Must not block or touch region memory.
   std::function<void(const std::string& region, uint64_t first_page, uint64_t num_pages)>

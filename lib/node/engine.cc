@@ -67,6 +67,7 @@ class Engine::UffdPollOp final : public EventLoop::Op {
     if (res < 0 && res != -ECANCELED) DSM_LOG(ERROR) << "poll on userfaultfd: " << strerror(-res);
     if (res == -ECANCELED || engine_->stop_.load()) return;
     engine_->OnUffdReadable();
+    engine_->evictor_->Enforce();  // room for the pages just requested, before they arrive
     engine_->ArmUffdPoll();
   }
 
@@ -82,6 +83,7 @@ absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
   // any kernel facility is touched.
   DSM_ASSIGN_OR_RETURN(e->transport_, CreateTransport(options));
   DSM_ASSIGN_OR_RETURN(e->uffd_, Userfaultfd::Open());
+  e->evictor_ = std::make_unique<Evictor>(options);
   DSM_ASSIGN_OR_RETURN(e->loop_, EventLoop::Create(512));
   e->uffd_op_ = std::make_unique<UffdPollOp>(e.get());
   e->locks_ = std::make_unique<LockService>(
@@ -175,7 +177,7 @@ void Engine::OnUffdReadable() {
         continue;
       }
       const bool write = ev.write || ev.kind == FaultEvent::Kind::kWriteProtect;
-      region->cache().OnFault(region->PageOf(ev.address), write, now);
+      evictor_->OnFault(region, region->PageOf(ev.address), write, now);
     }
     if (*n < 64) return;
   }
@@ -430,6 +432,7 @@ void Engine::Tick(absl::Time now) {
     // The transport reports it through OnPeerDown; make sure it happened.
     OnPeerDown(peer, absl::DeadlineExceededError("no answer within peer_timeout"));
   }
+  evictor_->Maintain();
   // Application threads waiting past their deadline get an error.
   std::vector<uint64_t> expired;
   for (auto& [id, w] : waiters_) {
@@ -614,6 +617,7 @@ Stats Engine::GetStats() {
         out.home_requests_served += r->directory()->counters().requests_served;
       }
     }
+    evictor_->AddStats(&out);
     Transport::Counters t = transport_->counters();
     out.messages_sent = t.messages_sent;
     out.messages_received = t.messages_received;

@@ -29,6 +29,7 @@
 #include "dsm/options.h"
 #include "dsm/stats.h"
 #include "fault/userfaultfd.h"
+#include "region/eviction.h"
 #include "region/mapped_region.h"
 #include "transport/event_loop.h"
 #include "transport/transport.h"
@@ -62,6 +63,7 @@ class Engine final : public Transport::Handler, public RegionHost {
   // RegionHost (engine thread).
   void SendMessage(Message&& m) override;
   Userfaultfd& uffd() override { return *uffd_; }
+  Evictor* evictor() override { return evictor_.get(); }
   void ReportLost(const std::string& region, PageIndex first, uint64_t count) override;
 
  private:
@@ -94,6 +96,7 @@ class Engine final : public Transport::Handler, public RegionHost {
 
   const Options options_;
   std::unique_ptr<Userfaultfd> uffd_;
+  std::unique_ptr<Evictor> evictor_;  // memory budget; outlives regions_
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<UffdPollOp> uffd_op_;

@@ -108,6 +108,16 @@ std::string Stats::ToString() const {
   line("peers_down", peers_down);
   line("pages_shared", pages_shared);
   line("pages_modified", pages_modified);
+  line("budget_pages", budget_pages);
+  line("resident_remote_pages", resident_remote_pages);
+  line("evictions", evictions);
+  line("eviction_writebacks", eviction_writebacks);
+  line("eviction_batches", eviction_batches);
+  line("sample_faults", sample_faults);
+  line("eviction_time_us", eviction_time_us);
+  line("buffer_pool_misses", buffer_pool_misses);
+  line("memory_locked", memory_locked ? 1 : 0);
+  line("memory_locked_bytes", memory_locked_bytes);
   return s;
 }
 
