@@ -78,6 +78,11 @@ struct Options {
   // the eviction tables) so it keeps working under memory pressure. Best effort: what
   // RLIMIT_MEMLOCK (`ulimit -l`) allows; Stats::memory_locked says whether all of it was.
   bool lock_memory = true;
+  // Sequential readahead: when a node's read misses on a region walk consecutive pages, it
+  // requests up to this many pages ahead (window 4, doubling while the stream continues) with
+  // ordinary read requests, so later loads find them mapped. Only pages homed at another node,
+  // and only while the memory budget has room. 0 disables it.
+  size_t readahead_max_pages = 64;
 
   // Called on the engine thread when pages become unreachable (their home or their only
   // up-to-date copy was on a node that went down). Must not block or touch region memory.

@@ -12,6 +12,7 @@ namespace {
 constexpr uint8_t kStateMask = 0x3;
 constexpr uint8_t kPendingBit = 0x4;
 constexpr uint8_t kLostBit = 0x8;
+constexpr uint8_t kPrefetchBit = 0x10;  // requested by readahead, not yet used by a fault
 
 uint64_t Bit(NodeId n) { return n < kMaxNodes ? uint64_t{1} << n : 0; }
 
@@ -38,6 +39,15 @@ struct Cache::Impl {
   uint64_t next_req_id = 1;
   uint64_t down = 0;  // homes declared down
   Counters c;
+  // Readahead stream (one per region): the last read miss, the length of the current run of
+  // sequential misses, the window, and one past the last page the stream has requested.
+  bool stream = false;
+  PageIndex last_miss = 0;
+  uint64_t run = 0;
+  uint64_t window = 0;
+  PageIndex ra_end = 0;
+
+  void Readahead(PageIndex page, absl::Time now);
 
   PageState State(PageIndex p) const { return static_cast<PageState>(pages[p] & kStateMask); }
   bool IsLost(PageIndex p) const { return (pages[p] & kLostBit) != 0; }
@@ -48,7 +58,9 @@ struct Cache::Impl {
     if (old == PageState::kModified) --c.modified;
     if (s == PageState::kShared) ++c.shared;
     if (s == PageState::kModified) ++c.modified;
-    pages[p] = static_cast<uint8_t>((pages[p] & ~kStateMask) | static_cast<uint8_t>(s));
+    uint8_t keep = static_cast<uint8_t>(~kStateMask);
+    if (s == PageState::kInvalid) keep &= static_cast<uint8_t>(~kPrefetchBit);
+    pages[p] = static_cast<uint8_t>((pages[p] & keep) | static_cast<uint8_t>(s));
   }
 
   Message Make(MsgType t, NodeId dst, PageIndex page, uint64_t req_id, uint64_t arg) const {
@@ -110,6 +122,10 @@ void Cache::OnFault(PageIndex page, bool write, absl::Time now) {
   if (st == PageState::kModified || (st == PageState::kShared && !write)) {
     // Another fault on this page was resolved first; the faulting thread only needs waking.
     ++s.c.stale_faults;
+    if ((s.pages[page] & kPrefetchBit) != 0) {  // installed by readahead just before
+      ++s.c.prefetch_hits;
+      s.pages[page] &= static_cast<uint8_t>(~kPrefetchBit);
+    }
     s.port->Wake(page);
     return;
   }
@@ -124,6 +140,11 @@ void Cache::OnFault(PageIndex page, bool write, absl::Time now) {
   if (it != s.pending.end()) {
     ++s.c.coalesced_faults;
     if (write && !it->second.write) it->second.want_write = true;
+    if ((s.pages[page] & kPrefetchBit) != 0) {
+      ++s.c.prefetch_hits;
+      s.pages[page] &= static_cast<uint8_t>(~kPrefetchBit);
+    }
+    if (!write) s.Readahead(page, now);
     return;
   }
   if ((s.down & Bit(s.cfg.home(page))) != 0) {
@@ -131,6 +152,46 @@ void Cache::OnFault(PageIndex page, bool write, absl::Time now) {
     return;
   }
   s.SendRequest(page, write, now);
+  if (!write) s.Readahead(page, now);
+}
+
+void Cache::Impl::Readahead(PageIndex page, absl::Time now) {
+  const uint64_t max = cfg.readahead_max_pages;
+  if (max == 0) return;
+  // Sequential: the next page, or a page inside what the stream already requested (the pages
+  // before it were read without a fault, having been prefetched or already mapped).
+  const bool seq =
+      stream && page > last_miss && page <= std::max<PageIndex>(last_miss + 1, ra_end);
+  if (seq) {
+    for (PageIndex q = last_miss + 1; q < page; ++q) {
+      if ((pages[q] & kPrefetchBit) == 0) continue;
+      if (State(q) != PageState::kInvalid) ++c.prefetch_hits;  // read with no fault
+      pages[q] &= static_cast<uint8_t>(~kPrefetchBit);
+    }
+    ++run;
+  } else {
+    run = 1;
+    window = 0;
+    ra_end = page + 1;
+  }
+  stream = true;
+  last_miss = page;
+  if (run < kReadaheadTrigger) return;
+  window = window == 0 ? std::min<uint64_t>(4, max) : std::min<uint64_t>(2 * window, max);
+  PageIndex from = std::max<PageIndex>(page + 1, ra_end);
+  const PageIndex to = std::min<PageIndex>(page + 1 + window, cfg.num_pages);
+  for (; from < to; ++from) {
+    const PageIndex q = from;
+    if ((pages[q] & (kPendingBit | kLostBit)) != 0 || State(q) != PageState::kInvalid) continue;
+    const NodeId home = cfg.home(q);
+    // Pages homed here cost no network to fetch on demand; a down home cannot answer.
+    if (home == cfg.self || (down & Bit(home)) != 0) continue;
+    if (!port->ReservePrefetch(q)) break;  // the memory budget has no room now
+    SendRequest(q, /*write=*/false, now);
+    pages[q] |= kPrefetchBit;
+    ++c.prefetches;
+  }
+  ra_end = std::max(ra_end, from);
 }
 
 void Cache::OnMessage(const Message& m, absl::Time now) {

@@ -23,6 +23,13 @@
 //    the answers, and a copy that is already gone was reported by an earlier kPut on the
 //    same FIFO channel.
 //
+// Readahead (Config::readahead_max_pages): a sequential stream of read misses (each miss at
+// the page after the previous one, or inside the window already prefetched) makes the cache
+// send kGetS for the next pages that are I, not pending, not lost, homed at another live node
+// and inside the region. They are ordinary pending requests with no waiting thread: the kData
+// installs them read-only, and a fault on one still in flight joins it (a write fault joins as
+// want_write, upgraded after the install). Writes never trigger readahead.
+//
 // Races handled here (see also directory.h):
 //  - Stale fault: the kernel reports a fault the page already satisfies (read on S/M, write on
 //    M: another thread's fault was resolved first) -> port Wake, no request.
@@ -69,6 +76,11 @@ class CachePort {
   // answer). A port may hand out buffers allocated ahead of time, so the eviction path need
   // not allocate under memory pressure.
   virtual void TakePageBuffer(std::vector<uint8_t>* out) { out->resize(kPageSize); }
+  // Readahead: may a speculative kGetS for `page` (I, not pending) go out now? A port that
+  // keeps a memory budget reserves room for the page (as for a demand fault) and returns
+  // true, or returns false when the budget has no room; the Cache then sends the request at
+  // once (so a reservation is always followed by a pending request).
+  virtual bool ReservePrefetch(PageIndex /*page*/) { return true; }
 
  protected:
   ~CachePort() = default;
@@ -81,7 +93,12 @@ class Cache {
     RegionId region = 0;
     uint64_t num_pages = 0;
     HomeFn home;
+    // Sequential readahead: after kReadaheadTrigger consecutive read misses, speculative
+    // kGetS for up to this many pages ahead (window 4, doubling while the stream continues,
+    // reset by a non-sequential read miss). 0 disables it.
+    uint64_t readahead_max_pages = 0;
   };
+  static constexpr uint64_t kReadaheadTrigger = 2;
   Cache(Config config, CachePort* port);
 
   // A fault reported by the kernel on `page`: `write` for a write access (a MISSING fault
@@ -123,6 +140,10 @@ class Cache {
              writebacks = 0, lost = 0;
     // "Cannot happen" events handled defensively (logged): a correct run keeps this 0.
     uint64_t protocol_errors = 0;
+    // Readahead: speculative kGetS sent (also in requests_sent); prefetch_hits: prefetched
+    // pages a later fault joined while in flight, or that the sequential stream passed over
+    // while they were mapped (read without a fault).
+    uint64_t prefetches = 0, prefetch_hits = 0;
     uint64_t shared = 0, modified = 0;  // pages currently in S / M
   };
   const Counters& counters() const;

@@ -135,6 +135,15 @@ void Replacer::OnFault(int space, PageIndex page, bool write, absl::Time now) {
   }
 }
 
+bool Replacer::ReservePrefetch(int space, PageIndex page) {
+  Space* s = Get(space);
+  if (s == nullptr || page >= s->num_pages) return false;
+  if (!Remote(*s, page)) return true;
+  if (cfg_.budget_pages != 0 && resident_ + reserved_ + 1 >= cfg_.budget_pages) return false;
+  if (TestAndSet(s->reserved, page)) ++reserved_;
+  return true;
+}
+
 bool Replacer::Advance(int* space, PageIndex* page) {
   const int n = static_cast<int>(spaces_.size());
   if (n == 0 || resident_ == 0) return false;

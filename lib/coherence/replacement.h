@@ -97,6 +97,11 @@ class Replacer {
   // page; otherwise marks the page referenced, hands the fault to the Cache and reserves
   // room if a request from I went out. Call Enforce() after a batch of faults.
   void OnFault(int space, PageIndex page, bool write, absl::Time now);
+  // Readahead (the Cache's CachePort::ReservePrefetch): reserves room for a speculative
+  // request for `page` (I, about to be requested) and returns true, or returns false when the
+  // budget has no room for it beside the demand fault being served (resident + reserved + 1
+  // >= budget). Speculation never makes room by evicting. Pages homed here need no room.
+  bool ReservePrefetch(int space, PageIndex page);
 
   // Releases pages until resident + reserved <= budget - batch slack (when over the budget).
   // Returns the number of pages released.

@@ -606,6 +606,8 @@ Stats Engine::GetStats() {
       out.write_faults += c.write_faults + c.upgrade_faults;  // stats.h: WP faults count as writes
       out.upgrade_faults += c.upgrade_faults;
       out.coalesced_faults += c.coalesced_faults;
+      out.prefetches += c.prefetches;
+      out.prefetch_hits += c.prefetch_hits;
       out.requests_sent += c.requests_sent;
       out.invalidations_received += c.invalidations;
       out.recalls_received += c.recalls;

@@ -64,6 +64,7 @@ class Engine final : public Transport::Handler, public RegionHost {
   void SendMessage(Message&& m) override;
   Userfaultfd& uffd() override { return *uffd_; }
   Evictor* evictor() override { return evictor_.get(); }
+  size_t readahead_max_pages() const override { return options_.readahead_max_pages; }
   void ReportLost(const std::string& region, PageIndex first, uint64_t count) override;
 
  private:

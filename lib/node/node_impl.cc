@@ -95,6 +95,8 @@ std::string Stats::ToString() const {
   line("coalesced_faults", coalesced_faults);
   line("pages_installed", pages_installed);
   line("pages_lost", pages_lost);
+  line("prefetches", prefetches);
+  line("prefetch_hits", prefetch_hits);
   line("requests_sent", requests_sent);
   line("invalidations_received", invalidations_received);
   line("recalls_received", recalls_received);

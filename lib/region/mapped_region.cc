@@ -76,7 +76,8 @@ absl::StatusOr<std::unique_ptr<MappedRegion>> MappedRegion::Create(const RegionO
         coherence::Directory::Config{self, r->id_, r->num_pages_, cluster_size, home}, raw);
   }
   r->cache_ = std::make_unique<coherence::Cache>(
-      coherence::Cache::Config{self, r->id_, r->num_pages_, home}, raw);
+      coherence::Cache::Config{self, r->id_, r->num_pages_, home, host->readahead_max_pages()},
+      raw);
   if (Evictor* ev = host->evictor()) {
     r->evictor_ = ev;
     r->space_ = ev->AddRegion(raw, self);
@@ -207,6 +208,10 @@ void MappedRegion::TakePageBuffer(std::vector<uint8_t>* out) {
   } else {
     out->resize(kPageSize);
   }
+}
+
+bool MappedRegion::ReservePrefetch(PageIndex page) {
+  return evictor_ == nullptr || evictor_->replacer().ReservePrefetch(space_, page);
 }
 
 void MappedRegion::ProtectRun(PageIndex first, uint64_t n) {

@@ -33,6 +33,8 @@ class RegionHost {
   // The node's memory budget, if it keeps one: regions register with it and report every
   // change of their mappings to it.
   virtual Evictor* evictor() { return nullptr; }
+  // Options::readahead_max_pages (0: no readahead).
+  virtual size_t readahead_max_pages() const { return 0; }
 
  protected:
   ~RegionHost() = default;
@@ -79,6 +81,7 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
   void Fail(PageIndex page, ErrorCode why) override;
   void Wake(PageIndex page) override;
   void TakePageBuffer(std::vector<uint8_t>* out) override;
+  bool ReservePrefetch(PageIndex page) override;
   // DirectoryPort.
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
   void StorePage(PageIndex page, const uint8_t* data) override;

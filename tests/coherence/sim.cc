@@ -28,6 +28,7 @@ class Sim::Port final : public CachePort, public DirectoryPort, public Replaceme
   void Drop(PageIndex page) override;
   void Fail(PageIndex page, ErrorCode why) override;
   void Wake(PageIndex page) override;
+  bool ReservePrefetch(PageIndex page) override;
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
   void StorePage(PageIndex page, const uint8_t* data) override;
   // ReplacementPort (space 0 is the one region).
@@ -45,9 +46,9 @@ class Sim::Port final : public CachePort, public DirectoryPort, public Replaceme
 };
 
 struct Sim::Node {
-  Node(Sim* sim, NodeId id, int pages, const HomeFn& home, int cluster)
+  Node(Sim* sim, NodeId id, int pages, const HomeFn& home, int cluster, uint64_t readahead)
       : port(sim, id),
-        cache(Cache::Config{id, 1, static_cast<uint64_t>(pages), home}, &port),
+        cache(Cache::Config{id, 1, static_cast<uint64_t>(pages), home, readahead}, &port),
         dir(Directory::Config{id, 1, static_cast<uint64_t>(pages), static_cast<size_t>(cluster),
                               home},
             &port),
@@ -179,6 +180,15 @@ void Sim::Port::Wake(PageIndex page) {
   sim_->WakeThreads(id_, page);
 }
 
+bool Sim::Port::ReservePrefetch(PageIndex page) {
+  Node& nd = *sim_->nodes_[id_];
+  if (nd.mapped[page] != PageState::kInvalid || nd.cache.pending(page)) {
+    sim_->Violation("prefetch of page " + std::to_string(page) + " on node " +
+                    std::to_string(id_) + " which is mapped or pending");
+  }
+  return nd.replacer == nullptr || nd.replacer->ReservePrefetch(0, page);
+}
+
 absl::Status Sim::Port::LoadPage(PageIndex page, uint8_t* out) {
   Node& nd = *sim_->nodes_[id_];
   if (sim_->home_(page) != id_) sim_->Violation("LoadPage at a node that is not home");
@@ -192,11 +202,13 @@ void Sim::Port::StorePage(PageIndex page, const uint8_t* data) {
   std::memcpy(nd.storage[page].data(), data, kPageSize);
 }
 
-Sim::Sim(int nodes, int pages, HomeFn home)
-    : n_(nodes), pages_(pages), home_(std::move(home)), alive_(nodes, true),
+Sim::Sim(int nodes, int pages, HomeFn home, uint64_t readahead)
+    : n_(nodes), pages_(pages), readahead_(readahead), last_access_(nodes, 0),
+      home_(std::move(home)), alive_(nodes, true),
       chans_(static_cast<size_t>(nodes) * nodes), last_write_(pages, 0) {
   for (int i = 0; i < nodes; ++i) {
-    nodes_.push_back(std::make_unique<Node>(this, static_cast<NodeId>(i), pages, home_, nodes));
+    nodes_.push_back(
+        std::make_unique<Node>(this, static_cast<NodeId>(i), pages, home_, nodes, readahead));
   }
 }
 
@@ -457,7 +469,19 @@ void Sim::Step(std::mt19937_64& rng, bool allow_new, bool maintenance) {
     }
     if (kind == 3 && allow_new && !roomy.empty()) {
       const NodeId n = static_cast<NodeId>(roomy[pick(roomy.size())]);
-      Access(n, pick(pages_), rng() % 2 == 0);
+      if (readahead_ != 0 && rng() % 2 == 0) {
+        // A sequential burst: mostly reads of the next page (a write now and then joins or
+        // follows a prefetch).
+        const PageIndex p = (last_access_[n] + 1) % static_cast<PageIndex>(pages_);
+        last_access_[n] = p;
+        Access(n, p, rng() % 5 == 0);
+      } else if (readahead_ != 0) {
+        const PageIndex p = pick(pages_);
+        last_access_[n] = p;
+        Access(n, p, rng() % 2 == 0);
+      } else {
+        Access(n, pick(pages_), rng() % 2 == 0);
+      }
       break;
     }
   }

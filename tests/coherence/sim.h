@@ -41,7 +41,9 @@ class Sim {
     int faults = 0;      // faults raised so far
   };
 
-  Sim(int nodes, int pages, HomeFn home);
+  // `readahead`: every Cache's Config::readahead_max_pages (0: off). With it on, Step() also
+  // makes half of the new accesses sequential bursts (the page after the node's last access).
+  Sim(int nodes, int pages, HomeFn home, uint64_t readahead = 0);
   ~Sim();
   Sim(const Sim&) = delete;
   Sim& operator=(const Sim&) = delete;
@@ -121,6 +123,8 @@ class Sim {
 
   int n_;
   int pages_;
+  uint64_t readahead_ = 0;
+  std::vector<PageIndex> last_access_;  // per node, for sequential bursts
   HomeFn home_;
   std::vector<std::unique_ptr<Node>> nodes_;
   std::vector<bool> alive_;

@@ -1,0 +1,329 @@
+// Sequential readahead on the requester side (Cache::Config::readahead_max_pages): which
+// misses trigger it, which pages it skips, that a prefetched page is then read with no fault,
+// that a write joining a prefetch still gets M, that the memory budget bounds it, and a
+// randomized run with sequential bursts, budgets and node failures.
+#include <cstdio>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "coherence/cache.h"
+#include "coherence/replacement.h"
+#include "common/log.h"
+#include "gtest/gtest.h"
+#include "sim.h"
+
+namespace dsm::coherence {
+namespace {
+
+using sim::Sim;
+
+const absl::Time kT0 = absl::UnixEpoch();
+
+class RecordingPort final : public CachePort {
+ public:
+  void Send(Message&& m) override { sent.push_back(std::move(m)); }
+  void Install(PageIndex, const uint8_t*, PageState) override {}
+  void SetAccess(PageIndex, PageState) override {}
+  void ReadPage(PageIndex, uint8_t* out) override { out[0] = 0; }
+  void Drop(PageIndex) override {}
+  void Fail(PageIndex, ErrorCode) override {}
+  void Wake(PageIndex) override {}
+  bool ReservePrefetch(PageIndex page) override {
+    reserved.push_back(page);
+    return room-- > 0;
+  }
+
+  std::vector<Message> sent;
+  std::vector<PageIndex> reserved;
+  int room = 1 << 30;
+};
+
+Message Reply(MsgType t, const Message& req, uint64_t arg) {
+  Message m;
+  m.type = t;
+  m.src = req.dst;
+  m.dst = req.src;
+  m.page = req.page;
+  m.req_id = req.req_id;
+  m.arg = arg;
+  if (t == MsgType::kData) m.payload.assign(kPageSize, 7);
+  return m;
+}
+
+// Pages of the kGetS sent from index `from` on.
+std::vector<PageIndex> GetSPages(const RecordingPort& port, size_t from = 0) {
+  std::vector<PageIndex> out;
+  for (size_t i = from; i < port.sent.size(); ++i) {
+    if (port.sent[i].type == MsgType::kGetS) out.push_back(port.sent[i].page);
+  }
+  return out;
+}
+
+Cache::Config Config(uint64_t pages, uint64_t readahead, HomeFn home = nullptr) {
+  if (!home) home = [](PageIndex) -> NodeId { return 0; };
+  return Cache::Config{1, 1, pages, std::move(home), readahead};
+}
+
+TEST(Readahead, SequentialMissesPrefetchTheNextPagesWithAGrowingWindow) {
+  RecordingPort port;
+  Cache cache(Config(64, 16), &port);
+  cache.OnFault(0, false, kT0);
+  EXPECT_EQ(port.sent.size(), 1u);  // one miss is not a stream
+  cache.OnFault(1, false, kT0);
+  EXPECT_EQ(GetSPages(port), (std::vector<PageIndex>{0, 1, 2, 3, 4, 5}));  // window 4
+  EXPECT_EQ(cache.counters().prefetches, 4u);
+  for (PageIndex p = 2; p <= 5; ++p) EXPECT_TRUE(cache.pending(p));
+  // A fault on a page still in flight joins it (a hit) and pushes the window on: 8 ahead.
+  const size_t before = port.sent.size();
+  cache.OnFault(2, false, kT0);
+  EXPECT_EQ(cache.counters().prefetch_hits, 1u);
+  EXPECT_EQ(cache.counters().coalesced_faults, 1u);
+  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{6, 7, 8, 9, 10}));
+  // The window stops growing at the maximum (16): page 10 -> up to 10 + 16.
+  cache.OnFault(3, false, kT0);   // window 16: 11..19
+  cache.OnFault(10, false, kT0);  // inside the requested range: still sequential
+  EXPECT_EQ(port.sent.back().page, 26u);
+  EXPECT_EQ(cache.counters().prefetches, 4u + 5u + 9u + 7u);
+  EXPECT_EQ(cache.counters().requests_sent, 2u + cache.counters().prefetches);
+}
+
+TEST(Readahead, RandomMissesAndWritesDoNotPrefetch) {
+  RecordingPort port;
+  Cache cache(Config(64, 64), &port);
+  for (PageIndex p : {5, 17, 3, 9, 20, 40, 2, 30}) cache.OnFault(p, false, kT0);
+  for (PageIndex p = 50; p < 60; ++p) cache.OnFault(p, true, kT0);  // sequential writes
+  EXPECT_EQ(cache.counters().prefetches, 0u);
+  EXPECT_EQ(port.sent.size(), 18u);
+  EXPECT_TRUE(port.reserved.empty());
+}
+
+TEST(Readahead, DisabledByZero) {
+  RecordingPort port;
+  Cache cache(Config(64, 0), &port);
+  for (PageIndex p = 0; p < 10; ++p) cache.OnFault(p, false, kT0);
+  EXPECT_EQ(port.sent.size(), 10u);
+  EXPECT_EQ(cache.counters().prefetches, 0u);
+}
+
+TEST(Readahead, NeverForPagesPendingLostOwnedHomedHereOrAtADownHome) {
+  RecordingPort port;
+  // Page 3 is homed here (node 1), pages 11 and 12 at node 2, the rest at node 0.
+  Cache cache(Config(32, 64,
+                     [](PageIndex p) -> NodeId {
+                       return p == 3 ? 1 : (p == 11 || p == 12) ? 2 : 0;
+                     }),
+              &port);
+  cache.OnFault(5, true, kT0);  // pending kGetM
+  cache.OnFault(7, false, kT0);
+  cache.OnMessage(Reply(MsgType::kNack, port.sent.back(), 1), kT0);  // 7 lost
+  ASSERT_TRUE(cache.lost(7));
+  cache.OnFault(2, true, kT0);
+  cache.OnMessage(Reply(MsgType::kData, port.sent.back(), static_cast<uint64_t>(Grant::kModified)),
+                  kT0);
+  ASSERT_EQ(cache.state(2), PageState::kModified);
+  cache.OnPeerDown(2);
+  size_t before = port.sent.size();
+  cache.OnFault(0, false, kT0);  // not sequential after 7: a new stream
+  cache.OnFault(1, false, kT0);  // window 4: 2 M, 3 homed here, 4 ok, 5 pending
+  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{0, 1, 4}));
+  before = port.sent.size();
+  cache.OnFault(4, false, kT0);  // joins the prefetch; window 8: 6..12 minus 7 (lost), 11, 12
+  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{6, 8, 9, 10}));
+  EXPECT_EQ(cache.counters().prefetches, 5u);
+  for (PageIndex p : port.reserved) {
+    EXPECT_TRUE(p != 2 && p != 3 && p != 5 && p != 7 && p != 11 && p != 12) << p;
+  }
+  // Beyond the region: never.
+  RecordingPort port2;
+  Cache small(Config(4, 64), &port2);
+  small.OnFault(1, false, kT0);
+  small.OnFault(2, false, kT0);
+  EXPECT_EQ(GetSPages(port2), (std::vector<PageIndex>{1, 2, 3}));
+}
+
+TEST(Readahead, StopsWhereThePortHasNoRoom) {
+  RecordingPort port;
+  port.room = 2;
+  Cache cache(Config(64, 64), &port);
+  cache.OnFault(0, false, kT0);
+  cache.OnFault(1, false, kT0);
+  EXPECT_EQ(GetSPages(port), (std::vector<PageIndex>{0, 1, 2, 3}));
+  EXPECT_EQ(cache.counters().prefetches, 2u);
+  EXPECT_FALSE(cache.pending(4));
+}
+
+HomeFn HomeAt(NodeId h) {
+  return [h](PageIndex) { return h; };
+}
+
+TEST(Readahead, PrefetchedPagesAreThenReadWithoutAFault) {
+  Sim sim(2, 32, HomeAt(0), /*readahead=*/64);
+  for (PageIndex p = 0; p < 2; ++p) {
+    const int t = sim.Access(1, p, false);
+    ASSERT_TRUE(sim.Settle()) << sim.error();
+    ASSERT_EQ(sim.thread(t).state, Sim::ThreadState::kDone);
+  }
+  // Pages 2..5 were prefetched and installed read-only: no fault at all.
+  for (PageIndex p = 2; p <= 5; ++p) {
+    EXPECT_EQ(sim.mapped(1, p), PageState::kShared) << p;
+    const int t = sim.Access(1, p, false);
+    EXPECT_EQ(sim.thread(t).state, Sim::ThreadState::kDone) << p;
+    EXPECT_EQ(sim.thread(t).faults, 0) << p;
+  }
+  const int t = sim.Access(1, 6, false);  // the next miss continues the stream
+  EXPECT_EQ(sim.thread(t).faults, 1);
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.cache(1).counters().prefetch_hits, 4u);
+  EXPECT_EQ(sim.cache(1).counters().read_faults, 3u);
+  EXPECT_TRUE(sim.Check()) << sim.error();
+}
+
+TEST(Readahead, WriteJoiningAPrefetchGetsM) {
+  Sim sim(2, 16, HomeAt(0), 64);
+  sim.Access(1, 0, false);
+  ASSERT_TRUE(sim.Settle());
+  sim.Access(1, 1, false);
+  ASSERT_TRUE(sim.DeliverFault(1));  // GetS 1 + prefetch 2..5, none delivered yet
+  ASSERT_TRUE(sim.cache(1).pending(2));
+  const int w = sim.Access(1, 2, true);
+  ASSERT_TRUE(sim.DeliverFault(1));  // joins the prefetch as a writer
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.thread(w).state, Sim::ThreadState::kDone);
+  EXPECT_EQ(sim.mapped(1, 2), PageState::kModified);
+  EXPECT_EQ(sim.last_write(2), sim.thread(w).value);
+  EXPECT_TRUE(sim.Check()) << sim.error();
+}
+
+TEST(Readahead, InvalidationOfAPrefetchedPage) {
+  Sim sim(3, 16, HomeAt(0), 64);
+  sim.Access(1, 0, false);
+  ASSERT_TRUE(sim.Settle());
+  sim.Access(1, 1, false);
+  ASSERT_TRUE(sim.Settle());
+  ASSERT_EQ(sim.mapped(1, 3), PageState::kShared);  // prefetched
+  const int w = sim.Access(2, 3, true);              // invalidates node 1's copy
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.thread(w).state, Sim::ThreadState::kDone);
+  EXPECT_EQ(sim.mapped(1, 3), PageState::kInvalid);
+  const int r = sim.Access(1, 3, false);
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.thread(r).value, sim.thread(w).value);
+  EXPECT_TRUE(sim.Check()) << sim.error();
+}
+
+TEST(Readahead, BudgetIsRespectedAtEveryStep) {
+  constexpr int kPages = 96;
+  for (uint64_t budget : {8u, 32u}) {
+    Sim sim(2, kPages, HomeAt(0), 64);
+    sim.SetBudget(1, budget);
+    for (int round = 0; round < 2; ++round) {
+      for (PageIndex p = 0; p < kPages; ++p) {
+        const int t = sim.Access(1, p, false);
+        for (int i = 0; i < 10000 && sim.thread(t).state != Sim::ThreadState::kDone; ++i) {
+          if (!sim.DeliverFault(1) && !sim.Deliver(1, 0) && !sim.Deliver(0, 1)) sim.RunAll();
+          const Replacer& r = *sim.replacer(1);
+          ASSERT_LE(sim.MappedRemote(1), budget) << "page " << p;
+          ASSERT_LE(r.resident() + r.reserved(), budget) << "page " << p;
+          ASSERT_TRUE(sim.Check()) << sim.error();
+        }
+        ASSERT_EQ(sim.thread(t).state, Sim::ThreadState::kDone);
+      }
+    }
+    ASSERT_TRUE(sim.Settle()) << sim.error();
+    EXPECT_GT(sim.cache(1).counters().prefetches, 0u) << budget;
+    EXPECT_EQ(sim.replacer(1)->counters().over_budget, 0u);
+    std::printf("budget %llu: %llu prefetches, %llu hits, %llu read faults for %d reads\n",
+                static_cast<unsigned long long>(budget),
+                static_cast<unsigned long long>(sim.cache(1).counters().prefetches),
+                static_cast<unsigned long long>(sim.cache(1).counters().prefetch_hits),
+                static_cast<unsigned long long>(sim.cache(1).counters().read_faults),
+                2 * kPages);
+  }
+}
+
+TEST(Readahead, ReplacerReservesOnlyWithRoom) {
+  struct NullPort final : ReplacementPort {
+    void Protect(int, PageIndex, uint64_t) override {}
+    void Unprotect(int, PageIndex) override {}
+    void BeginBatch(int) override {}
+    void EndBatch(int) override {}
+  } rport;
+  RecordingPort cport;
+  Cache cache(Config(16, 0), &cport);
+  Replacer r(Replacer::Config{1, 3, true, 64}, &rport);
+  const int sp = r.AddSpace(&cache, [](PageIndex p) -> NodeId { return p == 9 ? 1 : 0; });
+  EXPECT_TRUE(r.ReservePrefetch(sp, 4));
+  EXPECT_TRUE(r.ReservePrefetch(sp, 5));
+  EXPECT_EQ(r.reserved(), 2u);
+  EXPECT_FALSE(r.ReservePrefetch(sp, 6));  // room left only for the demand fault
+  EXPECT_TRUE(r.ReservePrefetch(sp, 9));   // homed here: not counted
+  EXPECT_EQ(r.reserved(), 2u);
+  EXPECT_FALSE(r.ReservePrefetch(sp, 16));  // beyond the region
+}
+
+// Randomized: 2-4 nodes, 4-12 pages, readahead 1-8, half the new accesses sequential bursts,
+// some runs with budgets and some with a node going down; every invariant after every step.
+void RunReadaheadSeeds(uint64_t first_seed, int seeds, bool budget, bool kill) {
+  SetLogThreshold(LogSeverity::kError);
+  uint64_t prefetches = 0, hits = 0, invs = 0;
+  for (uint64_t seed = first_seed; seed < first_seed + seeds; ++seed) {
+    const int nodes = 2 + static_cast<int>(seed % 3);
+    const int pages = 4 + static_cast<int>((seed / 3) % 9);
+    std::mt19937_64 rng(seed);
+    const bool interleaved = (seed / 27) % 2 == 1;
+    Sim sim(nodes, pages,
+            interleaved ? HomeFn([nodes](PageIndex p) { return static_cast<NodeId>(p % nodes); })
+                        : HomeAt(0),
+            1 + rng() % 8);
+    if (budget) {
+      for (int n = 0; n < nodes; ++n) sim.SetBudget(static_cast<NodeId>(n), 2 + rng() % 6);
+    }
+    const int steps = 2000;
+    const int kill_at = kill ? steps / 4 + static_cast<int>(rng() % (steps / 2)) : -1;
+    for (int i = 0; i < steps && sim.ok(); ++i) {
+      if (i == kill_at) sim.Kill(static_cast<NodeId>(rng() % nodes));
+      sim.Step(rng, /*allow_new=*/true, /*maintenance=*/true);
+    }
+    if (sim.ok()) sim.Settle(&rng);
+    if (budget) {
+      // As in RunBudgetSeeds: installs that outran the last fault batch are released by the
+      // next Enforce (the engine's tick), then its Puts are delivered.
+      for (int n = 0; n < nodes; ++n) {
+        if (sim.alive(n)) sim.Enforce(static_cast<NodeId>(n));
+      }
+      if (sim.ok()) sim.Settle(&rng);
+    }
+    const std::string where = "seed " + std::to_string(seed);
+    ASSERT_TRUE(sim.Check()) << where << ": " << sim.error();
+    ASSERT_TRUE(sim.AllThreadsFinished()) << where << ": a thread is still blocked (hang)";
+    ASSERT_EQ(sim.InFlight(), 0u) << where;
+    for (int n = 0; n < nodes; ++n) {
+      if (!sim.alive(n)) continue;
+      const Cache::Counters& c = sim.cache(static_cast<NodeId>(n)).counters();
+      ASSERT_EQ(c.protocol_errors + sim.directory(static_cast<NodeId>(n)).counters().protocol_errors,
+                0u)
+          << where;
+      prefetches += c.prefetches;
+      hits += c.prefetch_hits;
+      invs += c.invalidations;
+      if (budget && !kill) {
+        ASSERT_LE(sim.MappedRemote(static_cast<NodeId>(n)),
+                  sim.replacer(static_cast<NodeId>(n))->budget_pages())
+            << where << " node " << n;
+      }
+    }
+  }
+  std::printf("%d seeds: %llu prefetches, %llu hits, %llu invalidations\n", seeds,
+              static_cast<unsigned long long>(prefetches), static_cast<unsigned long long>(hits),
+              static_cast<unsigned long long>(invs));
+  EXPECT_GT(prefetches, 0u);
+  EXPECT_GT(hits, 0u);
+}
+
+TEST(RandomProtocol, WithReadahead) { RunReadaheadSeeds(500001, 1500, false, false); }
+TEST(RandomProtocol, WithReadaheadAndMemoryBudget) { RunReadaheadSeeds(600001, 1500, true, false); }
+TEST(RandomProtocol, WithReadaheadAndPeerDown) { RunReadaheadSeeds(700001, 1000, true, true); }
+
+}  // namespace
+}  // namespace dsm::coherence
