@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "rdma/cluster_harness.h"
 #include "rdma/fake_verbs.h"
 #include "transport/rdma/flow_control.h"
@@ -465,7 +466,7 @@ TEST_F(RdmaOverFake, MismatchedGeometryIsRefusedAtSetUp) {
     t.recv_credits = i == 0 ? 64 : 32;
     node->loop = std::move(*EventLoop::Create());
     node->transport = std::move(
-        *CreateRdmaTransportWithVerbs(o, t, fabric_.NewDevice("g" + std::to_string(i))));
+        *CreateRdmaTransportWithVerbs(o, t, fabric_.NewDevice(absl::StrCat("g", i))));
     ASSERT_TRUE(node->transport->Start(node->loop.get(), &node->rec).ok());
     nodes_.push_back(std::move(node));
   }
