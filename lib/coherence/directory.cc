@@ -81,15 +81,7 @@ struct Directory::Impl {
   }
 
   Message Make(MsgType t, NodeId dst, PageIndex page, uint64_t req_id, uint64_t arg) const {
-    Message m;
-    m.type = t;
-    m.src = cfg.self;
-    m.dst = dst;
-    m.region = cfg.region;
-    m.page = page;
-    m.req_id = req_id;
-    m.arg = arg;
-    return m;
+    return Message{t, cfg.self, dst, cfg.region, page, req_id, arg, {}};
   }
   void Nack(const Request& r, PageIndex page, ErrorCode why) {
     ++c.nacks_sent;
