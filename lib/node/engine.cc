@@ -239,9 +239,7 @@ void Engine::OnMessage(Message&& m) {
         DSM_LOG(WARNING) << "node " << m.src << " sent " << MsgTypeName(m.type) << " for page "
                          << m.page << " of " << r->name() << " to a node that is not its home";
         if (m.type == MsgType::kGetS || m.type == MsgType::kGetM) {
-          Message nack{MsgType::kNack, options_.node_id, m.src, m.region, m.page, m.req_id,
-                       static_cast<uint64_t>(ErrorCode::kNotHome), {}};
-          SendMessage(std::move(nack));
+          SendMessage(ReplyTo(m, MsgType::kNack, static_cast<uint64_t>(ErrorCode::kNotHome)));
         }
         return;
       }
@@ -249,9 +247,7 @@ void Engine::OnMessage(Message&& m) {
       if (closing_.contains(m.region) && m.src != options_.node_id &&
           (m.type == MsgType::kGetS || m.type == MsgType::kGetM)) {
         // The home is unmapping: it hands out no new copies (they would die with it).
-        Message nack{MsgType::kNack, options_.node_id, m.src, m.region, m.page, m.req_id,
-                     static_cast<uint64_t>(ErrorCode::kShuttingDown), {}};
-        SendMessage(std::move(nack));
+        SendMessage(ReplyTo(m, MsgType::kNack, static_cast<uint64_t>(ErrorCode::kShuttingDown)));
         return;
       }
       r->directory()->OnMessage(m, now);
@@ -271,11 +267,7 @@ void Engine::OnMessage(Message&& m) {
 }
 
 void Engine::ReplyUnknownRegion(const Message& m) {
-  Message reply;
-  reply.dst = m.src;
-  reply.region = m.region;
-  reply.page = m.page;
-  reply.req_id = m.req_id;
+  Message reply = ReplyTo(m, MsgType::kNack);  // type and arg set below
   switch (m.type) {
     case MsgType::kGetS:
     case MsgType::kGetM:
@@ -295,12 +287,12 @@ void Engine::ReplyUnknownRegion(const Message& m) {
   SendMessage(std::move(reply));
 }
 
+Message Engine::ReplyTo(const Message& m, MsgType type, uint64_t arg) const {
+  return Message{type, options_.node_id, m.src, m.region, m.page, m.req_id, arg, {}};
+}
+
 void Engine::HandleRegionOpen(const Message& m) {
-  Message reply;
-  reply.type = MsgType::kRegionOpenReply;
-  reply.dst = m.src;
-  reply.region = m.region;
-  reply.req_id = m.req_id;
+  Message reply = ReplyTo(m, MsgType::kRegionOpenReply);
   MappedRegion* r = FindRegion(m.region);
   const std::string name(m.payload.begin(), m.payload.end());
   ErrorCode code = ErrorCode::kOk;
@@ -316,11 +308,7 @@ void Engine::HandleRegionOpen(const Message& m) {
 }
 
 void Engine::HandleSyncReq(const Message& m) {
-  Message reply;
-  reply.type = MsgType::kSyncAck;
-  reply.dst = m.src;
-  reply.region = m.region;
-  reply.req_id = m.req_id;
+  Message reply = ReplyTo(m, MsgType::kSyncAck);
   MappedRegion* r = FindRegion(m.region);
   ErrorCode code = ErrorCode::kNoSuchRegion;
   if (r != nullptr && r->storage() != nullptr) {
@@ -555,9 +543,20 @@ void Engine::FinishUnmap(RegionId region, std::shared_ptr<Waiter> w,
     return;
   }
   // Give every copy back: Modified pages are written back, Shared ones dropped with notice.
+  // Released in the region's batch mode, so the unmaps go in runs (one madvise per run, not per
+  // page); flushed every kUnmapBatch releases to bound the messages held back.
+  constexpr int kUnmapBatch = 1024;
+  int in_batch = 0;
+  r->BeginBatch();
   for (PageIndex p = 0; p < r->num_pages(); ++p) {
-    if (cache.state(p) != coherence::PageState::kInvalid && !cache.pending(p)) cache.Release(p);
+    if (cache.state(p) == coherence::PageState::kInvalid || cache.pending(p)) continue;
+    if (cache.Release(p) && ++in_batch == kUnmapBatch) {
+      r->EndBatch();
+      r->BeginBatch();
+      in_batch = 0;
+    }
   }
+  r->EndBatch();
   // Homes persist what they received (file-backed regions); the mapping goes when they answer.
   AskHomesToPersist(r, w);
 }

@@ -83,6 +83,8 @@ class Engine final : public Transport::Handler, public RegionHost {
 
   MappedRegion* FindRegion(RegionId id);
   void ReplyUnknownRegion(const Message& m);
+  // The header of this node's answer to `m` (same region, page and req_id, back to its sender).
+  Message ReplyTo(const Message& m, MsgType type, uint64_t arg = 0) const;
   void HandleRegionOpen(const Message& m);
   void HandleSyncReq(const Message& m);
   void CompleteWaiter(uint64_t req_id, NodeId from, ErrorCode code);
