@@ -79,10 +79,12 @@ struct Options {
   // RLIMIT_MEMLOCK (`ulimit -l`) allows; Stats::memory_locked says whether all of it was.
   bool lock_memory = true;
   // Sequential readahead: when a node's read misses on a region walk consecutive pages, it
-  // requests up to this many pages ahead (window 4, doubling while the stream continues) with
-  // ordinary read requests, so later loads find them mapped. Only pages homed at another node,
-  // and only while the memory budget has room. 0 disables it.
-  size_t readahead_max_pages = 64;
+  // requests up to this many pages ahead (window 4, doubling while the stream continues), in
+  // runs of up to 64 pages per message installed with one call, so later loads find them
+  // mapped. Only pages homed at another node, and only while the memory budget has room;
+  // pages another node is writing are simply not granted. 0 disables it. Keep it at least
+  // 128 so two full runs can be in flight (one per 64 pages the application reads).
+  size_t readahead_max_pages = 256;
 
   // Called on the engine thread when pages become unreachable (their home or their only
   // up-to-date copy was on a node that went down). Must not block or touch region memory.

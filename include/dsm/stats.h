@@ -15,7 +15,9 @@ struct Stats {
   uint64_t coalesced_faults = 0; // faults that joined a request already in flight
   uint64_t pages_installed = 0;  // pages mapped by UFFDIO_COPY
   uint64_t pages_lost = 0;       // pages poisoned because their data became unreachable
-  uint64_t prefetches = 0;       // readahead requests sent (Options::readahead_max_pages)
+  uint64_t prefetches = 0;       // pages requested by readahead (Options::readahead_max_pages)
+  uint64_t prefetch_runs = 0;    // multi-page readahead requests (of those pages)
+  uint64_t prefetch_refused = 0; // readahead pages the home did not grant (busy or written)
   uint64_t prefetch_hits = 0;    // prefetched pages then used (fault joined it, or no fault)
   // Coherence traffic (as requester and as home).
   uint64_t requests_sent = 0;

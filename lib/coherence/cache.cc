@@ -26,6 +26,7 @@ struct Cache::Impl {
     absl::Time start;
     bool write = false;       // sent as kGetM
     bool want_write = false;  // a write fault joined this kGetS: upgrade once S is installed
+    bool waited = false;      // a thread waits for it (false only for readahead not yet joined)
   };
 
   Impl(Config config, CachePort* p) : cfg(std::move(config)), port(p), pages(cfg.num_pages) {
@@ -48,6 +49,7 @@ struct Cache::Impl {
   PageIndex ra_end = 0;
 
   void Readahead(PageIndex page, absl::Time now);
+  void SendRun(PageIndex first, uint64_t n, NodeId home, absl::Time now);
 
   PageState State(PageIndex p) const { return static_cast<PageState>(pages[p] & kStateMask); }
   bool IsLost(PageIndex p) const { return (pages[p] & kLostBit) != 0; }
@@ -73,6 +75,7 @@ struct Cache::Impl {
     r.home = cfg.home(page);
     r.start = now;
     r.write = write;
+    r.waited = true;
     pending[page] = r;
     pages[page] |= kPendingBit;
     ++c.requests_sent;
@@ -90,6 +93,17 @@ struct Cache::Impl {
   }
 
   void OnReply(const Message& m, absl::Time now);
+  void OnRunReply(const Message& m, absl::Time now);
+  // Pages [first, first + n) pending under req_id (the pages of one run request).
+  uint64_t RunLength(PageIndex first, uint64_t req_id) const {
+    uint64_t n = 0;
+    while (n < kMaxRunPages && first + n < cfg.num_pages) {
+      auto it = pending.find(first + n);
+      if (it == pending.end() || it->second.req_id != req_id) break;
+      ++n;
+    }
+    return n;
+  }
   void OnInv(const Message& m);
   void OnRecall(const Message& m);
 };
@@ -131,6 +145,7 @@ void Cache::OnFault(PageIndex page, bool write, absl::Time now) {
   auto it = s.pending.find(page);
   if (it != s.pending.end()) {
     ++s.c.coalesced_faults;
+    it->second.waited = true;
     if (write && !it->second.write) it->second.want_write = true;
     if ((s.pages[page] & kPrefetchBit) != 0) {
       ++s.c.prefetch_hits;
@@ -170,20 +185,62 @@ void Cache::Impl::Readahead(PageIndex page, absl::Time now) {
   last_miss = page;
   if (run < kReadaheadTrigger) return;
   window = window == 0 ? std::min<uint64_t>(4, max) : std::min<uint64_t>(2 * window, max);
+  PageIndex target = std::min<PageIndex>(page + 1 + window, cfg.num_pages);
+  if (window >= kMaxRunPages && target < cfg.num_pages) {
+    // Stop at a run boundary: later runs then start where faults land and are full length.
+    target = std::max<PageIndex>(page + 1, target / kMaxRunPages * kMaxRunPages);
+  }
   PageIndex from = std::max<PageIndex>(page + 1, ra_end);
-  const PageIndex to = std::min<PageIndex>(page + 1 + window, cfg.num_pages);
-  for (; from < to; ++from) {
+  // Wait until a whole chunk is due rather than trickle out a page per fault.
+  const uint64_t chunk = std::clamp<uint64_t>(window / 4, 1, kMaxRunPages);
+  if (from >= target || (target - from < chunk && target < cfg.num_pages)) return;
+  PageIndex first = 0;
+  uint64_t n = 0;
+  NodeId run_home = 0;
+  for (; from < target; ++from) {
     const PageIndex q = from;
-    if ((pages[q] & (kPendingBit | kLostBit)) != 0 || State(q) != PageState::kInvalid) continue;
     const NodeId home = cfg.home(q);
     // Pages homed here cost no network to fetch on demand; a down home cannot answer.
-    if (home == cfg.self || (down & Bit(home)) != 0) continue;
+    const bool wanted = (pages[q] & (kPendingBit | kLostBit)) == 0 &&
+                        State(q) == PageState::kInvalid && home != cfg.self &&
+                        (down & Bit(home)) == 0;
+    if (n > 0 && (!wanted || home != run_home || n == kMaxRunPages || q % kMaxRunPages == 0)) {
+      SendRun(first, n, run_home, now);
+      n = 0;
+    }
+    if (!wanted) continue;
     if (!port->ReservePrefetch(q)) break;  // the memory budget has no room now
-    SendRequest(q, /*write=*/false, now);
-    pages[q] |= kPrefetchBit;
-    ++c.prefetches;
+    if (n == 0) {
+      first = q;
+      run_home = home;
+    }
+    ++n;
   }
+  if (n > 0) SendRun(first, n, run_home, now);
   ra_end = std::max(ra_end, from);
+}
+
+// Speculative requests for [first, first + n), all I, not pending, homed at `home`, each
+// with room reserved: one kGetSRun (a lone page: kGetS), one pending entry per page.
+void Cache::Impl::SendRun(PageIndex first, uint64_t n, NodeId home, absl::Time now) {
+  c.prefetches += n;
+  if (n == 1) {
+    SendRequest(first, /*write=*/false, now);
+    pending[first].waited = false;
+    pages[first] |= kPrefetchBit;
+    return;
+  }
+  Request r;
+  r.req_id = next_req_id++;
+  r.home = home;
+  r.start = now;
+  for (PageIndex q = first; q < first + n; ++q) {
+    pending[q] = r;
+    pages[q] |= kPendingBit | kPrefetchBit;
+  }
+  ++c.requests_sent;
+  ++c.run_requests;
+  port->Send(Make(MsgType::kGetSRun, home, first, r.req_id, n));
 }
 
 void Cache::OnMessage(const Message& m, absl::Time now) {
@@ -198,6 +255,9 @@ void Cache::OnMessage(const Message& m, absl::Time now) {
     case MsgType::kGrant:
     case MsgType::kNack:
       s.OnReply(m, now);
+      return;
+    case MsgType::kDataRun:
+      s.OnRunReply(m, now);
       return;
     case MsgType::kInv:
       s.OnInv(m);
@@ -229,7 +289,9 @@ void Cache::Impl::OnReply(const Message& m, absl::Time now) {
     return;
   }
   if (m.type == MsgType::kNack) {
-    MarkLost(page, static_cast<ErrorCode>(m.arg));
+    // A whole run if the request was one (homes answer runs with kDataRun, never kNack).
+    const uint64_t n = RunLength(page, m.req_id);
+    for (PageIndex q = page; q < page + n; ++q) MarkLost(q, static_cast<ErrorCode>(m.arg));
     return;
   }
   const PageState st = State(page);
@@ -279,6 +341,56 @@ void Cache::Impl::OnReply(const Message& m, absl::Time now) {
   if (ns == PageState::kShared && (r.write || r.want_write)) {
     // A writer is waiting: upgrade now rather than wait for its WP re-fault.
     SendRequest(page, /*write=*/true, now);
+  }
+}
+
+// kDataRun: the home granted the first k pages of a run (k may be 0) and refused the rest.
+void Cache::Impl::OnRunReply(const Message& m, absl::Time now) {
+  const PageIndex first = m.page;
+  auto it = pending.find(first);
+  if (it == pending.end() || it->second.req_id != m.req_id || m.src != it->second.home) {
+    ++c.protocol_errors;
+    DSM_LOG(WARNING) << "ignoring run reply for page " << first << " req " << m.req_id
+                     << " from node " << m.src << ": no such request outstanding";
+    return;
+  }
+  const uint64_t n = RunLength(first, m.req_id);
+  uint64_t granted = m.payload.size() / kPageSize;
+  if (n != m.arg || granted > n || m.payload.size() % kPageSize != 0) {
+    // Cannot happen: the wire checks the sizes and the run's pages leave pending together.
+    ++c.protocol_errors;
+    DSM_LOG(ERROR) << "run reply for page " << first << ": " << granted << " of " << m.arg
+                   << " pages for a run of " << n;
+    granted = std::min(granted, n);
+  }
+  for (PageIndex q = first; q < first + granted; ++q) {
+    if (State(q) != PageState::kInvalid) {  // cannot happen: runs ask only for I pages
+      ++c.protocol_errors;
+      DSM_LOG(ERROR) << "run grant for page " << q << " held " << PageStateName(State(q));
+      port->Drop(q);
+      SetState(q, PageState::kInvalid);
+    }
+  }
+  if (granted > 0) port->InstallRun(first, granted, m.payload.data());
+  for (PageIndex q = first; q < first + n; ++q) {
+    auto jt = pending.find(q);
+    const Request r = jt->second;
+    pending.erase(jt);
+    pages[q] &= static_cast<uint8_t>(~kPendingBit);
+    if (q < first + granted) {
+      SetState(q, PageState::kShared);
+      if (r.want_write) SendRequest(q, /*write=*/true, now);  // a writer joined: upgrade
+      continue;
+    }
+    ++c.prefetch_refused;
+    if (!r.waited) {
+      pages[q] &= static_cast<uint8_t>(~kPrefetchBit);
+      port->CancelPrefetch(q);
+    } else if ((down & Bit(r.home)) != 0) {
+      MarkLost(q, ErrorCode::kPageLost);
+    } else {
+      SendRequest(q, r.want_write, now);  // a thread joined: ask for this page alone
+    }
   }
 }
 
@@ -372,6 +484,17 @@ bool Cache::Release(PageIndex page) {
     return true;
   }
   return false;
+}
+
+bool Cache::DowngradeForHome(PageIndex page, uint8_t* out) {
+  Impl& s = *impl_;
+  if (page >= s.cfg.num_pages || s.State(page) != PageState::kModified) return false;
+  // Write-protect before reading, as for a recall: no store lands after the copy.
+  s.port->SetAccess(page, PageState::kShared);
+  s.SetState(page, PageState::kShared);
+  s.port->ReadPage(page, out);
+  ++s.c.recalls;
+  return true;
 }
 
 bool Cache::CanRelease(PageIndex page) const {

@@ -25,10 +25,16 @@
 //
 // Readahead (Config::readahead_max_pages): a sequential stream of read misses (each miss at
 // the page after the previous one, or inside the window already prefetched) makes the cache
-// send kGetS for the next pages that are I, not pending, not lost, homed at another live node
-// and inside the region. They are ordinary pending requests with no waiting thread: the kData
-// installs them read-only, and a fault on one still in flight joins it (a write fault joins as
-// want_write, upgraded after the install). Writes never trigger readahead.
+// request the next pages that are I, not pending, not lost, homed at another live node and
+// inside the region: contiguous pages with one home go out as one kGetSRun of up to
+// kMaxRunPages pages (a lone page as kGetS). Each page of a run is an ordinary pending
+// request (all with the run's req_id) with no waiting thread; a fault on one joins it (a write
+// fault joins as want_write, upgraded after the install). The kDataRun installs the granted
+// prefix read-only in one port call; a page the home did not grant leaves pending and stays
+// I: if a thread joined it, it is requested again at once (kGetS, or kGetM for a writer), and
+// otherwise its budget reservation is returned. Writes never trigger readahead. The window
+// grows 4 -> max while the stream continues and new requests go out only once a whole chunk
+// (a quarter of the window, at most one run) is due, so the runs stay long.
 //
 // Races handled here (see also directory.h):
 //  - Stale fault: the kernel reports a fault the page already satisfies (read on S/M, write on
@@ -39,6 +45,9 @@
 //    a sharer, answers with kData.
 //  - kRecall after we wrote the page back (kPut crossed the recall): answer without payload
 //    with the current state; the home applied the kPut first (per-pair FIFO).
+//  - kInv for a page of a run still in flight: the home granted the run before it sent the
+//    kInv (per-pair FIFO), so the kDataRun arrives first; an invalidation of a pending I page
+//    is acked and changes nothing.
 //  - A dataless kGrant while the page is I cannot happen (the home grants without data only
 //    to a recorded sharer, and a sharer is removed only after it reported its drop). It is
 //    handled defensively: logged, and kGetM is sent again (the home then sends data).
@@ -76,11 +85,19 @@ class CachePort {
   // answer). A port may hand out buffers allocated ahead of time, so the eviction path need
   // not allocate under memory pressure.
   virtual void TakePageBuffer(std::vector<uint8_t>* out) { out->resize(kPageSize); }
-  // Readahead: may a speculative kGetS for `page` (I, not pending) go out now? A port that
+  // Readahead: may a speculative request for `page` (I, not pending) go out now? A port that
   // keeps a memory budget reserves room for the page (as for a demand fault) and returns
-  // true, or returns false when the budget has no room; the Cache then sends the request at
-  // once (so a reservation is always followed by a pending request).
+  // true, or returns false when the budget has no room; the Cache then requests the page in
+  // the same call (so a reservation is always followed by a pending request).
   virtual bool ReservePrefetch(PageIndex /*page*/) { return true; }
+  // Readahead: the reservation ReservePrefetch made for `page` is not needed any more (the
+  // home did not grant the page and no thread waits for it; the page stays I).
+  virtual void CancelPrefetch(PageIndex /*page*/) {}
+  // Maps the n pages [first, first + n) (all I) read-only with data[n * kPageSize] and wakes
+  // their waiters. A port should do it in one call (one UFFDIO_COPY for the whole run).
+  virtual void InstallRun(PageIndex first, uint64_t n, const uint8_t* data) {
+    for (uint64_t i = 0; i < n; ++i) Install(first + i, data + i * kPageSize, PageState::kShared);
+  }
 
  protected:
   ~CachePort() = default;
@@ -94,8 +111,8 @@ class Cache {
     uint64_t num_pages = 0;
     HomeFn home;
     // Sequential readahead: after kReadaheadTrigger consecutive read misses, speculative
-    // kGetS for up to this many pages ahead (window 4, doubling while the stream continues,
-    // reset by a non-sequential read miss). 0 disables it.
+    // requests for up to this many pages ahead (window 4, doubling while the stream
+    // continues, reset by a non-sequential read miss). 0 disables it.
     uint64_t readahead_max_pages = 0;
   };
   static constexpr uint64_t kReadaheadTrigger = 2;
@@ -105,7 +122,8 @@ class Cache {
   // on a store or a write-protect fault).
   void OnFault(PageIndex page, bool write, absl::Time now);
 
-  // Messages addressed to this region's requester side: kData, kGrant, kNack, kInv, kRecall.
+  // Messages addressed to this region's requester side: kData, kDataRun, kGrant, kNack, kInv,
+  // kRecall.
   void OnMessage(const Message& m, absl::Time now);
 
   // `peer` is gone: requests outstanding at it fail (their pages are reported lost).
@@ -121,6 +139,11 @@ class Cache {
   // Whether Release(page) would release it now: mapped, not pending, not lost, and if M its
   // home is up (the write-back needs somewhere to go).
   bool CanRelease(PageIndex page) const;
+
+  // The home's directory takes this node's Modified copy of a page it homes (a readahead run
+  // from another node wants it): write-protect it (-> S) and copy it to out[kPageSize].
+  // Returns false, changing nothing, unless the page is M here.
+  bool DowngradeForHome(PageIndex page, uint8_t* out);
 
   // Sync: every M page is written back and kept S. Appends each home written to (once).
   // Returns the number of pages written back.
@@ -140,10 +163,11 @@ class Cache {
              writebacks = 0, lost = 0;
     // "Cannot happen" events handled defensively (logged): a correct run keeps this 0.
     uint64_t protocol_errors = 0;
-    // Readahead: speculative kGetS sent (also in requests_sent); prefetch_hits: prefetched
-    // pages a later fault joined while in flight, or that the sequential stream passed over
-    // while they were mapped (read without a fault).
-    uint64_t prefetches = 0, prefetch_hits = 0;
+    // Readahead: prefetches counts pages requested speculatively (their messages are in
+    // requests_sent, run_requests of them kGetSRun); prefetch_hits: prefetched pages a later
+    // fault joined while in flight, or that the sequential stream passed over while they were
+    // mapped (read without a fault); prefetch_refused: pages of runs the home did not grant.
+    uint64_t prefetches = 0, prefetch_hits = 0, run_requests = 0, prefetch_refused = 0;
     uint64_t shared = 0, modified = 0;  // pages currently in S / M
   };
   const Counters& counters() const;

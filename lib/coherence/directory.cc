@@ -89,6 +89,7 @@ struct Directory::Impl {
   }
 
   void OnRequest(const Message& m, absl::Time now);
+  void OnRunRequest(const Message& m);
   void OnPut(const Message& m);
   void OnInvAck(const Message& m);
   void OnRecallAck(const Message& m);
@@ -106,6 +107,7 @@ void Directory::OnMessage(const Message& m, absl::Time now) {
     DSM_LOG(WARNING) << "directory ignoring message from node " << m.src;
     return;
   }
+  if (m.type == MsgType::kGetSRun) return s.OnRunRequest(m);
   const bool is_request = m.type == MsgType::kGetS || m.type == MsgType::kGetM;
   if (m.page >= s.cfg.num_pages || s.cfg.home(m.page) != s.cfg.self) {
     ++s.c.protocol_errors;
@@ -145,6 +147,54 @@ void Directory::Impl::OnRequest(const Message& m, absl::Time now) {
   t.queue.push_back(r);
   if (t.active) ++c.queued_requests;
   Drain(m.page, now);
+}
+
+// Readahead: grants Shared copies of the longest prefix of [m.page, m.page + m.arg) that can
+// be granted at once, and answers kDataRun with their data (possibly none). A page ends the
+// prefix if it is not ours, busy (a transaction active or queued: granting ahead of the queue
+// would break the per-page order), Modified at some node (a recall would be needed), lost, or
+// unreadable. Each grant is recorded before the reply goes out, as for kGetS. Never kNack:
+// pages not granted stay Invalid at the requester, which asks for them one by one if a
+// thread needs them, so a refused speculation never loses a page.
+void Directory::Impl::OnRunRequest(const Message& m) {
+  Message reply = Make(MsgType::kDataRun, m.src, m.page, m.req_id, m.arg);
+  if (m.arg == 0 || m.arg > kMaxRunPages) {  // the wire rejects these; loopback does not
+    ++c.protocol_errors;
+    DSM_LOG(ERROR) << "GetSRun of " << m.arg << " pages from node " << m.src;
+    if (m.arg == 0) return;  // no page is waiting on an answer
+    reply.arg = kMaxRunPages;
+  }
+  reply.payload.reserve(reply.arg * kPageSize);
+  for (uint64_t i = 0; i < reply.arg; ++i) {
+    const PageIndex q = m.page + i;
+    if (q >= cfg.num_pages || cfg.home(q) != cfg.self || txns.contains(q) || IsLost(q) ||
+        (State(q) == EntryState::kModified && words[q] != cfg.self)) {
+      break;
+    }
+    const size_t at = reply.payload.size();
+    reply.payload.resize(at + kPageSize);
+    if (State(q) == EntryState::kModified) {
+      // This node wrote the page (the common case: a home fills its region, others read it).
+      // Downgrade its own copy in place, as a recall would, without a message to itself.
+      if (!port->DowngradeLocal(q, reply.payload.data() + at)) {
+        reply.payload.resize(at);
+        break;
+      }
+      port->StorePage(q, reply.payload.data() + at);
+      SetShared(q, Bit(cfg.self));
+      ++c.local_downgrades;
+    } else if (absl::Status loaded = port->LoadPage(q, reply.payload.data() + at);
+               !loaded.ok()) {
+      DSM_LOG(ERROR) << "LoadPage(" << q << "): " << loaded;
+      reply.payload.resize(at);
+      break;
+    }
+    SetShared(q, Sharers(q) | Bit(m.src));
+    ++c.requests_served;
+    ++c.run_pages_granted;
+  }
+  ++c.run_requests;
+  port->Send(std::move(reply));
 }
 
 // Runs the page's transactions until one has to wait for an answer or the queue is empty.

@@ -25,6 +25,12 @@
 //  - Requests are judged on the directory's state, never on what the requester says: a kGetM
 //    is answered without data only if the requester is a recorded sharer.
 //  - A lost page (its Modified owner went down) stays lost: every request gets kNack.
+//  - A readahead run (kGetSRun) never waits and never queues: it is granted only for the
+//    prefix of its pages that are idle (no transaction active or queued) and not Modified at
+//    another node, which is what a kGetS would have been granted without waiting for another
+//    node; the rest are refused in the same reply (see OnRunRequest), so it cannot reorder or
+//    delay any page's queue. A page Modified at the home itself is downgraded in place
+//    (DirectoryPort::DowngradeLocal) with the same effect as the recall a kGetS would send.
 //
 // Races handled here:
 //  - Recall crosses a write-back: the kPut is applied when it arrives (state Uncached or
@@ -59,6 +65,10 @@ class DirectoryPort {
   virtual absl::Status LoadPage(PageIndex page, uint8_t* out) = 0;
   // Replaces the home copy of `page` (to be persisted by the next Sync).
   virtual void StorePage(PageIndex page, const uint8_t* data) = 0;
+  // This node (the home) holds `page` Modified: write-protect its copy (it stays Shared
+  // here), copy it into out[kPageSize] and return true, as a kRecall(kDowngrade) to itself
+  // would. False if it cannot (the copy is not Modified here after all).
+  virtual bool DowngradeLocal(PageIndex /*page*/, uint8_t* /*out*/) { return false; }
 
  protected:
   ~DirectoryPort() = default;
@@ -75,7 +85,7 @@ class Directory {
   };
   Directory(Config config, DirectoryPort* port);
 
-  // kGetS, kGetM, kPut, kInvAck, kRecallAck addressed to this region's home side.
+  // kGetS, kGetM, kGetSRun, kPut, kInvAck, kRecallAck addressed to this region's home side.
   void OnMessage(const Message& m, absl::Time now);
 
   // `peer` is gone: its copies are forgotten, acks it owed count as given, pages it held
@@ -91,6 +101,9 @@ class Directory {
   struct Counters {
     uint64_t requests_served = 0, invalidations_sent = 0, recalls_sent = 0, writebacks = 0,
              lost_pages = 0, nacks_sent = 0, queued_requests = 0;
+    // Readahead: kGetSRun answered, and the pages granted by them (also in requests_served).
+    // local_downgrades: pages of runs this node held Modified itself, downgraded in place.
+    uint64_t run_requests = 0, run_pages_granted = 0, local_downgrades = 0;
     // "Cannot happen" events handled defensively (logged): a correct run keeps this 0.
     uint64_t protocol_errors = 0;
   };

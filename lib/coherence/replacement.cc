@@ -144,6 +144,12 @@ bool Replacer::ReservePrefetch(int space, PageIndex page) {
   return true;
 }
 
+void Replacer::CancelReservation(int space, PageIndex page) {
+  Space* s = Get(space);
+  if (s == nullptr || page >= s->num_pages || s->cache->pending(page)) return;
+  if (TestAndClear(s->reserved, page)) --reserved_;
+}
+
 bool Replacer::Advance(int* space, PageIndex* page) {
   const int n = static_cast<int>(spaces_.size());
   if (n == 0 || resident_ == 0) return false;

@@ -102,6 +102,9 @@ class Replacer {
   // budget has no room for it beside the demand fault being served (resident + reserved + 1
   // >= budget). Speculation never makes room by evicting. Pages homed here need no room.
   bool ReservePrefetch(int space, PageIndex page);
+  // Returns the reservation of a speculative request that ended without a grant (the page
+  // is I and no longer pending).
+  void CancelReservation(int space, PageIndex page);
 
   // Releases pages until resident + reserved <= budget - batch slack (when over the budget).
   // Returns the number of pages released.

@@ -188,17 +188,17 @@ void Engine::OnUffdReadable() {
 void Engine::SendMessage(Message&& m) {
   m.src = options_.node_id;
   if (m.dst < 64 && (down_mask_ >> m.dst) & 1) {
-    // The peer is gone. A request would never be answered: answer it ourselves, later.
-    if (m.type == MsgType::kGetS || m.type == MsgType::kGetM) {
-      Message nack;
-      nack.type = MsgType::kNack;
-      nack.src = m.dst;
-      nack.dst = options_.node_id;
-      nack.region = m.region;
-      nack.page = m.page;
-      nack.req_id = m.req_id;
-      nack.arg = static_cast<uint64_t>(ErrorCode::kPageLost);
-      loop_->Post([this, nack = std::move(nack)]() mutable { OnMessage(std::move(nack)); });
+    // The peer is gone. A request would never be answered: answer it ourselves, later (a
+    // readahead run with nothing granted: the pages a thread waits for are then requested
+    // alone and fail as lost).
+    if (m.type == MsgType::kGetS || m.type == MsgType::kGetM || m.type == MsgType::kGetSRun) {
+      Message reply{MsgType::kNack, m.dst, options_.node_id, m.region, m.page, m.req_id,
+                    static_cast<uint64_t>(ErrorCode::kPageLost), {}};
+      if (m.type == MsgType::kGetSRun) {
+        reply.type = MsgType::kDataRun;
+        reply.arg = m.arg;
+      }
+      loop_->Post([this, reply = std::move(reply)]() mutable { OnMessage(std::move(reply)); });
     }
     return;
   }
@@ -230,6 +230,15 @@ void Engine::OnMessage(Message&& m) {
   if (r == nullptr) return ReplyUnknownRegion(m);
   const absl::Time now = absl::Now();
   switch (m.type) {
+    case MsgType::kGetSRun:
+      if (r->directory() == nullptr || m.page >= r->num_pages() ||
+          (closing_.contains(m.region) && m.src != options_.node_id)) {
+        // Not ours, or unmapping: refuse the whole run (never a Nack: nothing is lost).
+        SendMessage(ReplyTo(m, MsgType::kDataRun, m.arg));
+        return;
+      }
+      r->directory()->OnMessage(m, now);
+      return;
     case MsgType::kGetS:
     case MsgType::kGetM:
     case MsgType::kPut:
@@ -253,6 +262,7 @@ void Engine::OnMessage(Message&& m) {
       r->directory()->OnMessage(m, now);
       return;
     case MsgType::kData:
+    case MsgType::kDataRun:
     case MsgType::kGrant:
     case MsgType::kNack:
     case MsgType::kInv:
@@ -273,6 +283,10 @@ void Engine::ReplyUnknownRegion(const Message& m) {
     case MsgType::kGetM:
       reply.type = MsgType::kNack;
       reply.arg = static_cast<uint64_t>(ErrorCode::kNoSuchRegion);
+      break;
+    case MsgType::kGetSRun:  // nothing granted; the requester asks again page by page
+      reply.type = MsgType::kDataRun;
+      reply.arg = m.arg;
       break;
     case MsgType::kInv:  // we hold nothing of a region we do not map
       reply.type = MsgType::kInvAck;
@@ -607,6 +621,8 @@ Stats Engine::GetStats() {
       out.coalesced_faults += c.coalesced_faults;
       out.prefetches += c.prefetches;
       out.prefetch_hits += c.prefetch_hits;
+      out.prefetch_runs += c.run_requests;
+      out.prefetch_refused += c.prefetch_refused;
       out.requests_sent += c.requests_sent;
       out.invalidations_received += c.invalidations;
       out.recalls_received += c.recalls;

@@ -97,6 +97,8 @@ std::string Stats::ToString() const {
   line("pages_lost", pages_lost);
   line("prefetches", prefetches);
   line("prefetch_hits", prefetch_hits);
+  line("prefetch_runs", prefetch_runs);
+  line("prefetch_refused", prefetch_refused);
   line("requests_sent", requests_sent);
   line("invalidations_received", invalidations_received);
   line("recalls_received", recalls_received);

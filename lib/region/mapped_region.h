@@ -82,9 +82,12 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
   void Wake(PageIndex page) override;
   void TakePageBuffer(std::vector<uint8_t>* out) override;
   bool ReservePrefetch(PageIndex page) override;
+  void CancelPrefetch(PageIndex page) override;
+  void InstallRun(PageIndex first, uint64_t n, const uint8_t* data) override;
   // DirectoryPort.
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
   void StorePage(PageIndex page, const uint8_t* data) override;
+  bool DowngradeLocal(PageIndex page, uint8_t* out) override;
 
   uint64_t pages_installed() const { return pages_installed_; }
 

@@ -13,10 +13,12 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kGetM: return "GetM";
     case MsgType::kPut: return "Put";
     case MsgType::kSyncReq: return "SyncReq";
+    case MsgType::kGetSRun: return "GetSRun";
     case MsgType::kData: return "Data";
     case MsgType::kGrant: return "Grant";
     case MsgType::kNack: return "Nack";
     case MsgType::kSyncAck: return "SyncAck";
+    case MsgType::kDataRun: return "DataRun";
     case MsgType::kInv: return "Inv";
     case MsgType::kRecall: return "Recall";
     case MsgType::kInvAck: return "InvAck";

@@ -29,11 +29,16 @@ enum class MsgType : uint8_t {
   kGetM = 11,         // write miss or upgrade
   kPut = 12,          // voluntary release; arg = PutKind, payload = page if it was Modified
   kSyncReq = 13,      // persist what this node has written back; reply kSyncAck
+  kGetSRun = 14,      // readahead: Shared copies of pages [page, page + arg), arg in
+                      // 1..kMaxRunPages, all homed at the receiver; reply kDataRun
   // Coherence: home -> requester.
   kData = 20,         // grant with data; arg = Grant, payload = 1 page
   kGrant = 21,        // grant without data (upgrade of a valid Shared copy); arg = Grant
   kNack = 22,         // request failed; arg = ErrorCode
   kSyncAck = 23,      // arg = ErrorCode
+  kDataRun = 24,      // answer to kGetSRun: arg = pages asked for (echoed), payload = the
+                      // first k of them (0 <= k <= arg), each now granted Shared; the rest
+                      // were not granted (busy, Modified elsewhere, lost) and stay Invalid
   // Coherence: home -> holder, and the answers.
   kInv = 30,          // drop your Shared copy
   kRecall = 31,       // you hold it Modified: send it back; arg = RecallKind

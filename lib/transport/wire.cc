@@ -89,6 +89,19 @@ absl::Status CheckFields(const Fields& f, size_t cluster_size) {
     case MsgType::kRegionOpen:
       ok = len >= 1 && len <= 255;
       break;
+    case MsgType::kGetSRun:
+      if (f.arg == 0 || f.arg > kMaxRunPages) {
+        return Bad(absl::StrFormat("GetSRun of %u pages (1..%u)", f.arg, kMaxRunPages));
+      }
+      ok = len == 0;
+      break;
+    case MsgType::kDataRun:
+      if (f.arg == 0 || f.arg > kMaxRunPages) {
+        return Bad(absl::StrFormat("DataRun of %u pages (1..%u)", f.arg, kMaxRunPages));
+      }
+      // Fewer pages than asked for is legal (a prefix was granted), more is not.
+      ok = len % kPageSize == 0 && len / kPageSize <= f.arg;
+      break;
     case MsgType::kData:
       if (f.arg != static_cast<uint64_t>(Grant::kShared) &&
           f.arg != static_cast<uint64_t>(Grant::kModified)) {

@@ -68,6 +68,71 @@ TEST(Directory, GetMFromSharerGetsGrantWithoutData) {
   EXPECT_EQ(port.sent.back().arg, uint64_t(Grant::kModified));
 }
 
+TEST(Directory, RunGrantsTheIdleUnwrittenPrefixAndRecordsEachSharer) {
+  HomePort port;
+  Directory d(HomeConfig(16), &port);
+  d.OnMessage(Msg(MsgType::kGetS, 2, 3), kT0);  // page 3 Shared at node 2: grantable
+  d.OnMessage(Msg(MsgType::kGetM, 3, 6), kT0);  // page 6 Modified at node 3: not
+  port.sent.clear();
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 2, /*arg=*/8, /*req_id=*/77), kT0);
+  ASSERT_EQ(port.sent.size(), 1u);
+  const Message& r = port.sent[0];
+  EXPECT_EQ(r.type, MsgType::kDataRun);
+  EXPECT_EQ(r.dst, 1u);
+  EXPECT_EQ(r.page, 2u);
+  EXPECT_EQ(r.req_id, 77u);
+  EXPECT_EQ(r.arg, 8u);                       // echoes what was asked
+  EXPECT_EQ(r.payload.size(), 4 * kPageSize);  // pages 2..5; 6 stops the run
+  for (PageIndex p = 2; p <= 5; ++p) {
+    EXPECT_EQ(d.entry(p).state, ES::kShared) << p;
+    EXPECT_NE(d.entry(p).sharers & (uint64_t{1} << 1), 0u) << p;  // recorded before sent
+  }
+  EXPECT_EQ(d.entry(3).sharers, (uint64_t{1} << 1) | (uint64_t{1} << 2));
+  EXPECT_EQ(d.entry(6).owner, 3u);  // no recall for a speculation
+  EXPECT_EQ(d.entry(7).state, ES::kUncached);
+  EXPECT_EQ(d.counters().run_pages_granted, 4u);
+  EXPECT_EQ(d.counters().recalls_sent, 0u);
+}
+
+TEST(Directory, RunStopsAtBusyLostUnreadableAndForeignPagesAndNeverNacks) {
+  HomePort port;
+  // Pages 0..9 homed here, 10.. at node 3.
+  Directory d({0, 1, 16, 4, [](PageIndex p) -> NodeId { return p < 10 ? 0 : 3; }}, &port);
+  d.OnMessage(Msg(MsgType::kGetS, 2, 1), kT0);
+  d.OnMessage(Msg(MsgType::kGetM, 3, 1), kT0);  // invalidates node 2: page 1 busy
+  ASSERT_TRUE(d.entry(1).busy);
+  port.sent.clear();
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 1, 4), kT0);
+  ASSERT_EQ(port.sent.size(), 1u);
+  EXPECT_EQ(port.sent[0].type, MsgType::kDataRun);
+  EXPECT_TRUE(port.sent[0].payload.empty());  // refused whole, nothing lost
+  EXPECT_EQ(d.entry(2).state, ES::kUncached);  // pages after the stop are not granted
+  // Foreign pages end a run; so does the end of the region.
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 8, 4), kT0);
+  EXPECT_EQ(port.sent.back().payload.size(), 2 * kPageSize);
+  // A lost page (its owner went down) ends a run.
+  d.OnMessage(Msg(MsgType::kInvAck, 2, 1), kT0);  // node 3 now owns page 1
+  d.OnPeerDown(3);
+  ASSERT_TRUE(d.entry(1).lost);
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 0, 3), kT0);
+  EXPECT_EQ(port.sent.back().type, MsgType::kDataRun);
+  EXPECT_EQ(port.sent.back().payload.size(), kPageSize);  // page 0 only
+  // An unreadable page ends a run too (the home's file failed): refused, not lost.
+  port.fail_loads = true;
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 4, 2), kT0);
+  EXPECT_EQ(port.sent.back().type, MsgType::kDataRun);
+  EXPECT_TRUE(port.sent.back().payload.empty());
+  EXPECT_EQ(d.entry(4).state, ES::kUncached);
+  // Malformed length (the wire rejects it; loopback delivers it): answered as at most a full
+  // run, or not at all for 0 pages (nothing can be waiting on it).
+  port.fail_loads = false;
+  const size_t before = port.sent.size();
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 5, 0), kT0);
+  EXPECT_EQ(port.sent.size(), before);
+  EXPECT_EQ(d.counters().nacks_sent, 0u);
+  EXPECT_EQ(d.counters().protocol_errors, 1u);
+}
+
 TEST(Directory, StaleWriteBackIsIgnored) {
   HomePort port;
   Directory d(HomeConfig(1), &port);

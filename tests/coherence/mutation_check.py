@@ -2,13 +2,14 @@
 """Mutation check for the coherence tests: breaks the protocol on purpose, one way at a time,
 and shows which tests catch it. Every mutation must make at least one test fail.
 
-Usage (from the repository root, after configuring build-coherence):
-  python3 tests/coherence/mutation_check.py [mutation numbers...]
+Usage (from the repository root, after configuring a build dir, default build-coherence):
+  [BUILD=build-dir] python3 tests/coherence/mutation_check.py [mutation numbers...]
 
 It edits lib/coherence/*.cc in place and restores each file afterwards (also on error).
 Not registered with ctest: it rebuilds the test binary once per mutation.
 """
-import subprocess, sys
+import os, subprocess, sys
+build = os.environ.get("BUILD", "build-coherence")
 muts = [
  ("grant M before last InvAck", "lib/coherence/directory.cc", "if (t.waiting != 0 || t.recalling) {", "if (t.recalling) {"),
  ("grant before recall ack", "lib/coherence/directory.cc", "if (t.waiting != 0 || t.recalling) {", "if (t.waiting != 0) {"),
@@ -22,6 +23,11 @@ muts = [
  ("GetS does not recall owner", "lib/coherence/directory.cc", "    } else {\n      const RecallKind kind", "    } else if (r.type == MsgType::kGetM) {\n      const RecallKind kind"),
  ("peer down: recall from dead owner not cleared", "lib/coherence/directory.cc", "if (t.recalling && t.recall_from == peer) t.recalling = false;", "(void)0;"),
  ("cache peer down does nothing", "lib/coherence/cache.cc", "for (PageIndex page : failed) s.MarkLost(page, ErrorCode::kPageLost);", "(void)failed;"),
+ ("run grants a page Modified elsewhere", "lib/coherence/directory.cc", " || IsLost(q) ||\n        State(q) == EntryState::kModified) {", " || IsLost(q)) {"),
+ ("run grants a busy page", "lib/coherence/directory.cc", "cfg.home(q) != cfg.self || txns.contains(q) ||", "cfg.home(q) != cfg.self ||"),
+ ("run grant not recorded", "lib/coherence/directory.cc", "    SetShared(q, Sharers(q) | Bit(m.src));\n    ++c.requests_served;\n    ++c.run_pages_granted;", "    ++c.requests_served;\n    ++c.run_pages_granted;"),
+ ("home downgrades its own copy without write-protecting it", "lib/coherence/cache.cc", "  s.port->SetAccess(page, PageState::kShared);\n  s.SetState(page, PageState::kShared);\n  s.port->ReadPage(page, out);", "  s.SetState(page, PageState::kShared);\n  s.port->ReadPage(page, out);"),
+ ("refused run page with a waiter not asked again", "lib/coherence/cache.cc", "      SendRequest(q, r.want_write, now);  // a thread joined", "      (void)0;  // a thread joined"),
 ]
 sel = sys.argv[1:] 
 for i,(name, path, old, new) in enumerate(muts):
@@ -30,9 +36,9 @@ for i,(name, path, old, new) in enumerate(muts):
     assert old in orig, name
     open(path,'w').write(orig.replace(old,new,1))
     try:
-        b = subprocess.run("cmake --build build-coherence --target coherence_test 2>&1 | grep -E ' error ' ", shell=True, capture_output=True, text=True)
-        r = subprocess.run("timeout 300 ./build-coherence/tests/coherence/coherence_test 2>&1 | grep -E '^\\[  FAILED  \\] [A-Za-z]|PASSED' | sort -u | tr '\\n' ' '", shell=True, capture_output=True, text=True)
+        b = subprocess.run(f"cmake --build {build} --target coherence_test 2>&1 | grep -E ' error ' ", shell=True, capture_output=True, text=True)
+        r = subprocess.run(f"timeout 300 ./{build}/tests/coherence/coherence_test 2>&1 | grep -E '^\\[  FAILED  \\] [A-Za-z]|PASSED' | sort -u | tr '\\n' ' '", shell=True, capture_output=True, text=True)
         print(f"== {i} {name}:\n{b.stdout}{r.stdout}", flush=True)
     finally:
         open(path,'w').write(orig)
-subprocess.run("cmake --build build-coherence --target coherence_test >/dev/null 2>&1", shell=True)
+subprocess.run(f"cmake --build {build} --target coherence_test >/dev/null 2>&1", shell=True)

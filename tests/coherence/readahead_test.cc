@@ -33,9 +33,14 @@ class RecordingPort final : public CachePort {
     reserved.push_back(page);
     return room-- > 0;
   }
+  void CancelPrefetch(PageIndex page) override { cancelled.push_back(page); }
+  void InstallRun(PageIndex first, uint64_t n, const uint8_t*) override {
+    runs_installed.push_back({first, n});
+  }
 
   std::vector<Message> sent;
-  std::vector<PageIndex> reserved;
+  std::vector<PageIndex> reserved, cancelled;
+  std::vector<std::pair<PageIndex, uint64_t>> runs_installed;
   int room = 1 << 30;
 };
 
@@ -60,32 +65,158 @@ std::vector<PageIndex> GetSPages(const RecordingPort& port, size_t from = 0) {
   return out;
 }
 
+// (first, count) of the kGetSRun sent from index `from` on.
+using Runs = std::vector<std::pair<PageIndex, uint64_t>>;
+Runs GetSRuns(const RecordingPort& port, size_t from = 0) {
+  Runs out;
+  for (size_t i = from; i < port.sent.size(); ++i) {
+    if (port.sent[i].type == MsgType::kGetSRun) out.push_back({port.sent[i].page, port.sent[i].arg});
+  }
+  return out;
+}
+
+// The home's kDataRun answer to `req` granting its first `granted` pages.
+Message RunReply(const Message& req, uint64_t granted) {
+  Message m = Reply(MsgType::kDataRun, req, req.arg);
+  m.payload.assign(granted * kPageSize, 7);
+  return m;
+}
+
 Cache::Config Config(uint64_t pages, uint64_t readahead, HomeFn home = nullptr) {
   if (!home) home = [](PageIndex) -> NodeId { return 0; };
   return Cache::Config{1, 1, pages, std::move(home), readahead};
 }
 
-TEST(Readahead, SequentialMissesPrefetchTheNextPagesWithAGrowingWindow) {
+TEST(Readahead, SequentialMissesPrefetchRunsWithAGrowingWindow) {
   RecordingPort port;
   Cache cache(Config(64, 16), &port);
   cache.OnFault(0, false, kT0);
   EXPECT_EQ(port.sent.size(), 1u);  // one miss is not a stream
   cache.OnFault(1, false, kT0);
-  EXPECT_EQ(GetSPages(port), (std::vector<PageIndex>{0, 1, 2, 3, 4, 5}));  // window 4
+  EXPECT_EQ(GetSPages(port), (std::vector<PageIndex>{0, 1}));
+  EXPECT_EQ(GetSRuns(port), (Runs{{2, 4}}));  // window 4, one message
   EXPECT_EQ(cache.counters().prefetches, 4u);
   for (PageIndex p = 2; p <= 5; ++p) EXPECT_TRUE(cache.pending(p));
   // A fault on a page still in flight joins it (a hit) and pushes the window on: 8 ahead.
-  const size_t before = port.sent.size();
+  size_t before = port.sent.size();
   cache.OnFault(2, false, kT0);
   EXPECT_EQ(cache.counters().prefetch_hits, 1u);
   EXPECT_EQ(cache.counters().coalesced_faults, 1u);
-  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{6, 7, 8, 9, 10}));
-  // The window stops growing at the maximum (16): page 10 -> up to 10 + 16.
+  EXPECT_EQ(GetSRuns(port, before), (Runs{{6, 5}}));
+  // The window stops growing at the maximum (16).
   cache.OnFault(3, false, kT0);   // window 16: 11..19
-  cache.OnFault(10, false, kT0);  // inside the requested range: still sequential
-  EXPECT_EQ(port.sent.back().page, 26u);
+  cache.OnFault(10, false, kT0);  // inside the requested range: still sequential; up to 26
+  EXPECT_EQ(GetSRuns(port), (Runs{{2, 4}, {6, 5}, {11, 9}, {20, 7}}));
+  // A fault that finds less than a chunk (16 / 4) due sends nothing yet.
+  before = port.sent.size();
+  cache.OnFault(11, false, kT0);  // due: 27 only
+  EXPECT_EQ(port.sent.size(), before);
   EXPECT_EQ(cache.counters().prefetches, 4u + 5u + 9u + 7u);
-  EXPECT_EQ(cache.counters().requests_sent, 2u + cache.counters().prefetches);
+  EXPECT_EQ(cache.counters().run_requests, 4u);
+  EXPECT_EQ(cache.counters().requests_sent, 2u + 4u);
+}
+
+TEST(Readahead, LongStreamsSendFullAlignedRunsAndKeepTwoInFlight) {
+  RecordingPort port;
+  Cache cache(Config(4096, 256), &port);
+  // The application reads sequentially and faults only where a run has not arrived yet.
+  cache.OnFault(0, false, kT0);
+  cache.OnFault(1, false, kT0);
+  PageIndex next = 2;  // first page of the oldest run in flight
+  for (int i = 0; i < 40; ++i) {
+    // The application catches up with the oldest run (its fault joins it), then the run
+    // arrives whole; the next page it needs must already be in flight.
+    ASSERT_TRUE(cache.pending(next)) << "the stream stalls at " << next;
+    cache.OnFault(next, false, kT0);
+    const Message* req = nullptr;
+    for (const Message& m : port.sent) {
+      if (m.type == MsgType::kGetSRun && m.page == next) req = &m;
+    }
+    ASSERT_NE(req, nullptr) << "no run starts at " << next;
+    const Message r = *req;
+    cache.OnMessage(RunReply(r, r.arg), kT0);
+    next = r.page + r.arg;
+  }
+  const Runs runs = GetSRuns(port);
+  size_t full = 0;
+  for (const auto& [first, n] : runs) {
+    EXPECT_LE(n, kMaxRunPages);
+    if (n == kMaxRunPages) {
+      ++full;
+      EXPECT_EQ(first % kMaxRunPages, 0u) << first;
+    }
+  }
+  EXPECT_GE(full, runs.size() - 8);  // after the ramp-up every run is full
+  EXPECT_EQ(GetSPages(port), (std::vector<PageIndex>{0, 1}));  // no demand miss after the ramp
+  EXPECT_EQ(port.runs_installed.size(), 40u);
+}
+
+TEST(Readahead, RunReplyInstallsTheGrantedPrefixAndReturnsTheRest) {
+  RecordingPort port;
+  Cache cache(Config(64, 16), &port);
+  cache.OnFault(0, false, kT0);
+  cache.OnFault(1, false, kT0);
+  ASSERT_EQ(GetSRuns(port), (Runs{{2, 4}}));
+  const Message run = port.sent.back();
+  cache.OnFault(4, false, kT0);  // a reader joins page 4 (not sequential: no new readahead)
+  cache.OnFault(5, true, kT0);   // a writer joins page 5
+  const size_t before = port.sent.size();
+  cache.OnMessage(RunReply(run, 2), kT0);  // pages 2 and 3 granted, 4 and 5 refused
+  EXPECT_EQ(port.runs_installed, (Runs{{2, 2}}));
+  EXPECT_EQ(cache.state(2), PageState::kShared);
+  EXPECT_EQ(cache.state(3), PageState::kShared);
+  EXPECT_FALSE(cache.pending(2) || cache.pending(3));
+  // The refused pages with a waiting thread are requested alone, as the thread needs them.
+  ASSERT_EQ(port.sent.size(), before + 2);
+  EXPECT_EQ(port.sent[before].type, MsgType::kGetS);
+  EXPECT_EQ(port.sent[before].page, 4u);
+  EXPECT_EQ(port.sent[before + 1].type, MsgType::kGetM);
+  EXPECT_EQ(port.sent[before + 1].page, 5u);
+  EXPECT_TRUE(port.cancelled.empty());
+  EXPECT_EQ(cache.counters().prefetch_refused, 2u);
+  // A run refused whole with no thread waiting: every reservation is returned, nothing lost.
+  RecordingPort port2;
+  Cache cache2(Config(64, 16), &port2);
+  cache2.OnFault(0, false, kT0);
+  cache2.OnFault(1, false, kT0);
+  cache2.OnMessage(RunReply(port2.sent.back(), 0), kT0);
+  EXPECT_EQ(port2.cancelled, (std::vector<PageIndex>{2, 3, 4, 5}));
+  for (PageIndex p = 2; p <= 5; ++p) {
+    EXPECT_FALSE(cache2.pending(p) || cache2.lost(p));
+    EXPECT_EQ(cache2.state(p), PageState::kInvalid);
+  }
+  EXPECT_TRUE(port2.runs_installed.empty());
+  EXPECT_EQ(cache2.counters().protocol_errors, 0u);
+}
+
+TEST(Readahead, MalformedOrStrayRunRepliesAreIgnoredOrContained) {
+  RecordingPort port;
+  Cache cache(Config(64, 16), &port);
+  cache.OnFault(0, false, kT0);
+  cache.OnFault(1, false, kT0);
+  const Message run = port.sent.back();
+  Message stray = RunReply(run, 4);
+  stray.req_id += 100;  // no such request
+  cache.OnMessage(stray, kT0);
+  Message wrong_home = RunReply(run, 4);
+  wrong_home.src = 3;
+  cache.OnMessage(wrong_home, kT0);
+  EXPECT_EQ(cache.counters().protocol_errors, 2u);
+  EXPECT_TRUE(port.runs_installed.empty());
+  EXPECT_TRUE(cache.pending(2));
+  Message too_many = RunReply(run, 4);
+  too_many.payload.resize(6 * kPageSize);  // more pages than the run has (the wire forbids)
+  cache.OnMessage(too_many, kT0);
+  EXPECT_EQ(port.runs_installed, (Runs{{2, 4}}));  // only the run's own pages
+  EXPECT_EQ(cache.counters().protocol_errors, 3u);
+  for (PageIndex p = 2; p <= 5; ++p) EXPECT_EQ(cache.state(p), PageState::kShared) << p;
+  // A Nack for a run (homes never send one) ends every page of it.
+  RecordingPort port2;
+  Cache cache2(Config(64, 16), &port2);
+  cache2.OnFault(0, false, kT0);
+  cache2.OnFault(1, false, kT0);
+  cache2.OnMessage(Reply(MsgType::kNack, port2.sent.back(), uint64_t(ErrorCode::kPageLost)), kT0);
+  for (PageIndex p = 2; p <= 5; ++p) EXPECT_TRUE(cache2.lost(p)) << p;
 }
 
 TEST(Readahead, RandomMissesAndWritesDoNotPrefetch) {
@@ -126,10 +257,12 @@ TEST(Readahead, NeverForPagesPendingLostOwnedHomedHereOrAtADownHome) {
   size_t before = port.sent.size();
   cache.OnFault(0, false, kT0);  // not sequential after 7: a new stream
   cache.OnFault(1, false, kT0);  // window 4: 2 M, 3 homed here, 4 ok, 5 pending
-  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{0, 1, 4}));
+  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{0, 1, 4}));  // a lone page: kGetS
+  EXPECT_TRUE(GetSRuns(port, before).empty());
   before = port.sent.size();
   cache.OnFault(4, false, kT0);  // joins the prefetch; window 8: 6..12 minus 7 (lost), 11, 12
-  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{6, 8, 9, 10}));
+  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{6}));
+  EXPECT_EQ(GetSRuns(port, before), (Runs{{8, 3}}));
   EXPECT_EQ(cache.counters().prefetches, 5u);
   for (PageIndex p : port.reserved) {
     EXPECT_TRUE(p != 2 && p != 3 && p != 5 && p != 7 && p != 11 && p != 12) << p;
@@ -139,7 +272,7 @@ TEST(Readahead, NeverForPagesPendingLostOwnedHomedHereOrAtADownHome) {
   Cache small(Config(4, 64), &port2);
   small.OnFault(1, false, kT0);
   small.OnFault(2, false, kT0);
-  EXPECT_EQ(GetSPages(port2), (std::vector<PageIndex>{1, 2, 3}));
+  EXPECT_EQ(GetSPages(port2), (std::vector<PageIndex>{1, 2, 3}));  // 3: the region's end
 }
 
 TEST(Readahead, StopsWhereThePortHasNoRoom) {
@@ -148,7 +281,8 @@ TEST(Readahead, StopsWhereThePortHasNoRoom) {
   Cache cache(Config(64, 64), &port);
   cache.OnFault(0, false, kT0);
   cache.OnFault(1, false, kT0);
-  EXPECT_EQ(GetSPages(port), (std::vector<PageIndex>{0, 1, 2, 3}));
+  EXPECT_EQ(GetSPages(port), (std::vector<PageIndex>{0, 1}));
+  EXPECT_EQ(GetSRuns(port), (Runs{{2, 2}}));  // the pages reserved before the refusal
   EXPECT_EQ(cache.counters().prefetches, 2u);
   EXPECT_FALSE(cache.pending(4));
 }
@@ -212,6 +346,86 @@ TEST(Readahead, InvalidationOfAPrefetchedPage) {
   EXPECT_TRUE(sim.Check()) << sim.error();
 }
 
+// The hard crossing for runs: another node writes a page of the region while a run over it is
+// asked for. The home must not grant that page (nor any after it) from a stale copy, and the
+// reader must then see the writer's value.
+TEST(Readahead, RunStopsAtAPageAnotherNodeHoldsModified) {
+  Sim sim(3, 32, HomeAt(0), 64);
+  const int w = sim.Access(2, 4, true);  // node 2 holds page 4 M
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  for (PageIndex p = 0; p < 2; ++p) {
+    sim.Access(1, p, false);
+    ASSERT_TRUE(sim.Settle()) << sim.error();
+  }
+  // The run asked for 2..5: 2 and 3 granted, 4 (Modified at node 2) and 5 refused.
+  EXPECT_EQ(sim.mapped(1, 2), PageState::kShared);
+  EXPECT_EQ(sim.mapped(1, 3), PageState::kShared);
+  EXPECT_EQ(sim.mapped(1, 4), PageState::kInvalid);
+  EXPECT_EQ(sim.mapped(2, 4), PageState::kModified);  // not recalled by a speculation
+  EXPECT_GE(sim.cache(1).counters().prefetch_refused, 2u);
+  const int r = sim.Access(1, 4, false);
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.thread(r).value, sim.thread(w).value);
+  EXPECT_TRUE(sim.Check()) << sim.error();
+}
+
+// The common case of a home that filled its region itself: its own Modified copies are
+// downgraded in place and go out in the run (no recall message to itself); a later write at
+// the home must then invalidate the reader's copies again.
+TEST(Readahead, RunTakesPagesTheHomeHoldsModifiedByDowngradingThem) {
+  Sim sim(2, 32, HomeAt(0), 64);
+  std::vector<int> writes;
+  for (PageIndex p = 0; p < 8; ++p) {
+    writes.push_back(sim.Access(0, p, true));
+    ASSERT_TRUE(sim.Settle()) << sim.error();
+  }
+  for (PageIndex p = 0; p < 2; ++p) {
+    sim.Access(1, p, false);
+    ASSERT_TRUE(sim.Settle()) << sim.error();
+  }
+  EXPECT_EQ(sim.directory(0).counters().local_downgrades, 4u);  // the run 2..5
+  for (PageIndex p = 2; p <= 5; ++p) {
+    EXPECT_EQ(sim.mapped(0, p), PageState::kShared) << p;  // write-protected at the home
+    EXPECT_EQ(sim.mapped(1, p), PageState::kShared) << p;
+    const int r = sim.Access(1, p, false);
+    EXPECT_EQ(sim.thread(r).faults, 0) << p;
+    EXPECT_EQ(sim.thread(r).value, sim.thread(writes[p]).value) << p;
+  }
+  const int w = sim.Access(0, 3, true);  // upgrade at the home: invalidates node 1
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.mapped(1, 3), PageState::kInvalid);
+  const int r = sim.Access(1, 3, false);
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.thread(r).value, sim.thread(w).value);
+  EXPECT_TRUE(sim.Check()) << sim.error();
+}
+
+// A run asked for while a writer's transaction on one of its pages is in flight at the home
+// (invalidations outstanding): that page is busy, so the run stops there.
+TEST(Readahead, RunStopsAtABusyPage) {
+  Sim sim(3, 32, HomeAt(0), 64);
+  sim.Access(2, 3, false);
+  ASSERT_TRUE(sim.Settle()) << sim.error();  // node 2 shares page 3
+  sim.Access(1, 0, false);
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  const int w = sim.Access(0, 3, true);      // the home writes page 3: kInv to node 2 ...
+  ASSERT_TRUE(sim.DeliverFault(0));
+  ASSERT_TRUE(sim.Deliver(0, 0));            // ... sent, not yet acknowledged
+  ASSERT_TRUE(sim.directory(0).entry(3).busy);
+  sim.Access(1, 1, false);
+  ASSERT_TRUE(sim.DeliverFault(1));          // GetS 1 + GetSRun 2..5
+  ASSERT_TRUE(sim.Deliver(1, 0));
+  ASSERT_TRUE(sim.Deliver(1, 0));
+  EXPECT_EQ(sim.directory(0).counters().run_requests, 1u);
+  EXPECT_EQ(sim.directory(0).counters().run_pages_granted, 1u);  // page 2 only
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.mapped(1, 3), PageState::kInvalid);
+  const int r = sim.Access(1, 3, false);
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.thread(r).value, sim.thread(w).value);
+  EXPECT_TRUE(sim.Check()) << sim.error();
+}
+
 TEST(Readahead, BudgetIsRespectedAtEveryStep) {
   constexpr int kPages = 96;
   for (uint64_t budget : {8u, 32u}) {
@@ -266,7 +480,7 @@ TEST(Readahead, ReplacerReservesOnlyWithRoom) {
 // some runs with budgets and some with a node going down; every invariant after every step.
 void RunReadaheadSeeds(uint64_t first_seed, int seeds, bool budget, bool kill) {
   SetLogThreshold(LogSeverity::kError);
-  uint64_t prefetches = 0, hits = 0, invs = 0;
+  uint64_t prefetches = 0, hits = 0, invs = 0, runs = 0, refused = 0;
   for (uint64_t seed = first_seed; seed < first_seed + seeds; ++seed) {
     const int nodes = 2 + static_cast<int>(seed % 3);
     const int pages = 4 + static_cast<int>((seed / 3) % 9);
@@ -307,6 +521,8 @@ void RunReadaheadSeeds(uint64_t first_seed, int seeds, bool budget, bool kill) {
       prefetches += c.prefetches;
       hits += c.prefetch_hits;
       invs += c.invalidations;
+      runs += c.run_requests;
+      refused += c.prefetch_refused;
       if (budget && !kill) {
         ASSERT_LE(sim.MappedRemote(static_cast<NodeId>(n)),
                   sim.replacer(static_cast<NodeId>(n))->budget_pages())
@@ -314,11 +530,15 @@ void RunReadaheadSeeds(uint64_t first_seed, int seeds, bool budget, bool kill) {
       }
     }
   }
-  std::printf("%d seeds: %llu prefetches, %llu hits, %llu invalidations\n", seeds,
-              static_cast<unsigned long long>(prefetches), static_cast<unsigned long long>(hits),
-              static_cast<unsigned long long>(invs));
+  std::printf("%d seeds: %llu prefetches (%llu runs, %llu pages refused), %llu hits, %llu "
+              "invalidations\n",
+              seeds, static_cast<unsigned long long>(prefetches),
+              static_cast<unsigned long long>(runs), static_cast<unsigned long long>(refused),
+              static_cast<unsigned long long>(hits), static_cast<unsigned long long>(invs));
   EXPECT_GT(prefetches, 0u);
   EXPECT_GT(hits, 0u);
+  EXPECT_GT(runs, 0u);     // multi-page runs were exercised
+  EXPECT_GT(refused, 0u);  // and so were runs crossing busy or written pages
 }
 
 TEST(RandomProtocol, WithReadahead) { RunReadaheadSeeds(500001, 1500, false, false); }

@@ -29,8 +29,10 @@ class Sim::Port final : public CachePort, public DirectoryPort, public Replaceme
   void Fail(PageIndex page, ErrorCode why) override;
   void Wake(PageIndex page) override;
   bool ReservePrefetch(PageIndex page) override;
+  void CancelPrefetch(PageIndex page) override;
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
   void StorePage(PageIndex page, const uint8_t* data) override;
+  bool DowngradeLocal(PageIndex page, uint8_t* out) override;
   // ReplacementPort (space 0 is the one region).
   void Protect(int space, PageIndex first, uint64_t n) override;
   void Unprotect(int space, PageIndex page) override;
@@ -189,6 +191,19 @@ bool Sim::Port::ReservePrefetch(PageIndex page) {
   return nd.replacer == nullptr || nd.replacer->ReservePrefetch(0, page);
 }
 
+bool Sim::Port::DowngradeLocal(PageIndex page, uint8_t* out) {
+  return sim_->nodes_[id_]->cache.DowngradeForHome(page, out);
+}
+
+void Sim::Port::CancelPrefetch(PageIndex page) {
+  Node& nd = *sim_->nodes_[id_];
+  if (nd.mapped[page] != PageState::kInvalid || nd.cache.pending(page)) {
+    sim_->Violation("prefetch of page " + std::to_string(page) + " on node " +
+                    std::to_string(id_) + " cancelled while mapped or pending");
+  }
+  if (nd.replacer) nd.replacer->CancelReservation(0, page);
+}
+
 absl::Status Sim::Port::LoadPage(PageIndex page, uint8_t* out) {
   Node& nd = *sim_->nodes_[id_];
   if (sim_->home_(page) != id_) sim_->Violation("LoadPage at a node that is not home");
@@ -334,6 +349,7 @@ bool Sim::Deliver(NodeId src, NodeId dst) {
   switch (m.type) {
     case MsgType::kGetS:
     case MsgType::kGetM:
+    case MsgType::kGetSRun:
     case MsgType::kPut:
     case MsgType::kInvAck:
     case MsgType::kRecallAck:

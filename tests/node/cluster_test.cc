@@ -490,7 +490,7 @@ TEST_P(ClusterTest, ManyThreadsFaultingOnePageShareOneRequest) {
   RunParallel(fns);
   EXPECT_EQ(bad.load(), 0);
   Stats s = node(1)->GetStats();
-  EXPECT_LE(s.requests_sent, 64u + 8u) << "faults on the same page should share one request";
+  EXPECT_LE(s.requests_sent, 64u + 8u) << "faults on the same page should share one request\n" << s.ToString();
 }
 
 TEST_P(ClusterTest, APeerThatLeavesEndsInSigbusAndTheOthersKeepWorking) {

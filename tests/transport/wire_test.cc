@@ -44,6 +44,11 @@ std::vector<Message> AllLegal() {
       Make(MsgType::kSyncReq, 0, 0),
       Make(MsgType::kData, static_cast<uint64_t>(Grant::kShared), kPageSize),
       Make(MsgType::kData, static_cast<uint64_t>(Grant::kModified), kMaxRunPages * kPageSize),
+      Make(MsgType::kGetSRun, 1, 0),
+      Make(MsgType::kGetSRun, kMaxRunPages, 0),
+      Make(MsgType::kDataRun, 5, 0),  // nothing granted
+      Make(MsgType::kDataRun, 5, 3 * kPageSize),
+      Make(MsgType::kDataRun, kMaxRunPages, kMaxRunPages * kPageSize),
       Make(MsgType::kGrant, static_cast<uint64_t>(Grant::kModified), 0),
       Make(MsgType::kNack, static_cast<uint64_t>(ErrorCode::kPageLost), 0),
       Make(MsgType::kSyncAck, 0, 0),
@@ -205,6 +210,13 @@ TEST(Wire, RejectsPayloadSizeIllegalForType) {
       Make(MsgType::kData, shared, kPageSize + 1),
       Make(MsgType::kData, shared, (kMaxRunPages + 1) * kPageSize),
       Make(MsgType::kData, 0, kPageSize),  // no such grant
+      Make(MsgType::kGetSRun, 0, 0),                      // empty run
+      Make(MsgType::kGetSRun, kMaxRunPages + 1, 0),       // longer than a message carries
+      Make(MsgType::kGetSRun, 4, kPageSize),              // a request carries no data
+      Make(MsgType::kDataRun, 0, 0),
+      Make(MsgType::kDataRun, 2, 3 * kPageSize),          // more pages than asked for
+      Make(MsgType::kDataRun, 4, kPageSize + 1),          // not whole pages
+      Make(MsgType::kDataRun, kMaxRunPages + 1, kPageSize),
       Make(MsgType::kGrant, 7, 0),
       Make(MsgType::kRecallAck, 0, 100),
       Make(MsgType::kPut, static_cast<uint64_t>(PutKind::kDropClean), kPageSize),
