@@ -129,16 +129,19 @@ def main():
         for k, label in [(f"Floor_TcpRtt4K/{n}", f"raw TCP 64 B request / 4 KiB reply ({n}), busy-poll"),
                          (f"Floor_TcpRtt64/{n}", f"raw TCP 64 B request / 64 B reply ({n}), busy-poll")]:
             w(f"| {label} | {fmt(F.get(k, 'median_us'))} | {fmt(F.get(k, 'p99_us'))} | |")
-        k = f"Floor_TcpStream/{n}"
-        w(f"| raw TCP streaming of 4 KiB messages ({n}), one direction | | | "
-          f"{fmt(F.get(k, 'MB_per_s'))} MB/s |")
+        for k, size in [(f"Floor_TcpStream/{n}", "4 KiB"), (f"Floor_TcpStreamRun/{n}", "256 KiB")]:
+            w(f"| raw TCP streaming of {size} send()s ({n}), one direction | | | "
+              f"{fmt(F.get(k, 'MB_per_s'))} MB/s |")
     w("")
 
     # ---- figures --------------------------------------------------------------------------
     for n in nets:
         rtt = F.get(f"Floor_TcpRtt4K/{n}", "median_us")
         rtt64 = F.get(f"Floor_TcpRtt64/{n}", "median_us")
-        stream = F.get(f"Floor_TcpStream/{n}", "MB_per_s")
+        # The scan's floor is raw streaming at its best: the faster of 4 KiB and 256 KiB sends.
+        streams = [x for x in (F.get(f"Floor_TcpStream/{n}", "MB_per_s"),
+                               F.get(f"Floor_TcpStreamRun/{n}", "MB_per_s")) if x is not None]
+        stream = max(streams) if streams else None
 
         def s(*xs):
             return None if any(x is None for x in xs) else sum(xs)
@@ -296,11 +299,12 @@ def main():
   (UFFDIO_WRITEPROTECT) with a handler thread busy-polling a non-blocking uffd (and, for
   comparison, sleeping in poll()); raw TCP request/response (64 B request, 4 KiB or 64 B reply)
   between node 0's namespace and a server process in node 1's namespace, both busy-polling
-  `recv(MSG_DONTWAIT)`; raw TCP streaming of 4 KiB `send()`s, received with busy-polling recv
-  into a 256 KiB buffer.
+  `recv(MSG_DONTWAIT)`; raw TCP streaming of 256 MiB in 4 KiB `send()`s and in 256 KiB
+  `send()`s (the size of a 64-page readahead run), received with busy-polling recv into a
+  256 KiB buffer.
 - Floors for the figures: read fault = MISSING + 4K RTT; write upgrade with one sharer = WP + 2 ×
   4K RTT (issue 3's formula; the invalidation messages are small, so this floor is generous);
-  sequential scan = raw streaming bandwidth.
+  sequential scan = raw streaming bandwidth, the better of the two send sizes.
 """)
     if args.notes:
         with open(args.notes) as f:
