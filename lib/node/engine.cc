@@ -188,9 +188,27 @@ void Engine::OnUffdReadable() {
 
 // ---- messages ----------------------------------------------------------------------------
 
+// Whether a message's sender waits for an answer (the spin policy's "awaiting" window).
+// Answers, acks and releases are not; a type not listed here just does not open a window.
+static bool ExpectsAnswer(MsgType t) {
+  switch (t) {
+    case MsgType::kRegionOpen:
+    case MsgType::kGetS:
+    case MsgType::kGetM:
+    case MsgType::kSyncReq:
+    case MsgType::kInv:
+    case MsgType::kRecall:
+    case MsgType::kLockAcquire:
+    case MsgType::kBarrierEnter:
+      return true;
+    default:
+      return false;
+  }
+}
+
 void Engine::SendMessage(Message&& m) {
   m.src = options_.node_id;
-  spin_.OnSend(absl::Now());
+  if (ExpectsAnswer(m.type)) spin_.OnSend(absl::Now());
   if (m.dst < 64 && (down_mask_ >> m.dst) & 1) {
     // The peer is gone. A request would never be answered: answer it ourselves, later.
     if (m.type == MsgType::kGetS || m.type == MsgType::kGetM) {

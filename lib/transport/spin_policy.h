@@ -5,11 +5,12 @@
 // remote fault's busy-polled floor. Spinning is cheap only while an event is about to arrive
 // and a vCPU is spare. So the loop spins only in a *window* opened by its own activity:
 //
-//   - awaiting: after this thread sent a message, until the next message arrives (a reply is
-//     usually the next thing a sender hears), for a few times the waits observed recently;
-//   - stream:   after an input (message or fault) when inputs have lately been arriving
-//     closer together than the cap (a home serving a stream of faults, a requester whose
-//     application faults again right after each install), for a few times the recent gap.
+//   - awaiting: after this thread sent a request (the caller says which sends expect an
+//     answer), until the next message arrives (usually the answer), for a few times the waits
+//     observed recently;
+//   - stream:   after an input (message or fault) when inputs have lately been arriving at
+//     most cap/2 apart (a home serving a stream of faults, a requester whose application
+//     faults again right after each install), for a few times the recent gap.
 //
 // Invariants (each has a test in tests/transport/spin_policy_test.cc):
 //   - SpinFor() is 0 when the cap is 0, and whenever more loop threads are live in this
@@ -56,7 +57,7 @@ class SpinPolicy {
 
   explicit SpinPolicy(const Config& config);
 
-  // This thread sent a message (it will likely hear back soon).
+  // This thread sent a message that expects an answer (it will likely hear back soon).
   void OnSend(absl::Time now);
   // This thread received an input: a message (`message` = true) or another event worth
   // waiting for (a page fault).
