@@ -63,7 +63,7 @@ struct Options {
   // Waking a sleeping thread on another vCPU costs ~20 us on small VMs, more than a remote
   // fault's floor, so the engine polls instead of sleeping, but only while it is likely to
   // pay: after it sent a request, and after an input when inputs have been arriving at most
-  // poll_spin/2 apart; each spin lasts a few times the recent reply time / gap, at most this
+  // poll_spin apart; each spin lasts a few times the recent reply time / gap, at most this
   // long, and stops for a while (1-128 ms) after spins keep ending with nothing. It never spins
   // when this process runs more engines than vCPUs - 1 (several nodes in one process would
   // take each other's vCPU), and an idle node sleeps at most poll_spin after its last message

@@ -9,7 +9,7 @@
 //     answer), until the next message arrives (usually the answer), for a few times the waits
 //     observed recently;
 //   - stream:   after an input (message or fault) when inputs have lately been arriving at
-//     most cap/2 apart (a home serving a stream of faults, a requester whose application
+//     most cap apart (a home serving a stream of faults, a requester whose application
 //     faults again right after each install), for a few times the recent gap.
 //
 // Invariants (each has a test in tests/transport/spin_policy_test.cc):

@@ -88,9 +88,9 @@ TEST(SpinPolicy, SparseInputsDoNotSpinStreamsDo) {
   // Faults 10 ms apart (far above the cap), no message sent: no reason to spin.
   for (int i = 0; i < 20; ++i) f.policy.OnInput(kT0 + absl::Milliseconds(10 * i), false);
   EXPECT_EQ(f.policy.SpinFor(kT0 + absl::Milliseconds(190)), absl::ZeroDuration());
-  // 150 us apart (more than half the cap): spinning would fill most of every gap.
+  // 250 us apart (more than the cap): no stream either.
   absl::Time u = kT0 + absl::Milliseconds(500);
-  for (int i = 0; i < 20; ++i) f.policy.OnInput(u += Us(150), true);
+  for (int i = 0; i < 20; ++i) f.policy.OnInput(u += Us(250), true);
   EXPECT_EQ(f.policy.SpinFor(u), absl::ZeroDuration());
   // Faults 20 us apart: spin a few gaps after the last one.
   absl::Time t = kT0 + absl::Seconds(1);
