@@ -5,7 +5,8 @@
 # Usage: scripts/bench.sh [--smoke] [--net=lo|veth|both] [more dsm_bench / benchmark flags]
 #   --smoke    tiny sizes, one short repetition; writes build-bench/PERFORMANCE-smoke.md instead
 #              of docs/PERFORMANCE.md
-# Env: DSM_BENCH_SPIN_US (poll_spin of the second, sensitivity pass; default 200),
+# Env: DSM_BENCH_SPIN_US (poll_spin of the second, sensitivity pass; default 0:
+#      no spin, against the adaptive default of the main pass),
 #      DSM_BENCH_COMMIT (what to report as the measured commit, when run from an export),
 #      DSM_BENCH_BUILD (build dir, default build-bench), DSM_BENCH_REPS (repetitions, default 1),
 #      DSM_BENCH_NICE (run under `nice -n N`, e.g. -10 on a machine shared with builds; default 0)
@@ -64,7 +65,7 @@ spin=()
 if [[ $smoke == 0 ]]; then
   # The same key figures with the engines busy-polling (DSM_BENCH_SPIN_US, default 200 µs), for
   # the sensitivity table (the library default may be another value; the report says which).
-  spin_us="${DSM_BENCH_SPIN_US:-200}"
+  spin_us="${DSM_BENCH_SPIN_US:-0}"
   echo "running: the same key figures with --poll_spin_us=$spin_us"
   nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" --net="$net" --poll_spin_us="$spin_us" \
     --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt4K|ReadFault/|Upgrade/.*/k:1|Recall' \

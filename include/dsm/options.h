@@ -59,12 +59,16 @@ struct Options {
   std::chrono::milliseconds lock_release_grace{1000};
   // How long Create()/MapRegion() wait for peers to connect or for the home to map a region.
   std::chrono::milliseconds connect_timeout{30000};
-  // The engine thread busy-polls this long after its last event before it sleeps (0 = never
-  // spin). Waking a sleeping thread on another vCPU costs ~20 us on small VMs, but a spinning
-  // engine also takes the vCPU from the thread it waits for when threads outnumber vCPUs
-  // (several nodes per host, loaded machines): measured there, spinning made faults 10-100x
-  // slower. Off by default; docs/PERFORMANCE.md shows when it pays.
-  std::chrono::microseconds poll_spin{0};
+  // Cap of the engine thread's adaptive busy-poll; 0 = never spin (always sleep at once).
+  // Waking a sleeping thread on another vCPU costs ~20 us on small VMs, more than a remote
+  // fault's floor, so the engine polls instead of sleeping, but only while it is likely to
+  // pay: after it sent a request, and after an input when inputs have been arriving at most
+  // poll_spin apart; each spin lasts a few times the recent reply time / gap, at most this
+  // long, and stops for a while (1-128 ms) after spins keep ending with nothing. It never spins
+  // when this process runs more engines than vCPUs - 1 (several nodes in one process would
+  // take each other's vCPU), and an idle node sleeps at most poll_spin after its last message
+  // or fault. See "Threads" in docs/ARCHITECTURE.md and lib/transport/spin_policy.h.
+  std::chrono::microseconds poll_spin{200};
 
   // Memory budget for cached remote pages (0 = unlimited): the most memory this node holds in
   // pages of its mapped regions whose home is another node (a page counts while it is mapped

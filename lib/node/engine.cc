@@ -75,7 +75,8 @@ class Engine::UffdPollOp final : public EventLoop::Op {
   Engine* engine_;
 };
 
-Engine::Engine(const Options& options) : options_(options) {}
+Engine::Engine(const Options& options)
+    : options_(options), spin_(SpinPolicy::Config{absl::FromChrono(options.poll_spin)}) {}
 
 absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
   std::shared_ptr<Engine> e(new Engine(options));
@@ -113,11 +114,12 @@ Engine::~Engine() {
 }
 
 void Engine::Run() {
-  const absl::Duration spin = absl::FromChrono(options_.poll_spin);
+  // Counted while it runs: engines in one process do not spin when they outnumber vCPUs.
+  LoopThreadRegistration registered;
   while (!stop_.load(std::memory_order_acquire)) {
     absl::Time now = absl::Now();
     // The loop never sleeps past its own timers (RunAfter); the tick bounds the rest.
-    loop_->Poll(spin, std::max(absl::ZeroDuration(), next_tick_ - now));
+    loop_->Poll(spin_.SpinFor(now), std::max(absl::ZeroDuration(), next_tick_ - now));
     now = absl::Now();
     if (now >= next_tick_) {
       Tick(now);
@@ -154,6 +156,7 @@ void Engine::ArmUffdPoll() {
 void Engine::OnUffdReadable() {
   FaultEvent events[64];
   const absl::Time now = absl::Now();
+  spin_.OnInput(now, /*message=*/false);
   for (;;) {
     absl::StatusOr<size_t> n = uffd_->ReadEvents(absl::MakeSpan(events));
     if (!n.ok()) {
@@ -185,8 +188,27 @@ void Engine::OnUffdReadable() {
 
 // ---- messages ----------------------------------------------------------------------------
 
+// Whether a message's sender waits for an answer (the spin policy's "awaiting" window).
+// Answers, acks and releases are not; a type not listed here just does not open a window.
+static bool ExpectsAnswer(MsgType t) {
+  switch (t) {
+    case MsgType::kRegionOpen:
+    case MsgType::kGetS:
+    case MsgType::kGetM:
+    case MsgType::kSyncReq:
+    case MsgType::kInv:
+    case MsgType::kRecall:
+    case MsgType::kLockAcquire:
+    case MsgType::kBarrierEnter:
+      return true;
+    default:
+      return false;
+  }
+}
+
 void Engine::SendMessage(Message&& m) {
   m.src = options_.node_id;
+  if (ExpectsAnswer(m.type)) spin_.OnSend(absl::Now());
   if (m.dst < 64 && (down_mask_ >> m.dst) & 1) {
     // The peer is gone. A request would never be answered: answer it ourselves, later (a
     // readahead run with nothing granted: the pages a thread waits for are then requested
@@ -211,6 +233,7 @@ MappedRegion* Engine::FindRegion(RegionId id) {
 }
 
 void Engine::OnMessage(Message&& m) {
+  spin_.OnInput(absl::Now(), /*message=*/true);
   if (m.src < 64 && (down_mask_ >> m.src) & 1 && m.src != options_.node_id) return;
   if (LockService::Handles(m.type)) return locks_->OnMessage(std::move(m));
   switch (m.type) {

@@ -32,6 +32,7 @@
 #include "region/eviction.h"
 #include "region/mapped_region.h"
 #include "transport/event_loop.h"
+#include "transport/spin_policy.h"
 #include "transport/transport.h"
 
 namespace dsm {
@@ -115,6 +116,9 @@ class Engine final : public Transport::Handler, public RegionHost {
   uint64_t next_req_id_ = 1;
   uint64_t down_mask_ = 0;  // peers declared down (bit per node id)
   absl::Time next_tick_ = absl::InfinitePast();
+  // How long each Poll() may busy-poll (Options::poll_spin is its cap): fed with this node's
+  // sends, received messages and faults.
+  SpinPolicy spin_;
   Stats stats_;  // the engine's own counters; GetStats() adds the layers' counters
 };
 

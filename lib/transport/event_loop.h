@@ -6,7 +6,8 @@
 // wake-up costs ~20 us one way on the VMs we measured, more than a whole fault).
 //
 // Poll() first busy-polls the completion queue for up to `spin` (bounded, so an idle node uses
-// no CPU), then sleeps in io_uring_enter until a completion or the timeout.
+// no CPU), then sleeps in io_uring_enter until a completion or the timeout. How long to spin is
+// the caller's decision: the engine asks its SpinPolicy (transport/spin_policy.h) each time.
 //
 // Timers (RunAfter) are kept in user space: Poll() never sleeps past the earliest one, so a
 // timer costs no ring operation and cancelling one is immediate (no CQE can outlive it).
