@@ -194,6 +194,7 @@ static bool ExpectsAnswer(MsgType t) {
   switch (t) {
     case MsgType::kRegionOpen:
     case MsgType::kGetS:
+    case MsgType::kGetSRun:
     case MsgType::kGetM:
     case MsgType::kSyncReq:
     case MsgType::kInv:

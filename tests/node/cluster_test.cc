@@ -502,7 +502,11 @@ TEST_P(ClusterTest, APeerThatLeavesEndsInSigbusAndTheOthersKeepWorking) {
     NodeId id = o.node_id;
     o.on_pages_lost = [this, id](const std::string&, uint64_t, uint64_t n) { lost_[id] += n; };
   });
-  auto doomed = Map({.name = "doomed", .size = 256 * kPage, .home = 2},
+  // Larger than the readahead window past the reader's stop (page 128 + 256): pages the
+  // reader reaches after node 2 is gone were never fetched.
+  constexpr int kDoomedPages = 1024;
+  constexpr int kReaderStop = 128;
+  auto doomed = Map({.name = "doomed", .size = kDoomedPages * kPage, .home = 2},
                     /*must_unmap_cleanly=*/false);
   auto alive = Map({.name = "alive", .size = 4 * kPage, .home = 0});
   ASSERT_EQ(doomed.size(), 3u);
@@ -513,10 +517,16 @@ TEST_P(ClusterTest, APeerThatLeavesEndsInSigbusAndTheOthersKeepWorking) {
   EXPECT_EQ(*Word(alive[2], 0), 0u);
 
   Step("node 0 keeps faulting new pages while node 2 leaves");
-  std::atomic<bool> started{false};
+  std::atomic<bool> started{false}, left{false};
   std::atomic<int> sigbus_page{-1};
   std::thread reader([&] {
-    for (int pg = 2; pg < 256; ++pg) {
+    for (int pg = 2; pg < kDoomedPages; ++pg) {
+      if (pg == kReaderStop) {
+        // Its readahead may still be in flight while node 2 leaves; the pages after that are
+        // not fetched before node 2 is gone (bounded wait: a hung leave fails below).
+        auto until = std::chrono::steady_clock::now() + kWait;
+        while (!left && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+      }
       volatile uint8_t* p = Bytes(doomed[0], static_cast<uint64_t>(pg) * kPage);
       if (RaisesSigbus([&] { (void)*p; })) {
         sigbus_page = pg;
@@ -542,12 +552,13 @@ TEST_P(ClusterTest, APeerThatLeavesEndsInSigbusAndTheOthersKeepWorking) {
   }
   Step("node 2 shuts down");
   EXPECT_TRUE(cluster_->StopNode(2).ok());
+  left = true;
   Step("node 0's reader ends (a page it had not fetched yet raises SIGBUS)");
   reader.join();
-  EXPECT_GE(sigbus_page.load(), 2) << "node 0 read 254 pages of a region whose home left";
+  EXPECT_GE(sigbus_page.load(), 2) << "node 0 read every page of a region whose home left";
 
   Step("node 1 touches a page it never had: SIGBUS, reported lost");
-  volatile uint8_t* p = Bytes(doomed[1], 255 * kPage);
+  volatile uint8_t* p = Bytes(doomed[1], (kDoomedPages - 1) * kPage);
   EXPECT_TRUE(RaisesSigbus([&] { (void)*p; })) << "read of a lost page";
   EXPECT_TRUE(RaisesSigbus([&] { *p = 1; })) << "write of a lost page";
   EXPECT_GE(node(1)->GetStats().pages_lost, 1u);
