@@ -250,11 +250,14 @@ def main():
         w("")
         main_spin = "the library default" if spin1 == "default" else f"poll_spin = {spin1} µs" + (
             " (the library default)" if ctx.get("dsm_poll_spin_is_default") == "1" else "")
-        w(f"The main run used {main_spin}; "
+        w(f"The main run used {main_spin}: the adaptive busy-poll, which spins only while a "
+          "reply or the next input is due and never longer than poll_spin after the last one "
+          "(see docs/ARCHITECTURE.md, \"Threads\"); "
           f"a second run right after it measured the same key figures with poll_spin = {spin2} µs "
-          "on every node. Ratios of the second run use the floors of the second run.")
+          f"{'(never spin) ' if spin2 == '0' else ''}on every node. Ratios of the second run use "
+          "the floors of the second run.")
         w("")
-        col1 = "default spin" if spin1 == "default" else f"spin {spin1} µs"
+        col1 = "default spin" if spin1 == "default" else f"adaptive spin ≤ {spin1} µs"
         w(f"| figure | median µs, {col1} | median µs, spin {spin2} µs | "
           f"p99 µs, spin {spin2} µs | ratio to floor, spin {spin2} µs |")
         w("|---|---:|---:|---:|---:|")
