@@ -276,6 +276,23 @@ def main():
                 w(f"| {label} | {fmt(F.get(key, 'median_us'))} | {fmt(m2)} | "
                   f"{fmt(F2.get(key, 'p99_us'))} | {fmt(ratio)}{'×' if ratio else ''} |")
         w("")
+        # Thread scaling under both settings: spinning makes one thread faster, which lowers
+        # the 4-thread ratio even when every thread count got faster.
+        rows = []
+        for n in nets:
+            def rate(FF, t):
+                return FF.get(f"ReadFaultThreads/{n}/threads:{t}", "faults_per_s")
+            a1, a4, b1, b4 = rate(F, 1), rate(F, 4), rate(F2, 1), rate(F2, 4)
+            if None in (a1, a4, b1, b4):
+                continue
+            rows.append(f"| read faults/s, 1 and 4 threads ({n}) | {fmt(a1)} / {fmt(a4)} "
+                        f"({fmt(a4 / a1)}×) | {fmt(b1)} / {fmt(b4)} ({fmt(b4 / b1)}×) |")
+        if rows:
+            w(f"| throughput | {col1} | spin {spin2} µs |")
+            w("|---|---:|---:|")
+            for r in rows:
+                w(r)
+            w("")
 
     w("## Method")
     w("")

@@ -68,7 +68,7 @@ if [[ $smoke == 0 ]]; then
   spin_us="${DSM_BENCH_SPIN_US:-0}"
   echo "running: the same key figures with --poll_spin_us=$spin_us"
   nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" --net="$net" --poll_spin_us="$spin_us" \
-    --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt4K|ReadFault/|Upgrade/.*/k:1|Recall' \
+    --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt4K|ReadFault/|Upgrade/.*/k:1|Recall|ReadFaultThreads/.*/threads:[14]' \
     --benchmark_out="$build/bench-spin.json" --benchmark_out_format=json 2>>"$log" >/dev/null &&
     spin=(--spin-json "$build/bench-spin.json")
 fi
