@@ -291,6 +291,23 @@ HomeFn HomeAt(NodeId h) {
   return [h](PageIndex) { return h; };
 }
 
+// Node `n` reads pages 0 and 1, one at a time: a sequential stream whose readahead then asks
+// for pages 2..5 (window 4).
+void StartStream(Sim& sim, NodeId n) {
+  for (PageIndex p = 0; p < 2; ++p) {
+    sim.Access(n, p, false);
+    ASSERT_TRUE(sim.Settle()) << sim.error();
+  }
+}
+
+// Node `n` reads `page` and sees what thread `writer` stored; every invariant holds.
+void ExpectReadSees(Sim& sim, NodeId n, PageIndex page, int writer) {
+  const int r = sim.Access(n, page, false);
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.thread(r).value, sim.thread(writer).value) << "page " << page;
+  EXPECT_TRUE(sim.Check()) << sim.error();
+}
+
 TEST(Readahead, PrefetchedPagesAreThenReadWithoutAFault) {
   Sim sim(2, 32, HomeAt(0), /*readahead=*/64);
   for (PageIndex p = 0; p < 2; ++p) {
@@ -340,10 +357,7 @@ TEST(Readahead, InvalidationOfAPrefetchedPage) {
   ASSERT_TRUE(sim.Settle()) << sim.error();
   EXPECT_EQ(sim.thread(w).state, Sim::ThreadState::kDone);
   EXPECT_EQ(sim.mapped(1, 3), PageState::kInvalid);
-  const int r = sim.Access(1, 3, false);
-  ASSERT_TRUE(sim.Settle()) << sim.error();
-  EXPECT_EQ(sim.thread(r).value, sim.thread(w).value);
-  EXPECT_TRUE(sim.Check()) << sim.error();
+  ExpectReadSees(sim, 1, 3, w);
 }
 
 // The hard crossing for runs: another node writes a page of the region while a run over it is
@@ -353,20 +367,14 @@ TEST(Readahead, RunStopsAtAPageAnotherNodeHoldsModified) {
   Sim sim(3, 32, HomeAt(0), 64);
   const int w = sim.Access(2, 4, true);  // node 2 holds page 4 M
   ASSERT_TRUE(sim.Settle()) << sim.error();
-  for (PageIndex p = 0; p < 2; ++p) {
-    sim.Access(1, p, false);
-    ASSERT_TRUE(sim.Settle()) << sim.error();
-  }
+  StartStream(sim, 1);
   // The run asked for 2..5: 2 and 3 granted, 4 (Modified at node 2) and 5 refused.
   EXPECT_EQ(sim.mapped(1, 2), PageState::kShared);
   EXPECT_EQ(sim.mapped(1, 3), PageState::kShared);
   EXPECT_EQ(sim.mapped(1, 4), PageState::kInvalid);
   EXPECT_EQ(sim.mapped(2, 4), PageState::kModified);  // not recalled by a speculation
   EXPECT_GE(sim.cache(1).counters().prefetch_refused, 2u);
-  const int r = sim.Access(1, 4, false);
-  ASSERT_TRUE(sim.Settle()) << sim.error();
-  EXPECT_EQ(sim.thread(r).value, sim.thread(w).value);
-  EXPECT_TRUE(sim.Check()) << sim.error();
+  ExpectReadSees(sim, 1, 4, w);
 }
 
 // The common case of a home that filled its region itself: its own Modified copies are
@@ -379,10 +387,7 @@ TEST(Readahead, RunTakesPagesTheHomeHoldsModifiedByDowngradingThem) {
     writes.push_back(sim.Access(0, p, true));
     ASSERT_TRUE(sim.Settle()) << sim.error();
   }
-  for (PageIndex p = 0; p < 2; ++p) {
-    sim.Access(1, p, false);
-    ASSERT_TRUE(sim.Settle()) << sim.error();
-  }
+  StartStream(sim, 1);
   EXPECT_EQ(sim.directory(0).counters().local_downgrades, 4u);  // the run 2..5
   for (PageIndex p = 2; p <= 5; ++p) {
     EXPECT_EQ(sim.mapped(0, p), PageState::kShared) << p;  // write-protected at the home
@@ -394,10 +399,7 @@ TEST(Readahead, RunTakesPagesTheHomeHoldsModifiedByDowngradingThem) {
   const int w = sim.Access(0, 3, true);  // upgrade at the home: invalidates node 1
   ASSERT_TRUE(sim.Settle()) << sim.error();
   EXPECT_EQ(sim.mapped(1, 3), PageState::kInvalid);
-  const int r = sim.Access(1, 3, false);
-  ASSERT_TRUE(sim.Settle()) << sim.error();
-  EXPECT_EQ(sim.thread(r).value, sim.thread(w).value);
-  EXPECT_TRUE(sim.Check()) << sim.error();
+  ExpectReadSees(sim, 1, 3, w);
 }
 
 // A run asked for while a writer's transaction on one of its pages is in flight at the home
@@ -420,10 +422,7 @@ TEST(Readahead, RunStopsAtABusyPage) {
   EXPECT_EQ(sim.directory(0).counters().run_pages_granted, 1u);  // page 2 only
   ASSERT_TRUE(sim.Settle()) << sim.error();
   EXPECT_EQ(sim.mapped(1, 3), PageState::kInvalid);
-  const int r = sim.Access(1, 3, false);
-  ASSERT_TRUE(sim.Settle()) << sim.error();
-  EXPECT_EQ(sim.thread(r).value, sim.thread(w).value);
-  EXPECT_TRUE(sim.Check()) << sim.error();
+  ExpectReadSees(sim, 1, 3, w);
 }
 
 TEST(Readahead, BudgetIsRespectedAtEveryStep) {
