@@ -72,6 +72,11 @@ class CachePort {
   // Changes the access of a mapped page in place: S->M removes write protection (and wakes
   // waiters); M->S write-protects it (after which no store can change it).
   virtual void SetAccess(PageIndex page, PageState state) = 0;
+  // M->S for every page of [first, first + n) (all M): after it no store can change them. A
+  // port should write-protect the whole range in one call (Sync of many dirty pages).
+  virtual void DowngradeRun(PageIndex first, uint64_t n) {
+    for (uint64_t i = 0; i < n; ++i) SetAccess(first + i, PageState::kShared);
+  }
   // Copies the contents of a mapped page into out[kPageSize]. For an M page the caller has
   // write-protected it first.
   virtual void ReadPage(PageIndex page, uint8_t* out) = 0;

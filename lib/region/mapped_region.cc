@@ -158,6 +158,22 @@ void MappedRegion::SetAccess(PageIndex page, coherence::PageState state) {
   if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
 }
 
+void MappedRegion::DowngradeRun(PageIndex first, uint64_t n) {
+  if (batch_.active) {  // batch mode tracks protected runs page by page; keep it simple
+    for (uint64_t i = 0; i < n; ++i) SetAccess(first + i, coherence::PageState::kShared);
+    return;
+  }
+  absl::Status s = host_->uffd().WriteProtect(PageAddr(first), n * kPageSize, true);
+  if (!s.ok()) {
+    DSM_LOG(ERROR) << "region " << options_.name << " pages " << first << "+" << n << ": " << s;
+    for (uint64_t i = 0; i < n; ++i) SetAccess(first + i, coherence::PageState::kShared);
+    return;
+  }
+  if (evictor_ != nullptr) {
+    for (uint64_t i = 0; i < n; ++i) evictor_->replacer().OnSetAccess(space_, first + i);
+  }
+}
+
 void MappedRegion::ReadPage(PageIndex page, uint8_t* out) {
   // The page is mapped (S or M, installed by us), so reading it cannot fault; for M the
   // protocol write-protected it first, so no store can race with the copy.

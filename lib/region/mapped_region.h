@@ -76,6 +76,7 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
   void Send(Message&& m) override;
   void Install(PageIndex page, const uint8_t* data, coherence::PageState state) override;
   void SetAccess(PageIndex page, coherence::PageState state) override;
+  void DowngradeRun(PageIndex first, uint64_t n) override;
   void ReadPage(PageIndex page, uint8_t* out) override;
   void Drop(PageIndex page) override;
   void Fail(PageIndex page, ErrorCode why) override;

@@ -22,6 +22,7 @@ class RecordingPort final : public CachePort {
   void Send(Message&& m) override { sent.push_back(std::move(m)); }
   void Install(PageIndex, const uint8_t*, PageState s) override { installs.push_back(s); }
   void SetAccess(PageIndex, PageState s) override { accesses.push_back(s); }
+  void DowngradeRun(PageIndex first, uint64_t n) override { downgrades.push_back({first, n}); }
   void ReadPage(PageIndex, uint8_t* out) override { out[0] = 0x5a; }
   void Drop(PageIndex) override { ++drops; }
   void Fail(PageIndex, ErrorCode why) override { fails.push_back(why); }
@@ -30,6 +31,7 @@ class RecordingPort final : public CachePort {
   std::vector<Message> sent;
   std::vector<PageState> installs, accesses;
   std::vector<ErrorCode> fails;
+  std::vector<std::pair<PageIndex, uint64_t>> downgrades;
   int drops = 0, wakes = 0;
 };
 
@@ -251,6 +253,32 @@ TEST(Cache, ReleaseAndWriteBackAll) {
   EXPECT_EQ(c.counters().modified, 0u);
   EXPECT_EQ(c.counters().shared, 3u);
   EXPECT_EQ(c.WriteBackAll(&homes), 0u);
+}
+
+TEST(Cache, WriteBackAllWriteProtectsEachRunOfModifiedPagesInOneCall) {
+  RecordingPort port;
+  // Pages 6 and 7 are homed at node 2, which goes down; the rest at node 0.
+  Cache c({1, 1, 16, [](PageIndex p) -> NodeId { return p == 6 || p == 7 ? 2 : 0; }}, &port);
+  for (PageIndex p : {2, 3, 4, 6, 7, 8, 9, 12}) {
+    c.OnFault(p, true, kT0);
+    c.OnMessage(Reply(MsgType::kData, port.sent.back(), uint64_t(Grant::kModified)), kT0);
+  }
+  c.OnPeerDown(2);
+  port.sent.clear();
+  std::vector<NodeId> homes;
+  EXPECT_EQ(c.WriteBackAll(&homes), 6u);
+  // Runs split where a page is not M or its home is down (6, 7 stay M: the only copies).
+  EXPECT_EQ(port.downgrades,
+            (std::vector<std::pair<PageIndex, uint64_t>>{{2, 3}, {8, 2}, {12, 1}}));
+  EXPECT_TRUE(port.accesses.empty());  // no page-by-page protection
+  for (PageIndex p : {2, 3, 4, 8, 9, 12}) EXPECT_EQ(c.state(p), PageState::kShared) << p;
+  EXPECT_EQ(c.state(6), PageState::kModified);
+  ASSERT_EQ(port.sent.size(), 6u);
+  for (const Message& m : port.sent) {
+    EXPECT_EQ(m.arg, uint64_t(PutKind::kWritebackKeep));
+    EXPECT_EQ(m.payload[0], 0x5a);  // read after the protection
+  }
+  EXPECT_EQ(homes, (std::vector<NodeId>{0}));
 }
 
 TEST(Cache, CollectOverdueReportsSlowHomes) {
