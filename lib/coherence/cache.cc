@@ -528,20 +528,30 @@ size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
       continue;
     }
     // A run of M pages with live homes is write-protected in one port call (one ioctl and
-    // one TLB flush instead of one per page), then each page is read and sent.
+    // one TLB flush instead of one per page), then sent in write-backs of up to
+    // kMaxRunPages pages with one home each.
     PageIndex end = page + 1;
     while (end < s.cfg.num_pages && writable(end)) ++end;
     s.port->DowngradeRun(page, end - page);
-    for (; page < end; ++page) {
-      --remaining;
+    while (page < end) {
       const NodeId home = s.cfg.home(page);
-      s.SetState(page, PageState::kShared);
+      uint64_t n = 1;
+      while (page + n < end && n < kMaxRunPages && s.cfg.home(page + n) == home) ++n;
       Message m = s.Make(MsgType::kPut, home, page, 0,
                          static_cast<uint64_t>(PutKind::kWritebackKeep));
-      s.port->TakePageBuffer(&m.payload);
-      s.port->ReadPage(page, m.payload.data());
-      ++s.c.writebacks;
-      ++written;
+      if (n == 1) {
+        s.port->TakePageBuffer(&m.payload);
+      } else {
+        m.payload.resize(n * kPageSize);
+      }
+      for (uint64_t i = 0; i < n; ++i) {
+        s.SetState(page + i, PageState::kShared);
+        s.port->ReadPage(page + i, m.payload.data() + i * kPageSize);
+      }
+      remaining -= n;
+      s.c.writebacks += n;
+      written += n;
+      page += n;
       s.port->Send(std::move(m));
       if ((seen & Bit(home)) == 0) {
         seen |= Bit(home);

@@ -150,7 +150,8 @@ class Cache {
   // Returns false, changing nothing, unless the page is M here.
   bool DowngradeForHome(PageIndex page, uint8_t* out);
 
-  // Sync: every M page is written back and kept S. Appends each home written to (once).
+  // Sync: every M page is written back and kept S (runs of consecutive pages with one home in
+  // one kPut of up to kMaxRunPages pages). Appends each home written to (once).
   // Returns the number of pages written back.
   size_t WriteBackAll(std::vector<NodeId>* homes);
 

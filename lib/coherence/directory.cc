@@ -91,6 +91,7 @@ struct Directory::Impl {
   void OnRequest(const Message& m, absl::Time now);
   void OnRunRequest(const Message& m);
   void OnPut(const Message& m);
+  void ApplyWriteback(PageIndex page, PutKind kind, NodeId src, const uint8_t* data);
   void OnInvAck(const Message& m);
   void OnRecallAck(const Message& m);
   void Begin(PageIndex page, Txn& t, absl::Time now);
@@ -304,10 +305,10 @@ void Directory::Impl::Finish(PageIndex page, const Txn& t) {
 }
 
 void Directory::Impl::OnPut(const Message& m) {
-  const PageIndex page = m.page;
   const auto kind = static_cast<PutKind>(m.arg);
-  if (IsLost(page)) return;
   if (kind == PutKind::kDropClean) {
+    const PageIndex page = m.page;
+    if (IsLost(page)) return;
     if ((Sharers(page) & Bit(m.src)) != 0) {
       RemoveSharer(page, m.src);
     } else {
@@ -321,20 +322,43 @@ void Directory::Impl::OnPut(const Message& m) {
     DSM_LOG(ERROR) << "kPut with unknown kind " << m.arg;
     return;
   }
-  if (!IsOwner(page, m.src) || m.payload.size() != kPageSize) {
+  // A write-back carries a run of 1..kMaxRunPages pages from m.page on (Sync sends runs):
+  // exactly as many single-page write-backs in page order.
+  const size_t n = m.payload.size() / kPageSize;
+  if (n == 0 || n > kMaxRunPages || m.payload.size() % kPageSize != 0) {
+    ++c.protocol_errors;  // the wire rejects these; loopback does not
+    DSM_LOG(ERROR) << "write-back of " << m.payload.size() << " bytes from node " << m.src;
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const PageIndex page = m.page + i;
+    if (page >= cfg.num_pages || cfg.home(page) != cfg.self) {
+      ++c.protocol_errors;
+      DSM_LOG(ERROR) << "write-back run from node " << m.src << " reaches page " << page
+                     << ", not homed here";
+      return;
+    }
+    ApplyWriteback(page, kind, m.src, m.payload.data() + i * kPageSize);
+  }
+}
+
+void Directory::Impl::ApplyWriteback(PageIndex page, PutKind kind, NodeId src,
+                                     const uint8_t* data) {
+  if (IsLost(page)) return;
+  if (!IsOwner(page, src)) {
     // See "Stale kPut" above: the payload is never newer than what the home knows of.
     ++c.protocol_errors;
-    DSM_LOG(ERROR) << "stale write-back of page " << page << " from node " << m.src;
+    DSM_LOG(ERROR) << "stale write-back of page " << page << " from node " << src;
     if (kind == PutKind::kWritebackKeep && State(page) != EntryState::kModified) {
       // It says it keeps a copy: record it so a later writer invalidates it.
-      SetShared(page, Sharers(page) | Bit(m.src));
+      SetShared(page, Sharers(page) | Bit(src));
     }
     return;
   }
-  port->StorePage(page, m.payload.data());
+  port->StorePage(page, data);
   ++c.writebacks;
   if (kind == PutKind::kWritebackKeep) {
-    SetShared(page, Bit(m.src));
+    SetShared(page, Bit(src));
   } else {
     SetUncached(page);
   }

@@ -28,6 +28,7 @@ enum class MsgType : uint8_t {
   kGetS = 10,         // read miss
   kGetM = 11,         // write miss or upgrade
   kPut = 12,          // voluntary release; arg = PutKind, payload = page if it was Modified
+                      // (a write-back may carry a run: pages [page, page + n), one home)
   kSyncReq = 13,      // persist what this node has written back; reply kSyncAck
   kGetSRun = 14,      // readahead: Shared copies of pages [page, page + arg), arg in
                       // 1..kMaxRunPages, all homed at the receiver; reply kDataRun

@@ -273,10 +273,18 @@ TEST(Cache, WriteBackAllWriteProtectsEachRunOfModifiedPagesInOneCall) {
   EXPECT_TRUE(port.accesses.empty());  // no page-by-page protection
   for (PageIndex p : {2, 3, 4, 8, 9, 12}) EXPECT_EQ(c.state(p), PageState::kShared) << p;
   EXPECT_EQ(c.state(6), PageState::kModified);
-  ASSERT_EQ(port.sent.size(), 6u);
-  for (const Message& m : port.sent) {
+  // One write-back per run, each carrying its pages in order.
+  ASSERT_EQ(port.sent.size(), 3u);
+  const std::vector<std::pair<PageIndex, size_t>> puts = {{2, 3}, {8, 2}, {12, 1}};
+  for (size_t i = 0; i < puts.size(); ++i) {
+    const Message& m = port.sent[i];
+    EXPECT_EQ(m.type, MsgType::kPut);
     EXPECT_EQ(m.arg, uint64_t(PutKind::kWritebackKeep));
-    EXPECT_EQ(m.payload[0], 0x5a);  // read after the protection
+    EXPECT_EQ(m.page, puts[i].first);
+    ASSERT_EQ(m.payload.size(), puts[i].second * kPageSize);
+    for (size_t k = 0; k < puts[i].second; ++k) {
+      EXPECT_EQ(m.payload[k * kPageSize], 0x5a);  // each page read after the protection
+    }
   }
   EXPECT_EQ(homes, (std::vector<NodeId>{0}));
 }

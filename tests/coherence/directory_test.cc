@@ -133,6 +133,35 @@ TEST(Directory, RunStopsAtBusyLostUnreadableAndForeignPagesAndNeverNacks) {
   EXPECT_EQ(d.counters().protocol_errors, 1u);
 }
 
+TEST(Directory, WriteBackRunAppliesEachPageAsItsOwnWriteBack) {
+  HomePort port;
+  Directory d(HomeConfig(8), &port);
+  for (PageIndex p : {2, 4}) d.OnMessage(Msg(MsgType::kGetM, 1, p), kT0);  // node 1 owns 2, 4
+  d.OnMessage(Msg(MsgType::kGetS, 1, 3), kT0);                            // and shares 3
+  Message put = Msg(MsgType::kPut, 1, 2, uint64_t(PutKind::kWritebackKeep));
+  put.payload.assign(3 * kPageSize, 0);
+  for (int i = 0; i < 3; ++i) put.payload[i * kPageSize] = static_cast<uint8_t>(10 + i);
+  d.OnMessage(put, kT0);
+  EXPECT_EQ(port.stores, 2);  // pages 2 and 4; page 3's payload is stale (not the owner)
+  EXPECT_EQ(port.store[0], 12);
+  EXPECT_EQ(d.counters().writebacks, 2u);
+  EXPECT_EQ(d.counters().protocol_errors, 1u);
+  for (PageIndex p = 2; p <= 4; ++p) {
+    EXPECT_EQ(d.entry(p).state, ES::kShared) << p;
+    EXPECT_EQ(d.entry(p).sharers, uint64_t{1} << 1) << p;
+  }
+  // A run that leaves the region (or this home's pages) stops there; a malformed size is
+  // dropped whole.
+  Message out = Msg(MsgType::kPut, 1, 7, uint64_t(PutKind::kWritebackDrop));
+  out.payload.assign(2 * kPageSize, 1);
+  d.OnMessage(out, kT0);
+  Message odd = Msg(MsgType::kPut, 1, 2, uint64_t(PutKind::kWritebackDrop));
+  odd.payload.assign(kPageSize + 1, 1);
+  d.OnMessage(odd, kT0);
+  EXPECT_EQ(d.counters().protocol_errors, 4u);  // 7 stale, 8 beyond, odd size
+  EXPECT_EQ(port.stores, 2);
+}
+
 TEST(Directory, StaleWriteBackIsIgnored) {
   HomePort port;
   Directory d(HomeConfig(1), &port);

@@ -27,6 +27,7 @@ muts = [
  ("run grants a busy page", "lib/coherence/directory.cc", "cfg.home(q) != cfg.self || txns.contains(q) ||", "cfg.home(q) != cfg.self ||"),
  ("run grant not recorded", "lib/coherence/directory.cc", "    SetShared(q, Sharers(q) | Bit(m.src));\n    ++c.requests_served;\n    ++c.run_pages_granted;", "    ++c.requests_served;\n    ++c.run_pages_granted;"),
  ("home downgrades its own copy without write-protecting it", "lib/coherence/cache.cc", "  s.port->SetAccess(page, PageState::kShared);\n  s.SetState(page, PageState::kShared);\n  s.port->ReadPage(page, out);", "  s.SetState(page, PageState::kShared);\n  s.port->ReadPage(page, out);"),
+ ("write-back run applies only its first page", "lib/coherence/directory.cc", "    ApplyWriteback(page, kind, m.src, m.payload.data() + i * kPageSize);\n", "    if (i == 0) ApplyWriteback(page, kind, m.src, m.payload.data() + i * kPageSize);\n"),
  ("refused run page with a waiter not asked again", "lib/coherence/cache.cc", "      SendRequest(q, r.want_write, now);  // a thread joined", "      (void)0;  // a thread joined"),
 ]
 sel = sys.argv[1:] 
