@@ -617,7 +617,8 @@ void Engine::AskHomesToPersist(MappedRegion* r, std::shared_ptr<Waiter> w) {
 absl::Status Engine::UnmapRegion(RegionId region) {
   auto w = std::make_shared<Waiter>();
   DSM_RETURN_IF_ERROR(RunOnEngine([&, w] { return UnmapOnEngine(region, w); }));
-  absl::Status result = w->status;
+  // w->status belongs to the engine thread until `done` (TSan caught an early read here).
+  absl::Status result;
   if (!w->done.WaitForNotificationWithTimeout(absl::FromChrono(options_.peer_timeout) +
                                               kEngineSlack)) {
     result = absl::DeadlineExceededError("unmap: the engine did not answer");

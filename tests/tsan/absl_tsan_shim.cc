@@ -65,6 +65,22 @@ void Mutex::Await(const Condition& c) {
   real(this, c);
   __tsan_acquire(this);
 }
+bool Mutex::AwaitWithTimeout(const Condition& c, absl::Duration timeout) {
+  static auto real = Real<bool (*)(Mutex*, const Condition&, absl::Duration)>(
+      "_ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
+  __tsan_release(this);
+  bool ok = real(this, c, timeout);
+  __tsan_acquire(this);  // the lock is held again either way
+  return ok;
+}
+bool Mutex::AwaitWithDeadline(const Condition& c, absl::Time deadline) {
+  static auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
+      "_ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  __tsan_release(this);
+  bool ok = real(this, c, deadline);
+  __tsan_acquire(this);
+  return ok;
+}
 void CondVar::Wait(Mutex* mu) {
   static auto real = Real<void (*)(CondVar*, Mutex*)>("_ZN4absl7debian37CondVar4WaitEPNS0_5MutexE");
   __tsan_release(mu);
@@ -81,6 +97,20 @@ void Notification::WaitForNotification() const {
       "_ZNK4absl7debian312Notification19WaitForNotificationEv");
   real(this);
   __tsan_acquire(const_cast<Notification*>(this));
+}
+bool Notification::WaitForNotificationWithTimeout(absl::Duration timeout) const {
+  static auto real = Real<bool (*)(const Notification*, absl::Duration)>(
+      "_ZNK4absl7debian312Notification30WaitForNotificationWithTimeoutENS0_8DurationE");
+  bool notified = real(this, timeout);
+  if (notified) __tsan_acquire(const_cast<Notification*>(this));
+  return notified;
+}
+bool Notification::WaitForNotificationWithDeadline(absl::Time deadline) const {
+  static auto real = Real<bool (*)(const Notification*, absl::Time)>(
+      "_ZNK4absl7debian312Notification31WaitForNotificationWithDeadlineENS0_4TimeE");
+  bool notified = real(this, deadline);
+  if (notified) __tsan_acquire(const_cast<Notification*>(this));
+  return notified;
 }
 ABSL_NAMESPACE_END
 }  // namespace absl
