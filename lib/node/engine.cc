@@ -503,16 +503,18 @@ absl::StatusOr<MappedRegion*> Engine::MapRegion(const RegionOptions& options) {
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
-  if (!w->done.WaitForNotificationWithTimeout(absl::FromChrono(options_.connect_timeout) +
-                                              kEngineSlack)) {
-    w->Fail(absl::DeadlineExceededError("mapping: the engine did not answer"));
-  }
-  if (!w->status.ok()) {
+  // The waiter is the engine's until `done`: on a timeout, do not touch its status.
+  const absl::Status status =
+      w->done.WaitForNotificationWithTimeout(absl::FromChrono(options_.connect_timeout) +
+                                             kEngineSlack)
+          ? w->status
+          : absl::DeadlineExceededError("mapping: the engine did not answer");
+  if (!status.ok()) {
     (void)RunOnEngine([this, id = w->region] {
       regions_.erase(id);
       return absl::OkStatus();
     });
-    return w->status;
+    return status;
   }
   return mapped;
 }
