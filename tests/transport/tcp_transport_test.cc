@@ -151,6 +151,26 @@ TEST(TcpTransport, GarbageAndBadHellosCloseOnlyThatConnection) {
   }
 }
 
+// A client that connects and says nothing is closed after peer_timeout (it would otherwise
+// hold one of the few slots for connections without Hello for good); the nodes keep working.
+TEST(TcpTransport, AClientThatNeverSaysHelloIsClosed) {
+  auto c = TestCluster::Create(TransportKind::kTcp, 2, {}, std::chrono::seconds(20),
+                               /*inject_faults=*/false, std::chrono::milliseconds(300));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE((*c)->WaitAllUp());
+  TestCluster& cl = **c;
+  const uint64_t bad_before = cl.node(0).transport().counters().bad_messages;
+  RawClient silent(cl.port(0));
+  ASSERT_TRUE(silent.connected());
+  EXPECT_TRUE(silent.WaitClosed()) << "node 0 kept a connection that never said Hello";
+  EXPECT_TRUE(cl.node(0).rec().WaitUntil([&](const Recorder&) {
+    return cl.node(0).transport().counters().bad_messages > bad_before;
+  })) << "not counted as a bad message";
+  EXPECT_TRUE(cl.node(0).rec().down().empty()) << "a legitimate peer was reported down";
+  ExpectStillServing(cl, 0, 1);
+  ExpectStillServing(cl, 1, 0);
+}
+
 // Node 1 of a 2-node cluster is a raw socket: after a good Hello, a corrupt frame (or a frame
 // with the wrong src) makes node 0 close the connection and report node 1 down once.
 TEST(TcpTransport, CorruptFrameFromPeerReportsItDown) {

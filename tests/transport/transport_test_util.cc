@@ -172,7 +172,8 @@ void TestNode::Stop() {
 
 absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Create(
     TransportKind kind, size_t n, std::vector<NodeId> start,
-    std::chrono::milliseconds connect_timeout, bool inject_faults) {
+    std::chrono::milliseconds connect_timeout, bool inject_faults,
+    std::chrono::milliseconds peer_timeout) {
   static std::atomic<int> hub_seq{0};
   if (start.empty()) {
     for (NodeId i = 0; i < n; ++i) start.push_back(i);
@@ -196,6 +197,7 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Create(
       o.transport = kind;
       o.loopback_hub = hub;
       o.connect_timeout = connect_timeout;
+      o.peer_timeout = peer_timeout;
       absl::Status s = c->nodes_[i]->Init(o, inject_faults);
       if (s.ok()) s = c->nodes_[i]->Start();
       if (!s.ok()) {

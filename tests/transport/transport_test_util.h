@@ -106,7 +106,8 @@ class TestCluster {
   static absl::StatusOr<std::unique_ptr<TestCluster>> Create(
       TransportKind kind, size_t n, std::vector<NodeId> start = {},
       std::chrono::milliseconds connect_timeout = std::chrono::seconds(20),
-      bool inject_faults = false);
+      bool inject_faults = false,
+      std::chrono::milliseconds peer_timeout = std::chrono::seconds(10));
   TestNode& node(NodeId i) { return *nodes_[i]; }
   const std::vector<std::string>& peers() const { return peers_; }
   uint16_t port(NodeId i) const { return ports_[i]; }

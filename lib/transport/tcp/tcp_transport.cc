@@ -236,6 +236,15 @@ void TcpTransport::OnAccept(int fd) {
   hello.arg = cluster_size_;
   c->Enqueue(std::move(hello));
   c->StartReceiving();
+  // A client that connects and never says Hello holds a slot and a receive buffer: like any
+  // silent peer, it has peer_timeout to speak.
+  std::weak_ptr<TcpConnection> weak = c;
+  loop_->RunAfter(absl::FromChrono(options_.peer_timeout), [a = alive_, weak] {
+    std::shared_ptr<TcpConnection> conn = weak.lock();
+    if (a->t == nullptr || conn == nullptr || conn->closed() || conn->hello_done) return;
+    a->t->Reject(conn.get(), absl::DeadlineExceededError("no Hello within peer_timeout"),
+                 /*bad=*/true);
+  });
 }
 
 void TcpTransport::OnFrame(TcpConnection* c, absl::Span<const uint8_t> frame) {
