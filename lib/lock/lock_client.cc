@@ -78,7 +78,8 @@ uint64_t LockClient::Acquire(RegionId region, NodeId arbiter, uint64_t region_si
     ++counters_.deadline_expired;
     return fail(absl::DeadlineExceededError("lock: deadline already passed"));
   }
-  requests_.emplace(id, Request{region, arbiter, request, State::kPending, std::move(done)});
+  requests_.emplace(id,
+                    Request{region, arbiter, request, State::kPending, std::move(done), now});
   ++num_pending_;
   if (request.deadline != absl::InfiniteFuture()) deadlines_.emplace(request.deadline, id);
   Message m;
@@ -91,6 +92,19 @@ uint64_t LockClient::Acquire(RegionId region, NodeId arbiter, uint64_t region_si
   m.arg = PackAcquireArg(len, request.mode, request.try_lock);
   port_->Send(std::move(m));
   return id;
+}
+
+void LockClient::CollectOverdue(absl::Time now, absl::Duration timeout,
+                                std::vector<NodeId>* peers) const {
+  uint64_t seen = 0;
+  for (const auto& [id, r] : requests_) {
+    if (r.state != State::kPending || now - r.sent <= timeout || r.arbiter >= 64 ||
+        ((seen >> r.arbiter) & 1) != 0) {
+      continue;
+    }
+    seen |= uint64_t{1} << r.arbiter;
+    peers->push_back(r.arbiter);
+  }
 }
 
 void LockClient::FailPending(uint64_t id, absl::Status status) {

@@ -124,6 +124,11 @@ class LockClient {
 
   // Pending requests whose deadline is <= now fail with kDeadlineExceeded (kLockCancel sent).
   void OnTick(absl::Time now);
+  // Arbiters that have left a request without any answer (not even kQueued, which an arbiter
+  // sends at once for a lock it cannot grant) for longer than `timeout`: the node layer
+  // declares them down, as for any peer that owes an answer. A request the arbiter queued
+  // may wait for the lock as long as its own deadline says.
+  void CollectOverdue(absl::Time now, absl::Duration timeout, std::vector<NodeId>* peers) const;
   absl::Time NextDeadline() const;
 
   // The region was unmapped here: pending requests fail with kUnavailable (kLockCancel sent),
@@ -152,6 +157,7 @@ class LockClient {
     LockRequest request;
     State state;
     LockCallback done;  // empty once delivered
+    absl::Time sent;    // when kLockAcquire went out
   };
 
   void SendSimple(MsgType type, const Request& r, uint64_t id);

@@ -448,6 +448,7 @@ void Engine::Tick(absl::Time now) {
     r->cache().CollectOverdue(now, timeout, &overdue);
     if (r->directory() != nullptr) r->directory()->CollectOverdue(now, timeout, &overdue);
   }
+  locks_->CollectOverdue(now, timeout, &overdue);
   std::sort(overdue.begin(), overdue.end());
   overdue.erase(std::unique(overdue.begin(), overdue.end()), overdue.end());
   for (NodeId peer : overdue) {

@@ -78,6 +78,10 @@ class LockService final : lock::LockTablePort, lock::LockClientPort, lock::Barri
   void OnPeerDown(NodeId peer);
   // Periodic housekeeping (the engine's tick); the precise timer does the real work.
   void OnTick(absl::Time now);
+  // Arbiters that owe this node an answer to a lock request for longer than `timeout`.
+  void CollectOverdue(absl::Time now, absl::Duration timeout, std::vector<NodeId>* peers) const {
+    client_.CollectOverdue(now, timeout, peers);
+  }
   // Region `region` is being unmapped on this node (call before the MappedRegion goes): this
   // node's requests in it fail and its held locks are released at the arbiter; at the arbiter
   // the region's table is dropped (waiters get kShuttingDown).

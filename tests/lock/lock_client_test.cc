@@ -98,6 +98,33 @@ TEST_F(LockClientTest, AcquireSendsRequestAndGrantDeliversHandle) {
   EXPECT_EQ(client_.Release(id).code(), absl::StatusCode::kNotFound);
 }
 
+// An arbiter that never answers a request (not even kQueued) is reported overdue after the
+// timeout, so the node declares it down and the request fails instead of waiting forever. A
+// queued request is not overdue: waiting for a held lock is what it asked for.
+TEST_F(LockClientTest, ArbiterSilentPastTheTimeoutIsReportedOverdue) {
+  const absl::Duration timeout = absl::Seconds(10);
+  const uint64_t silent = Start(0, 8, kX);
+  const uint64_t queued = Start(64, 8, kX);
+  client_.OnMessage(Reply(queued, LockReplyCode::kQueued), now_);
+  std::vector<NodeId> overdue;
+  client_.CollectOverdue(now_ + timeout, timeout, &overdue);
+  EXPECT_TRUE(overdue.empty()) << "reported before the timeout";
+  client_.CollectOverdue(now_ + timeout + absl::Milliseconds(1), timeout, &overdue);
+  EXPECT_EQ(overdue, std::vector<NodeId>{kArbiter});
+  client_.OnPeerDown(kArbiter);  // what the node layer then does
+  ASSERT_TRUE(Result(0).has_value());
+  EXPECT_EQ(Result(0)->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(client_.is_pending(silent));
+  // Answered (queued) requests alone are never overdue.
+  LockClient other(LockClient::Config{2}, &port_);
+  LockRequest r{0, 8, kX, false, absl::InfiniteFuture()};
+  const uint64_t id = other.Acquire(kRegion, kArbiter, 0, r, now_, [](absl::StatusOr<LockHandle>) {});
+  other.OnMessage(Reply(id, LockReplyCode::kQueued), now_);
+  overdue.clear();
+  other.CollectOverdue(now_ + absl::Hours(1), timeout, &overdue);
+  EXPECT_TRUE(overdue.empty());
+}
+
 TEST_F(LockClientTest, TryLockBusyIsAborted) {
   const uint64_t id = Start(0, 1, kS, absl::InfiniteFuture(), /*try_lock=*/true);
   EXPECT_TRUE(AcquireTry(port_.Take()[0].arg));
