@@ -44,6 +44,14 @@ struct Stats {
   uint64_t sample_faults = 0;          // write faults that only re-marked a page as in use
   uint64_t eviction_time_us = 0;       // engine time spent choosing and releasing victims
   uint64_t buffer_pool_misses = 0;     // write-back buffers allocated on the fault path
+  // Byte-range locks this node asked for (include/dsm/lock.h): requests, grants, how many had
+  // to wait (queued at the arbiter), failures (deadline, try-lock busy, arbiter down, ...) and
+  // held locks lost with their arbiter.
+  uint64_t lock_requests = 0;
+  uint64_t locks_granted = 0;
+  uint64_t locks_queued = 0;
+  uint64_t locks_failed = 0;
+  uint64_t locks_lost = 0;
   // Options::lock_memory: whether every lock asked for succeeded, and the bytes locked.
   bool memory_locked = false;
   uint64_t memory_locked_bytes = 0;

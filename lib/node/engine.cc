@@ -669,6 +669,12 @@ Stats Engine::GetStats() {
     out.bytes_sent = t.bytes_sent;
     out.bytes_received = t.bytes_received;
     out.bad_messages = t.bad_messages;
+    const lock::LockClient::Counters lc = locks_->counters().client;
+    out.lock_requests = lc.requests;
+    out.locks_granted = lc.granted;
+    out.locks_queued = lc.queued;
+    out.locks_failed = lc.failed;
+    out.locks_lost = lc.lost;
     return absl::OkStatus();
   });
   return out;

@@ -120,6 +120,11 @@ std::string Stats::ToString() const {
   line("sample_faults", sample_faults);
   line("eviction_time_us", eviction_time_us);
   line("buffer_pool_misses", buffer_pool_misses);
+  line("lock_requests", lock_requests);
+  line("locks_granted", locks_granted);
+  line("locks_queued", locks_queued);
+  line("locks_failed", locks_failed);
+  line("locks_lost", locks_lost);
   line("memory_locked", memory_locked ? 1 : 0);
   line("memory_locked_bytes", memory_locked_bytes);
   return s;

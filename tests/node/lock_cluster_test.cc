@@ -295,6 +295,13 @@ TEST_P(LockClusterTest, CancelDeadlineAndBadRanges) {
             absl::StatusCode::kAborted);
   ASSERT_TRUE(holder->Unlock().ok());
   EXPECT_TRUE(region(1)->TryLock(0, 16, LockMode::kExclusive).ok());
+  Step("node 1's Stats count its lock traffic");
+  const Stats s1 = node(1)->GetStats();
+  EXPECT_EQ(s1.lock_requests, 5u);  // late, two bad ranges, the busy try, the last try
+  EXPECT_EQ(s1.locks_granted, 1u);
+  EXPECT_GE(s1.locks_queued, 1u);   // `late` waited at the arbiter before its deadline
+  EXPECT_EQ(s1.locks_failed, 4u);
+  EXPECT_EQ(s1.locks_lost, 0u);
 }
 
 TEST_P(LockClusterTest, BarriersOfAllNodesAndOfANamedGroup) {
