@@ -29,7 +29,11 @@ struct Cache::Impl {
     bool waited = false;      // a thread waits for it (false only for readahead not yet joined)
   };
 
-  Impl(Config config, CachePort* p) : cfg(std::move(config)), port(p), pages(cfg.num_pages) {
+  Impl(Config config, CachePort* p)
+      : cfg(std::move(config)),
+        port(p),
+        pages(cfg.num_pages),
+        next_req_id(std::max<uint64_t>(cfg.first_req_id, 1)) {
     pending.reserve(256);  // the fault path does not grow it below this many requests
   }
 
@@ -37,7 +41,7 @@ struct Cache::Impl {
   CachePort* port;
   LazyArray<uint8_t> pages;
   absl::flat_hash_map<PageIndex, Request> pending;
-  uint64_t next_req_id = 1;
+  uint64_t next_req_id;
   uint64_t down = 0;  // homes declared down
   Counters c;
   // Readahead stream (one per region): the last read miss, the length of the current run of

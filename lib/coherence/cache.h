@@ -119,6 +119,10 @@ class Cache {
     // requests for up to this many pages ahead (window 4, doubling while the stream
     // continues, reset by a non-sequential read miss). 0 disables it.
     uint64_t readahead_max_pages = 0;
+    // Request ids start here. A node gives each mapping of a region its own range, so a late
+    // reply to an earlier mapping of the same region (same RegionId) matches no request of
+    // this one and is ignored.
+    uint64_t first_req_id = 1;
   };
   static constexpr uint64_t kReadaheadTrigger = 2;
   Cache(Config config, CachePort* port);

@@ -66,6 +66,8 @@ class Engine final : public Transport::Handler, public RegionHost {
   Userfaultfd& uffd() override { return *uffd_; }
   Evictor* evictor() override { return evictor_.get(); }
   size_t readahead_max_pages() const override { return options_.readahead_max_pages; }
+  // 2^40 request ids per mapping, 2^24 mappings per node lifetime before ids could repeat.
+  uint64_t TakeRequestIdRange() override { return (++mappings_made_ << 40) | 1; }
   void ReportLost(const std::string& region, PageIndex first, uint64_t count) override;
 
  private:
@@ -116,6 +118,7 @@ class Engine final : public Transport::Handler, public RegionHost {
   uint64_t next_req_id_ = 1;
   uint64_t down_mask_ = 0;  // peers declared down (bit per node id)
   absl::Time next_tick_ = absl::InfinitePast();
+  uint64_t mappings_made_ = 0;  // engine thread; see TakeRequestIdRange
   // How long each Poll() may busy-poll (Options::poll_spin is its cap): fed with this node's
   // sends, received messages and faults.
   SpinPolicy spin_;

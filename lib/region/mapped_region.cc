@@ -76,7 +76,8 @@ absl::StatusOr<std::unique_ptr<MappedRegion>> MappedRegion::Create(const RegionO
         coherence::Directory::Config{self, r->id_, r->num_pages_, cluster_size, home}, raw);
   }
   r->cache_ = std::make_unique<coherence::Cache>(
-      coherence::Cache::Config{self, r->id_, r->num_pages_, home, host->readahead_max_pages()},
+      coherence::Cache::Config{self, r->id_, r->num_pages_, home, host->readahead_max_pages(),
+                               host->TakeRequestIdRange()},
       raw);
   if (Evictor* ev = host->evictor()) {
     r->evictor_ = ev;

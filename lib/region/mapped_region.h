@@ -35,6 +35,8 @@ class RegionHost {
   virtual Evictor* evictor() { return nullptr; }
   // Options::readahead_max_pages (0: no readahead).
   virtual size_t readahead_max_pages() const { return 0; }
+  // The first request id of a new mapping: each mapping gets its own range (Cache::Config).
+  virtual uint64_t TakeRequestIdRange() { return 1; }
 
  protected:
   ~RegionHost() = default;

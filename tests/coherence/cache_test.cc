@@ -289,6 +289,25 @@ TEST(Cache, WriteBackAllWriteProtectsEachRunOfModifiedPagesInOneCall) {
   EXPECT_EQ(homes, (std::vector<NodeId>{0}));
 }
 
+// A node maps, unmaps and maps the same region again (same RegionId): a grant still in
+// flight for the first mapping must not be taken for a request of the second. Each mapping
+// numbers its requests from its own range.
+TEST(Cache, ARemappedRegionIgnoresRepliesToTheEarlierMapping) {
+  RecordingPort old_port, new_port;
+  Cache old_map({1, 1, 8, HomeAt(0), 0, (uint64_t{1} << 40) | 1}, &old_port);
+  Cache new_map({1, 1, 8, HomeAt(0), 0, (uint64_t{2} << 40) | 1}, &new_port);
+  old_map.OnFault(3, false, kT0);
+  new_map.OnFault(3, false, kT0);
+  ASSERT_NE(old_port.sent.back().req_id, new_port.sent.back().req_id);
+  // The late answer to the first mapping reaches the second (the engine routes by region).
+  new_map.OnMessage(Reply(MsgType::kData, old_port.sent.back(), uint64_t(Grant::kShared)), kT0);
+  EXPECT_TRUE(new_port.installs.empty());
+  EXPECT_TRUE(new_map.pending(3));
+  EXPECT_EQ(new_map.counters().protocol_errors, 1u);
+  new_map.OnMessage(Reply(MsgType::kData, new_port.sent.back(), uint64_t(Grant::kShared)), kT0);
+  EXPECT_EQ(new_map.state(3), PageState::kShared);
+}
+
 TEST(Cache, CollectOverdueReportsSlowHomes) {
   RecordingPort port;
   Cache c({1, 1, 8, [](PageIndex p) { return static_cast<NodeId>(p % 3); }}, &port);
