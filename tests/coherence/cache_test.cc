@@ -6,15 +6,16 @@
 #include "coherence/cache.h"
 #include "gtest/gtest.h"
 #include "sim.h"
+#include "test_util.h"
 
 namespace dsm::coherence {
 namespace {
 
-using sim::Sim;
+using test::HomeAt;
+using test::Reply;
+using test::kT0;
 
-HomeFn HomeAt(NodeId h) {
-  return [h](PageIndex) { return h; };
-}
+using sim::Sim;
 
 // Records every port call of one Cache.
 class RecordingPort final : public CachePort {
@@ -34,20 +35,6 @@ class RecordingPort final : public CachePort {
   std::vector<std::pair<PageIndex, uint64_t>> downgrades;
   int drops = 0, wakes = 0;
 };
-
-Message Reply(MsgType t, const Message& req, uint64_t arg) {
-  Message m;
-  m.type = t;
-  m.src = req.dst;
-  m.dst = req.src;
-  m.page = req.page;
-  m.req_id = req.req_id;
-  m.arg = arg;
-  if (t == MsgType::kData) m.payload.assign(kPageSize, 7);
-  return m;
-}
-
-const absl::Time kT0 = absl::UnixEpoch();
 
 TEST(Cache, ManyFaultsOnOnePageSendOneRequest) {
   Sim sim(2, 1, HomeAt(0));

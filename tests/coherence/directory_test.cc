@@ -9,9 +9,12 @@
 #include "coherence/cache.h"
 #include "coherence/directory.h"
 #include "gtest/gtest.h"
+#include "test_util.h"
 
 namespace dsm::coherence {
 namespace {
+
+using test::kT0;
 
 using ES = Directory::EntryState;
 
@@ -32,8 +35,6 @@ class HomePort final : public DirectoryPort {
   int stores = 0;
   bool fail_loads = false;
 };
-
-const absl::Time kT0 = absl::UnixEpoch();
 
 Message Msg(MsgType t, NodeId src, PageIndex page, uint64_t arg = 0, uint64_t req_id = 1) {
   Message m;

@@ -2,13 +2,12 @@
 // the brief and checks both the messages on the wire and the invariants of sim.h.
 #include "gtest/gtest.h"
 #include "sim.h"
+#include "test_util.h"
 
 namespace dsm::coherence::sim {
 namespace {
 
-HomeFn HomeAt(NodeId h) {
-  return [h](PageIndex) { return h; };
-}
+using test::HomeAt;
 
 MsgType HeadType(const Sim& sim, NodeId src, NodeId dst) {
   EXPECT_FALSE(sim.channel(src, dst).empty()) << src << "->" << dst;

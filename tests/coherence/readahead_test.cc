@@ -12,13 +12,16 @@
 #include "common/log.h"
 #include "gtest/gtest.h"
 #include "sim.h"
+#include "test_util.h"
 
 namespace dsm::coherence {
 namespace {
 
-using sim::Sim;
+using test::HomeAt;
+using test::Reply;
+using test::kT0;
 
-const absl::Time kT0 = absl::UnixEpoch();
+using sim::Sim;
 
 class RecordingPort final : public CachePort {
  public:
@@ -43,18 +46,6 @@ class RecordingPort final : public CachePort {
   std::vector<std::pair<PageIndex, uint64_t>> runs_installed;
   int room = 1 << 30;
 };
-
-Message Reply(MsgType t, const Message& req, uint64_t arg) {
-  Message m;
-  m.type = t;
-  m.src = req.dst;
-  m.dst = req.src;
-  m.page = req.page;
-  m.req_id = req.req_id;
-  m.arg = arg;
-  if (t == MsgType::kData) m.payload.assign(kPageSize, 7);
-  return m;
-}
 
 // Pages of the kGetS sent from index `from` on.
 std::vector<PageIndex> GetSPages(const RecordingPort& port, size_t from = 0) {
@@ -285,10 +276,6 @@ TEST(Readahead, StopsWhereThePortHasNoRoom) {
   EXPECT_EQ(GetSRuns(port), (Runs{{2, 2}}));  // the pages reserved before the refusal
   EXPECT_EQ(cache.counters().prefetches, 2u);
   EXPECT_FALSE(cache.pending(4));
-}
-
-HomeFn HomeAt(NodeId h) {
-  return [h](PageIndex) { return h; };
 }
 
 // Node `n` reads pages 0 and 1, one at a time: a sequential stream whose readahead then asks

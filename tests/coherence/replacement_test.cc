@@ -8,15 +8,14 @@
 #include "common/log.h"
 #include "gtest/gtest.h"
 #include "sim.h"
+#include "test_util.h"
 
 namespace dsm::coherence {
 namespace {
 
-using sim::Sim;
+using test::HomeAt;
 
-HomeFn HomeAt(NodeId h) {
-  return [h](PageIndex) { return h; };
-}
+using sim::Sim;
 
 // Runs one access on node n to completion (the system settles in channel order).
 void Complete(Sim& sim, NodeId n, PageIndex p, bool write) {

@@ -1,0 +1,32 @@
+// Small helpers shared by the coherence tests: a fixed home, a reply built from a request, a
+// fixed clock.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/time/time.h"
+#include "coherence/types.h"
+
+namespace dsm::coherence::test {
+
+inline const absl::Time kT0 = absl::UnixEpoch();
+
+// Every page is homed at node h.
+inline HomeFn HomeAt(NodeId h) {
+  return [h](PageIndex) { return h; };
+}
+
+// The home's answer of type t to request `req`, with `arg`; kData carries a page of 7s.
+inline Message Reply(MsgType t, const Message& req, uint64_t arg) {
+  Message m;
+  m.type = t;
+  m.src = req.dst;
+  m.dst = req.src;
+  m.page = req.page;
+  m.req_id = req.req_id;
+  m.arg = arg;
+  if (t == MsgType::kData) m.payload.assign(kPageSize, 7);
+  return m;
+}
+
+}  // namespace dsm::coherence::test
