@@ -163,7 +163,7 @@ void Evictor::AddStats(Stats* out) const {
 }
 
 void Evictor::Protect(int space, PageIndex first, uint64_t n) {
-  if (MappedRegion* r = Region(space)) r->ProtectRun(first, n);
+  if (MappedRegion* r = Region(space)) (void)r->ProtectRun(first, n);  // else page by page
 }
 
 void Evictor::Unprotect(int space, PageIndex page) {

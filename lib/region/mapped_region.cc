@@ -160,13 +160,7 @@ void MappedRegion::SetAccess(PageIndex page, coherence::PageState state) {
 }
 
 void MappedRegion::DowngradeRun(PageIndex first, uint64_t n) {
-  if (batch_.active) {  // batch mode tracks protected runs page by page; keep it simple
-    for (uint64_t i = 0; i < n; ++i) SetAccess(first + i, coherence::PageState::kShared);
-    return;
-  }
-  absl::Status s = host_->uffd().WriteProtect(PageAddr(first), n * kPageSize, true);
-  if (!s.ok()) {
-    DSM_LOG(ERROR) << "region " << options_.name << " pages " << first << "+" << n << ": " << s;
+  if (!ProtectRun(first, n)) {
     for (uint64_t i = 0; i < n; ++i) SetAccess(first + i, coherence::PageState::kShared);
     return;
   }
@@ -236,9 +230,9 @@ void MappedRegion::CancelPrefetch(PageIndex page) {
 }
 
 // One UFFDIO_COPY (read-only) for the whole run: a 64-page run costs one ioctl and one TLB
-// flush instead of 64. UFFDIO_MOVE would avoid the copy, but it needs page-aligned private
-// anonymous source pages and the run arrives in the transport's receive buffer; the copy
-// (~4.5 GB/s here) is not what limits a scan (the network is, ~0.7 GB/s).
+// flush instead of 64. UFFDIO_MOVE would avoid this copy (one of five per page on the scan
+// path, docs/PERFORMANCE.md), but it needs page-aligned private anonymous source pages and
+// the run arrives in the transport's receive buffer, decoded into a vector.
 void MappedRegion::InstallRun(PageIndex first, uint64_t n, const uint8_t* data) {
   absl::Status s = host_->uffd().Copy(PageAddr(first), data, n * kPageSize,
                                       /*write_protect=*/true);
@@ -258,15 +252,16 @@ void MappedRegion::InstallRun(PageIndex first, uint64_t n, const uint8_t* data) 
   }
 }
 
-void MappedRegion::ProtectRun(PageIndex first, uint64_t n) {
-  if (first >= num_pages_ || n == 0) return;
+bool MappedRegion::ProtectRun(PageIndex first, uint64_t n) {
+  if (first >= num_pages_ || n == 0) return true;
   n = std::min<uint64_t>(n, num_pages_ - first);
   absl::Status s = host_->uffd().WriteProtect(PageAddr(first), n * kPageSize, true);
   if (!s.ok()) {
     DSM_LOG(ERROR) << "region " << options_.name << " pages " << first << "+" << n << ": " << s;
-    return;  // SetAccess will protect each page itself
+    return false;  // SetAccess will protect each page itself
   }
   if (batch_.active) batch_.protected_runs.push_back({first, n});
+  return true;
 }
 
 void MappedRegion::UnprotectPage(PageIndex page) {

@@ -98,7 +98,8 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
   int space() const { return space_; }
   // Write-protects [first, first + n) in one ioctl. Inside a batch, SetAccess(S) on these
   // pages then skips its own ioctl.
-  void ProtectRun(PageIndex first, uint64_t n);
+  // Returns false if the ioctl failed (nothing recorded; protect page by page instead).
+  bool ProtectRun(PageIndex first, uint64_t n);
   // Removes sampling protection from one Modified page (wakes its waiters).
   void UnprotectPage(PageIndex page);
   // Between BeginBatch and EndBatch, Drop only records the page and Send queues the message;
