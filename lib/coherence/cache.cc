@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "common/log.h"
+#include "common/payload_pool.h"
 
 namespace dsm::coherence {
 namespace {
@@ -546,6 +547,7 @@ size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
       if (n == 1) {
         s.port->TakePageBuffer(&m.payload);
       } else {
+        m.payload = TakePayloadBuffer(n * kPageSize);
         m.payload.resize(n * kPageSize);
       }
       for (uint64_t i = 0; i < n; ++i) {

@@ -7,6 +7,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "common/log.h"
+#include "common/payload_pool.h"
 
 namespace dsm::coherence {
 namespace {
@@ -165,7 +166,7 @@ void Directory::Impl::OnRunRequest(const Message& m) {
     if (m.arg == 0) return;  // no page is waiting on an answer
     reply.arg = kMaxRunPages;
   }
-  reply.payload.reserve(reply.arg * kPageSize);
+  reply.payload = TakePayloadBuffer(reply.arg * kPageSize);  // recycled after the send
   for (uint64_t i = 0; i < reply.arg; ++i) {
     const PageIndex q = m.page + i;
     if (q >= cfg.num_pages || cfg.home(q) != cfg.self || txns.contains(q) || IsLost(q) ||

@@ -9,6 +9,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/payload_pool.h"
 #include "common/status_macros.h"
 #include "node/lock_service.h"
 
@@ -235,6 +236,12 @@ MappedRegion* Engine::FindRegion(RegionId id) {
 
 void Engine::OnMessage(Message&& m) {
   spin_.OnInput(absl::Now(), /*message=*/true);
+  Dispatch(m);
+  // The handlers copy what they keep: a page run's buffer serves the next run.
+  if (!m.payload.empty()) RecyclePayloadBuffer(std::move(m.payload));
+}
+
+void Engine::Dispatch(Message& m) {
   if (m.src < 64 && (down_mask_ >> m.src) & 1 && m.src != options_.node_id) return;
   if (LockService::Handles(m.type)) return locks_->OnMessage(std::move(m));
   switch (m.type) {

@@ -88,6 +88,7 @@ class Engine final : public Transport::Handler, public RegionHost {
   void ReplyUnknownRegion(const Message& m);
   // The header of this node's answer to `m` (same region, page and req_id, back to its sender).
   Message ReplyTo(const Message& m, MsgType type, uint64_t arg = 0) const;
+  void Dispatch(Message& m);  // OnMessage without the buffer recycling
   void HandleRegionOpen(const Message& m);
   void HandleSyncReq(const Message& m);
   void CompleteWaiter(uint64_t req_id, NodeId from, ErrorCode code);

@@ -60,6 +60,12 @@ HomeStorage::~HomeStorage() {
 absl::Status HomeStorage::Load(PageIndex page, uint8_t* out) {
   if (page >= num_pages_) return absl::OutOfRangeError("page beyond the region");
   uint8_t* slot = pages_ + page * kPageSize;
+  if (!Test(loaded_, page) && fd_ < 0) {
+    // Never stored: zero. Reading the slot would fault in the zero page and a page table for
+    // nothing (a scan of a fresh region paid one fault per page here).
+    std::memset(out, 0, kPageSize);
+    return absl::OkStatus();
+  }
   if (!Test(loaded_, page) && fd_ >= 0) {
     size_t done = 0;
     while (done < kPageSize) {

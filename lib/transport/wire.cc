@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "common/payload_pool.h"
 
 namespace dsm {
 namespace {
@@ -288,6 +289,8 @@ absl::StatusOr<Message> DecodeMessage(absl::Span<const uint8_t> frame, size_t cl
   m.page = Get64(h + kOffPage);
   m.req_id = Get64(h + kOffReqId);
   m.arg = f.arg;
+  // Large payloads (page runs) reuse a buffer of this thread: see common/payload_pool.h.
+  if (f.payload_len >= kPayloadPoolMinCapacity) m.payload = TakePayloadBuffer(f.payload_len);
   m.payload.assign(payload, payload + f.payload_len);
   return m;
 }

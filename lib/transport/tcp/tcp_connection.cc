@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/payload_pool.h"
 #include "transport/wire.h"
 
 namespace dsm {
@@ -219,6 +220,8 @@ void TcpConnection::OnSend(int res) {
     if (s.open && spare_.size() < 4 && s.bytes.capacity() <= 2 * kCoalesceMax) {
       s.bytes.clear();
       spare_.push_back(std::move(s.bytes));
+    } else if (!s.open) {
+      RecyclePayloadBuffer(std::move(s.bytes));  // a page run's buffer: reused by the next one
     }
     tx_.pop_front();
   }
