@@ -2,21 +2,30 @@
 // write-protect fault answered with UFFDIO_WRITEPROTECT, with no network and no dsm code. A
 // handler thread serves the faults either busy-polling a non-blocking uffd (the best case
 // here) or sleeping in poll() (for comparison).
+//
+// Composed floors: the same mechanisms chained the way a remote fault or a readahead run
+// chains them, still without dsm code, over a raw TCP connection to the bench's raw server
+// (another process, busy-polling): they show what the sum of the floors becomes when the
+// pieces share this machine's vCPUs at once.
 #include "bench_floors.h"
 
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "bench_common.h"
@@ -27,8 +36,10 @@ namespace {
 class UffdFloor {
  public:
   // pages: size of the registered anonymous range. busy: handler busy-polls the uffd.
-  // wp_install: MISSING faults are answered with UFFDIO_COPY_MODE_WP.
-  absl::Status Start(size_t pages, bool busy) {
+  // fetch_fd >= 0: each MISSING fault first fetches its page from the raw server on that
+  // socket (64 B request, 4 KiB reply, busy-polled), as a remote fault would.
+  absl::Status Start(size_t pages, bool busy, int fetch_fd = -1) {
+    fetch_fd_ = fetch_fd;
     len_ = pages * kPage;
     fd_ = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
     if (fd_ < 0) return absl::ErrnoToStatus(errno, "userfaultfd (root or vm.unprivileged_userfaultfd=1)");
@@ -79,7 +90,12 @@ class UffdFloor {
     while (!stop_.load(std::memory_order_relaxed)) {
       ssize_t n = read(fd_, &msg, sizeof(msg));
       if (n != sizeof(msg)) {
-        if (busy_) {
+        if (busy_ && fetch_fd_ >= 0) {
+          // Three busy threads (this one, the raw server, the faulting thread once woken) on
+          // two vCPUs: without a yield the woken thread may wait a whole time slice (~8 ms
+          // medians were seen). The dsm engine's spin yields the same way.
+          sched_yield();
+        } else if (busy_) {
           CpuRelax();
         } else {
           pollfd p{fd_, POLLIN, 0};
@@ -95,6 +111,15 @@ class UffdFloor {
         wp.mode = 0;  // clear, and wake
         ioctl(fd_, UFFDIO_WRITEPROTECT, &wp);
       } else {
+        if (fetch_fd_ >= 0) {
+          RawRequest req{};
+          req.op = RawOp::kRtt;
+          req.len = kPage;
+          if (!SendAll(fetch_fd_, &req, sizeof(req)).ok() ||
+              !RecvAllSpin(fetch_fd_, src_, kPage).ok()) {
+            fetch_failed_.store(true);
+          }
+        }
         uffdio_copy c{};
         c.dst = addr;
         c.src = reinterpret_cast<uint64_t>(src_);
@@ -106,11 +131,17 @@ class UffdFloor {
   }
 
   int fd_ = -1;
+  int fetch_fd_ = -1;
   char* base_ = nullptr;
   size_t len_ = 0;
   bool busy_ = true;
   std::atomic<bool> wp_install_{false};
   std::atomic<bool> stop_{false};
+
+ public:
+  std::atomic<bool> fetch_failed_{false};
+
+ private:
   std::thread thread_;
   alignas(4096) char src_[kPage];
 };
@@ -177,6 +208,112 @@ void BM_FloorUffdWp(benchmark::State& state, bool busy) {
 }
 
 }  // namespace
+
+void BM_FloorRemoteFault(benchmark::State& state, int raw_fd) {
+  const size_t n = static_cast<size_t>(state.max_iterations);
+  // Warm up (the server may be sleeping in poll()), before the handler shares the socket.
+  RawRequest warm{};
+  warm.op = RawOp::kRtt;
+  warm.len = kPage;
+  std::vector<char> page(kPage);
+  for (int i = 0; i < 100; ++i) {
+    if (!SendAll(raw_fd, &warm, sizeof(warm)).ok() || !RecvAllSpin(raw_fd, page.data(), kPage).ok()) {
+      state.SkipWithError("raw fetch failed");
+      return;
+    }
+  }
+  UffdFloor f;
+  if (absl::Status s = f.Start(n, /*busy=*/true, raw_fd); !s.ok()) {
+    state.SkipWithError(s.ToString().c_str());
+    return;
+  }
+  // Pages in random order, as BM_ReadFault touches them.
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::mt19937_64 rng(5);
+  std::shuffle(order.begin(), order.end(), rng);
+  Samples lat;
+  lat.Reserve(n);
+  volatile char* p = f.base();
+  size_t i = 0;
+  char sink = 0;
+  for (auto _ : state) {
+    uint64_t t0 = NowNs();
+    sink = static_cast<char>(sink + p[order[i] * kPage]);
+    uint64_t t1 = NowNs();
+    ++i;
+    lat.Add(t1 - t0);
+    state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
+  }
+  benchmark::DoNotOptimize(sink);
+  if (f.fetch_failed_.load()) {
+    state.SkipWithError("raw fetch failed");
+    return;
+  }
+  ReportLatency(state, lat);
+}
+
+void BM_FloorRunInstall(benchmark::State& state, int raw_fd, size_t total_bytes) {
+  constexpr size_t kRun = 64 * kPage;
+  constexpr size_t kDepth = 4;  // requests in flight, as the readahead window keeps
+  const size_t runs = total_bytes / kRun;
+  const int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (uffd < 0) {
+    state.SkipWithError("userfaultfd: run as root");
+    return;
+  }
+  uffdio_api api{};
+  api.api = UFFD_API;
+  if (ioctl(uffd, UFFDIO_API, &api) != 0) {
+    close(uffd);
+    state.SkipWithError("UFFDIO_API failed");
+    return;
+  }
+  std::vector<char> buf(kRun);
+  RawRequest req{};
+  req.op = RawOp::kRtt;
+  req.len = kRun;
+  double bytes = 0, secs = 0;
+  bool failed = false;
+  for (auto _ : state) {
+    char* base = static_cast<char*>(mmap(nullptr, runs * kRun, PROT_READ | PROT_WRITE,
+                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    uffdio_register reg{};
+    reg.range = {reinterpret_cast<uint64_t>(base), runs * kRun};
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
+    if (base == MAP_FAILED || ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
+      failed = true;
+      break;
+    }
+    uint64_t t0 = NowNs();
+    size_t sent = 0;
+    for (size_t r = 0; r < runs && !failed; ++r) {
+      while (sent < runs && sent < r + kDepth) {
+        failed |= !SendAll(raw_fd, &req, sizeof(req)).ok();
+        ++sent;
+      }
+      failed |= !RecvAllSpin(raw_fd, buf.data(), kRun).ok();
+      uffdio_copy c{};
+      c.dst = reinterpret_cast<uint64_t>(base + r * kRun);
+      c.src = reinterpret_cast<uint64_t>(buf.data());
+      c.len = kRun;
+      c.mode = UFFDIO_COPY_MODE_WP;
+      failed |= ioctl(uffd, UFFDIO_COPY, &c) != 0;
+    }
+    uint64_t dt = NowNs() - t0;
+    munmap(base, runs * kRun);
+    bytes += static_cast<double>(runs * kRun);
+    secs += static_cast<double>(dt) * 1e-9;
+    state.SetIterationTime(static_cast<double>(dt) * 1e-9);
+  }
+  close(uffd);
+  if (failed) {
+    state.SkipWithError("run install floor: mmap, register, raw fetch or UFFDIO_COPY failed");
+    return;
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(bytes));
+  state.counters["MB_per_s"] = bytes / secs / 1e6;
+}
 
 void RegisterFloorBenchmarks(const BenchConfig& cfg) {
   const int64_t n = cfg.smoke ? 200 : 20000;

@@ -20,6 +20,14 @@ struct BenchConfig {
 
 // Local userfaultfd floors (bench_floors.cc).
 void RegisterFloorBenchmarks(const BenchConfig& cfg);
+// Composed floors over a connected raw-server socket (bench_common.h), registered with the
+// cluster benchmarks (they need the cluster's raw server):
+// one MISSING fault served by a busy-polling handler that fetches the page with a raw 4 KiB
+// request/response first (the prototype remote fault, no dsm code);
+void BM_FloorRemoteFault(benchmark::State& state, int raw_fd);
+// `total_bytes` received as 256 KiB replies, four requests in flight, each installed with one
+// UFFDIO_COPY of 64 pages, all on this thread (readahead's receive-and-install, no dsm code).
+void BM_FloorRunInstall(benchmark::State& state, int raw_fd, size_t total_bytes);
 // Raw TCP floors and every dsm figure (dsm_bench.cc).
 void RegisterClusterBenchmarks(const BenchConfig& cfg);
 

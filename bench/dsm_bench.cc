@@ -385,6 +385,16 @@ void BM_FloorTcpStream(benchmark::State& state, const Params& p) {
   state.counters["pages_per_s"] = bytes / kPage / secs;
 }
 
+// Composed floors (bench_floors.h) over this cluster's raw-server connection.
+void BM_FloorRemoteFaultRaw(benchmark::State& state, const Params& p) {
+  Cluster* c = GetClusterOrSkip(state, p);
+  if (c != nullptr) BM_FloorRemoteFault(state, c->raw_fd());
+}
+void BM_FloorRunInstallRaw(benchmark::State& state, const Params& p) {
+  Cluster* c = GetClusterOrSkip(state, p);
+  if (c != nullptr) BM_FloorRunInstall(state, c->raw_fd(), static_cast<size_t>(p.a));
+}
+
 // ---- dsm figures ----------------------------------------------------------------------------
 
 // Remote read fault (I -> S): one load of a fresh page homed on node 1, pages in random order
@@ -676,6 +686,8 @@ void RegisterClusterBenchmarks(const BenchConfig& cfg) {
     reg("Floor_TcpStream" + sfx, BM_FloorTcpStream, {net, stream_bytes, 4096}, smoke ? 1 : 5);
     reg("Floor_TcpStreamRun" + sfx, BM_FloorTcpStream, {net, stream_bytes, 256 << 10},
         smoke ? 1 : 5);
+    reg("Floor_RemoteFaultRaw" + sfx, BM_FloorRemoteFaultRaw, {net}, smoke ? 200 : 20000);
+    reg("Floor_RunInstallRaw" + sfx, BM_FloorRunInstallRaw, {net, stream_bytes}, smoke ? 1 : 3);
     reg("ReadFault" + sfx, BM_ReadFault, {net}, lat_iters);
     for (int k : {0, 1, 2, 4}) {
       reg(absl::StrCat("WriteMiss", sfx, "/k:", k), BM_WriteFault, {net, k, 0}, wr_iters);
