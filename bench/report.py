@@ -132,6 +132,14 @@ def main():
         for k, size in [(f"Floor_TcpStream/{n}", "4 KiB"), (f"Floor_TcpStreamRun/{n}", "256 KiB")]:
             w(f"| raw TCP streaming of {size} send()s ({n}), one direction | | | "
               f"{fmt(F.get(k, 'MB_per_s'))} MB/s |")
+        k = f"Floor_RemoteFaultRaw/{n}"
+        w(f"| composed: remote fault with no dsm code ({n}): busy-polling uffd handler fetches "
+          f"the page with a raw 4 KiB RTT, then UFFDIO_COPY | {fmt(F.get(k, 'median_us'))} | "
+          f"{fmt(F.get(k, 'p99_us'))} | |")
+        k = f"Floor_RunInstallRaw/{n}"
+        w(f"| composed: readahead receive-and-install with no dsm code ({n}): 256 KiB raw replies, "
+          f"4 in flight, one UFFDIO_COPY of 64 pages each, one thread | | | "
+          f"{fmt(F.get(k, 'MB_per_s'))} MB/s |")
     w("")
 
     # ---- figures --------------------------------------------------------------------------
@@ -220,6 +228,22 @@ def main():
                   f"{fmt(v)} faults/s | {fmt(one)} faults/s (1 thread) | {fmt(ratio)}× | "
                   f"{tgt or ''} | {verdict(ok)} |")
         w("")
+
+        # Against the composed floors: the same mechanisms chained, on the same vCPUs, in the
+        # same run, with no dsm code. What is left is the library's own cost.
+        cf = F.get(f"Floor_RemoteFaultRaw/{n}", "median_us")
+        rf = F.get(f"ReadFault/{n}", "median_us")
+        ci = F.get(f"Floor_RunInstallRaw/{n}", "MB_per_s")
+        sc = F.get(f"SeqScan/{n}", "MB_per_s")
+        if None not in (cf, rf) or None not in (ci, sc):
+            w("| against the composed floors (no target; the library's own share) | dsm | "
+              "composed floor | ratio |")
+            w("|---|---:|---:|---:|")
+            if None not in (cf, rf):
+                w(f"| remote read fault, median µs | {fmt(rf)} | {fmt(cf)} | {fmt(rf / cf)}× |")
+            if None not in (ci, sc):
+                w(f"| sequential scan, MB/s | {fmt(sc)} | {fmt(ci)} | {fmt(sc / ci)}× |")
+            w("")
 
         w("| per-page bookkeeping, 64 GiB region mapped, not touched | RSS growth | target | verdict |")
         w("|---|---:|---|---|")
@@ -322,6 +346,14 @@ def main():
   `recv(MSG_DONTWAIT)`; raw TCP streaming of 256 MiB in 4 KiB `send()`s and in 256 KiB
   `send()`s (the size of a 64-page readahead run), received with busy-polling recv into a
   256 KiB buffer.
+- Composed floors, in the same run, no dsm code: (1) a remote fault as the brief's prototype
+  did it: the faulting thread's page is fetched by a handler thread that busy-polls the uffd,
+  sends a 64 B request to the raw server, busy-polls the 4 KiB reply and installs it with
+  UFFDIO_COPY (pages in random order); (2) readahead's receive-and-install: 256 KiB raw replies
+  with four requests in flight, each installed with one UFFDIO_COPY of 64 pages into a
+  registered region, all on one thread (what one dsm engine does per run). They are not the
+  issue's floors; they show how much of a figure's distance from the issue's floor is this
+  machine (the pieces sharing two vCPUs) and how much is the library.
 - Floors for the figures: read fault = MISSING + 4K RTT; write upgrade with one sharer = WP + 2 ×
   4K RTT (issue 3's formula; the invalidation messages are small, so this floor is generous);
   sequential scan = raw streaming bandwidth, the better of the two send sizes.
