@@ -232,7 +232,7 @@ absl::Status Userfaultfd::Wake(void* addr, size_t len) {
   return absl::OkStatus();
 }
 
-absl::Status Userfaultfd::Poison(void* addr, size_t len) {
+absl::Status Userfaultfd::Poison(void* addr, size_t len, bool dont_wake) {
   if (!features_.poison) {
     return absl::UnimplementedError("UFFDIO_POISON: not offered by this kernel (Linux 6.6+)");
   }
@@ -242,7 +242,7 @@ absl::Status Userfaultfd::Poison(void* addr, size_t len) {
     uffdio_poison poison{};
     poison.range.start = reinterpret_cast<uintptr_t>(addr) + done;
     poison.range.len = len - done;
-    poison.mode = 0;
+    poison.mode = dont_wake ? UFFDIO_POISON_MODE_DONTWAKE : 0;
     if (ioctl(fd_, UFFDIO_POISON, &poison) == 0) return absl::OkStatus();
     const int err = errno;
     if (err == EAGAIN) {

@@ -62,8 +62,9 @@ class Userfaultfd {
   absl::Status Wake(void* addr, size_t len);
   // Makes later accesses to [addr, addr+len) raise SIGBUS (UFFDIO_POISON). Falls back to
   // UnimplementedError when the kernel lacks it. Only unmapped pages can be poisoned
-  // (AlreadyExistsError otherwise): Zap() first.
-  absl::Status Poison(void* addr, size_t len);
+  // (AlreadyExistsError otherwise): Zap() first. `dont_wake`: threads blocked on the range
+  // stay blocked until Wake() (they then retry and get SIGBUS).
+  absl::Status Poison(void* addr, size_t len, bool dont_wake = false);
   // Unmaps pages (MADV_DONTNEED): the next access, read or write, raises a MISSING fault, and
   // no write-protect state survives (tests/fault pin this down on anonymous memory).
   absl::Status Zap(void* addr, size_t len);

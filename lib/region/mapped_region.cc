@@ -190,22 +190,25 @@ void MappedRegion::Drop(PageIndex page) {
   if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
 }
 
+// The page is poisoned first (any access from now on raises SIGBUS, so the loss callback may
+// touch it without deadlocking this thread), then the loss is reported, and only then are the
+// blocked threads woken: a SIGBUS handler can rely on Stats / on_pages_lost having seen it.
 void MappedRegion::Fail(PageIndex page, ErrorCode why) {
   Userfaultfd& uffd = host_->uffd();
   (void)uffd.Zap(PageAddr(page), kPageSize);
-  absl::Status s = uffd.Poison(PageAddr(page), kPageSize);
+  absl::Status s = uffd.Poison(PageAddr(page), kPageSize, /*dont_wake=*/true);
   if (!s.ok()) {
     // Without UFFDIO_POISON (Linux < 6.6) the access cannot be made to raise SIGBUS; deny it
-    // instead (SIGSEGV) and wake the waiters so no thread stays blocked.
+    // instead (SIGSEGV).
     if (mprotect(PageAddr(page), kPageSize, PROT_NONE) != 0) {
       DSM_LOG(ERROR) << "mprotect of lost page failed: " << strerror(errno);
     }
-    (void)uffd.Wake(PageAddr(page), kPageSize);
   }
   if (evictor_ != nullptr) evictor_->replacer().OnFail(space_, page);
   DSM_LOG(WARNING) << "region " << options_.name << " page " << page << " lost (code "
                    << static_cast<uint64_t>(why) << "); accesses raise SIGBUS";
   host_->ReportLost(options_.name, page, 1);
+  (void)uffd.Wake(PageAddr(page), kPageSize);  // no thread stays blocked on a lost page
 }
 
 void MappedRegion::Wake(PageIndex page) {
