@@ -74,10 +74,7 @@ void SpinPolicy::OnSend(absl::Time now) {
 
 void SpinPolicy::OnInput(absl::Time now, bool message) {
   if (window_open_) CloseWindow(now <= window_end_ + kHitSlack, now);
-  if (message && awaiting_) {
-    reply_waits_.Add(now - await_start_);
-    awaiting_ = false;
-  }
+  if (message) awaiting_ = false;
   if (last_input_ != absl::InfinitePast()) input_gaps_.Add(now - last_input_);
   last_input_ = now;
 }
@@ -86,7 +83,7 @@ absl::Duration SpinPolicy::SpinFor(absl::Time now) {
   if (window_open_ && now > window_end_) CloseWindow(false, now);
   if (!spinning_allowed() || now < back_off_until_) return absl::ZeroDuration();
   absl::Time end = absl::InfinitePast();
-  if (awaiting_) end = await_start_ + Window(reply_waits_);
+  if (awaiting_) end = await_start_ + cap_;
   // A stream: inputs have lately come at most the cap apart. (A stricter cap/2 was
   // bistable: a home whose gaps drifted past it stopped spinning, its sleeps lengthened the
   // gaps, and it never spun again; measured 2x slower read faults in half the runs.)

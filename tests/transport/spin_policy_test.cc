@@ -63,24 +63,20 @@ TEST(SpinPolicy, FirstWaitSpinsUpToTheCap) {
   EXPECT_EQ(f.policy.SpinFor(kT0 + Us(50)), kCap - Us(50));
 }
 
-TEST(SpinPolicy, AwaitingSpinsAFewTimesTheObservedReplyWait) {
-  Fixture f;
-  absl::Time t = kT0;
-  for (int i = 0; i < 20; ++i) t = Exchange(f.policy, t + absl::Milliseconds(5), Us(30));
-  const absl::Time send = t + absl::Milliseconds(5);
-  f.policy.OnSend(send);
-  EXPECT_EQ(f.policy.SpinFor(send), SpinPolicy::kWindowFactor * Us(30));
-  // Short replies still get the minimum window, long ones at most the cap.
-  Fixture fast;
-  t = kT0;
-  for (int i = 0; i < 20; ++i) t = Exchange(fast.policy, t + absl::Milliseconds(5), Us(1));
-  fast.policy.OnSend(t + absl::Milliseconds(5));
-  EXPECT_EQ(fast.policy.SpinFor(t + absl::Milliseconds(5)), SpinPolicy::kMinWindow);
-  Fixture slow;
-  t = kT0;
-  for (int i = 0; i < 20; ++i) t = Exchange(slow.policy, t + absl::Milliseconds(5), Us(150));
-  slow.policy.OnSend(t + absl::Milliseconds(5));
-  EXPECT_EQ(slow.policy.SpinFor(t + absl::Milliseconds(5)), kCap);
+TEST(SpinPolicy, AwaitingSpinsUpToTheCapHoweverFastRecentRepliesWere) {
+  // An answer is due: the window covers a slow one too (a shrunken window made the slowest
+  // replies pay a wake-up on top).
+  for (absl::Duration wait : {Us(1), Us(30), Us(150)}) {
+    Fixture f;
+    absl::Time t = kT0;
+    for (int i = 0; i < 20; ++i) t = Exchange(f.policy, t + absl::Milliseconds(5), wait);
+    const absl::Time send = t + absl::Milliseconds(5);
+    f.policy.OnSend(send);
+    EXPECT_EQ(f.policy.SpinFor(send), kCap) << wait;
+    // The answer ends the window: nothing else is awaited.
+    f.policy.OnInput(send + wait, /*message=*/true);
+    EXPECT_LT(f.policy.SpinFor(send + wait), kCap) << wait;
+  }
 }
 
 TEST(SpinPolicy, SparseInputsDoNotSpinStreamsDo) {
