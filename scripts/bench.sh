@@ -8,7 +8,7 @@
 # Env: DSM_BENCH_SPIN_US (poll_spin of the second, sensitivity pass; default 0:
 #      no spin, against the adaptive default of the main pass),
 #      DSM_BENCH_COMMIT (what to report as the measured commit, when run from an export),
-#      DSM_BENCH_BUILD (build dir, default build-bench), DSM_BENCH_REPS (repetitions, default 1),
+#      DSM_BENCH_BUILD (build dir, default build-bench), DSM_BENCH_REPS (repetitions, interleaved, default 3; the report shows medians),
 #      DSM_BENCH_NICE (run under `nice -n N`, e.g. -10 on a machine shared with builds; default 0)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,7 +30,6 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSM_WERROR=ON -DDSM
 cmake --build "$build" --target dsm_bench -j"$(nproc)"
 
 machine="$build/bench-machine.txt"
-json="$build/bench.json"
 log="$build/bench.log"
 {
   echo "kernel: $(uname -r)"
@@ -47,37 +46,55 @@ log="$build/bench.log"
   fi
 } >"$machine"
 
-args=(--net="$net" --benchmark_out="$json" --benchmark_out_format=json)
+case "$net" in
+  both) nets=(lo veth) ;;
+  lo | veth) nets=("$net") ;;
+  *) echo "bench.sh: --net must be lo, veth or both (got '$net')" >&2; exit 2 ;;
+esac
+reps="${DSM_BENCH_REPS:-3}"
+[[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: DSM_BENCH_REPS must be a positive integer" >&2; exit 2; }
+common=()
 if [[ $smoke == 1 ]]; then
-  args+=(--smoke)
-else
-  args+=(--benchmark_repetitions="${DSM_BENCH_REPS:-1}")
+  common+=(--smoke)
+elif [[ $reps -gt 1 ]]; then
+  # Repetitions interleaved in random order: a burst of load from other processes lands on a
+  # few samples of many figures instead of every sample of one; the report takes medians.
+  common+=(--benchmark_repetitions="$reps" --benchmark_enable_random_interleaving=true)
 fi
-echo "running: $build/bench/dsm_bench ${args[*]} ${extra[*]:-} (node logs: $log)"
-rc=0
-nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" "${args[@]}" "${extra[@]}" 2>"$log" || rc=$?
-if [[ $rc == 77 ]]; then
-  echo "bench.sh: skipped: userfaultfd is unavailable (run as root)"
-  exit 0
-fi
-[[ $rc == 0 ]] || { echo "bench.sh: dsm_bench failed ($rc); see $log" >&2; tail -20 "$log" >&2; exit "$rc"; }
+: >"$log"
+# One run per network: each builds its own cluster once (interleaving across networks would
+# rebuild the clusters at every switch).
+jsons=()
 spin=()
-if [[ $smoke == 0 ]]; then
-  # The same key figures with the engines busy-polling (DSM_BENCH_SPIN_US, default 200 µs), for
-  # the sensitivity table (the library default may be another value; the report says which).
-  spin_us="${DSM_BENCH_SPIN_US:-0}"
-  echo "running: the same key figures with --poll_spin_us=$spin_us"
-  nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" --net="$net" --poll_spin_us="$spin_us" \
-    --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt4K|ReadFault/|Upgrade/.*/k:1|Recall|ReadFaultThreads/.*/threads:[14]' \
-    --benchmark_out="$build/bench-spin.json" --benchmark_out_format=json 2>>"$log" >/dev/null &&
-    spin=(--spin-json "$build/bench-spin.json")
-fi
+for n in "${nets[@]}"; do
+  json="$build/bench-$n.json"
+  args=(--net="$n" --benchmark_out="$json" --benchmark_out_format=json "${common[@]}")
+  echo "running: $build/bench/dsm_bench ${args[*]} ${extra[*]:-} (node logs: $log)"
+  rc=0
+  nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" "${args[@]}" "${extra[@]}" 2>>"$log" || rc=$?
+  if [[ $rc == 77 ]]; then
+    echo "bench.sh: skipped: userfaultfd is unavailable (run as root)"
+    exit 0
+  fi
+  [[ $rc == 0 ]] || { echo "bench.sh: dsm_bench failed ($rc); see $log" >&2; tail -20 "$log" >&2; exit "$rc"; }
+  jsons+=(--json "$json")
+  if [[ $smoke == 0 ]]; then
+    # The same key figures with another engine spin (DSM_BENCH_SPIN_US, default 0: no spin),
+    # for the sensitivity table.
+    spin_us="${DSM_BENCH_SPIN_US:-0}"
+    echo "running: the same key figures over $n with --poll_spin_us=$spin_us"
+    nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" --net="$n" --poll_spin_us="$spin_us" \
+      --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt4K|ReadFault/|Upgrade/.*/k:1|Recall|ReadFaultThreads/.*/threads:[14]' \
+      "${common[@]}" --benchmark_out="$build/bench-spin-$n.json" --benchmark_out_format=json \
+      2>>"$log" >/dev/null && spin+=(--spin-json "$build/bench-spin-$n.json")
+  fi
+done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$machine"
 
 out="docs/PERFORMANCE.md"
 [[ $smoke == 1 ]] && out="$build/PERFORMANCE-smoke.md"
 cmd="scripts/bench.sh"
 [[ $# -gt 0 ]] && cmd="scripts/bench.sh $*"
-python3 bench/report.py --json "$json" --machine "$machine" --notes bench/PERFORMANCE_notes.md \
+python3 bench/report.py "${jsons[@]}" --machine "$machine" --notes bench/PERFORMANCE_notes.md \
   --command "$cmd" "${spin[@]}" >"$out"
 echo "wrote $out"

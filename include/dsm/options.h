@@ -63,8 +63,9 @@ struct Options {
   // Waking a sleeping thread on another vCPU costs ~20 us on small VMs, more than a remote
   // fault's floor, so the engine polls instead of sleeping, but only while it is likely to
   // pay: after it sent a request, and after an input when inputs have been arriving at most
-  // poll_spin apart; each spin lasts a few times the recent reply time / gap, at most this
-  // long, and stops for a while (1-128 ms) after spins keep ending with nothing. It never spins
+  // poll_spin apart; it spins until the answer comes (at most this long) or for a few times
+  // the recent gap between inputs (at most this long), and stops for a while (1-128 ms) after
+  // spins keep ending with nothing. It never spins
   // when this process runs more engines than vCPUs - 1 (several nodes in one process would
   // take each other's vCPU), and an idle node sleeps at most poll_spin after its last message
   // or fault. See "Threads" in docs/ARCHITECTURE.md and lib/transport/spin_policy.h.
