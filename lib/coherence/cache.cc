@@ -547,8 +547,7 @@ size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
       if (n == 1) {
         s.port->TakePageBuffer(&m.payload);
       } else {
-        m.payload = TakePayloadBuffer(n * kPageSize);
-        m.payload.resize(n * kPageSize);
+        m.payload = TakePayloadBufferForOverwrite(n * kPageSize);  // every page read below
       }
       for (uint64_t i = 0; i < n; ++i) {
         s.SetState(page + i, PageState::kShared);

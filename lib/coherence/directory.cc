@@ -166,35 +166,34 @@ void Directory::Impl::OnRunRequest(const Message& m) {
     if (m.arg == 0) return;  // no page is waiting on an answer
     reply.arg = kMaxRunPages;
   }
-  reply.payload = TakePayloadBuffer(reply.arg * kPageSize);  // recycled after the send
+  // Recycled after the send. Not zero-filled: each granted page is written whole below, and
+  // the buffer is cut to the granted pages before it goes out.
+  reply.payload = TakePayloadBufferForOverwrite(reply.arg * kPageSize);
+  size_t at = 0;  // bytes granted so far
   for (uint64_t i = 0; i < reply.arg; ++i) {
     const PageIndex q = m.page + i;
     if (q >= cfg.num_pages || cfg.home(q) != cfg.self || txns.contains(q) || IsLost(q) ||
         (State(q) == EntryState::kModified && words[q] != cfg.self)) {
       break;
     }
-    const size_t at = reply.payload.size();
-    reply.payload.resize(at + kPageSize);
+    uint8_t* out = reply.payload.data() + at;
     if (State(q) == EntryState::kModified) {
       // This node wrote the page (the common case: a home fills its region, others read it).
       // Downgrade its own copy in place, as a recall would, without a message to itself.
-      if (!port->DowngradeLocal(q, reply.payload.data() + at)) {
-        reply.payload.resize(at);
-        break;
-      }
-      port->StorePage(q, reply.payload.data() + at);
+      if (!port->DowngradeLocal(q, out)) break;
+      port->StorePage(q, out);
       SetShared(q, Bit(cfg.self));
       ++c.local_downgrades;
-    } else if (absl::Status loaded = port->LoadPage(q, reply.payload.data() + at);
-               !loaded.ok()) {
+    } else if (absl::Status loaded = port->LoadPage(q, out); !loaded.ok()) {
       DSM_LOG(ERROR) << "LoadPage(" << q << "): " << loaded;
-      reply.payload.resize(at);
       break;
     }
+    at += kPageSize;
     SetShared(q, Sharers(q) | Bit(m.src));
     ++c.requests_served;
     ++c.run_pages_granted;
   }
+  reply.payload.resize(at);
   ++c.run_requests;
   port->Send(std::move(reply));
 }

@@ -2,12 +2,14 @@
 // the memory cost of a huge region.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "coherence/cache.h"
 #include "coherence/directory.h"
+#include "common/payload_pool.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
 
@@ -93,6 +95,31 @@ TEST(Directory, RunGrantsTheIdleUnwrittenPrefixAndRecordsEachSharer) {
   EXPECT_EQ(d.entry(7).state, ES::kUncached);
   EXPECT_EQ(d.counters().run_pages_granted, 4u);
   EXPECT_EQ(d.counters().recalls_sent, 0u);
+}
+
+// Run replies are built in recycled buffers that are not zero-filled: the reply must carry
+// exactly the granted pages' bytes, whatever the buffer held before.
+TEST(Directory, RunReplyInARecycledBufferCarriesOnlyTheGrantedPages) {
+  for (size_t cached = 0; cached < kPayloadPoolMax; ++cached) {
+    std::vector<uint8_t> dirty(kMaxRunPages * kPageSize, 0xee);
+    RecyclePayloadBuffer(std::move(dirty));  // this thread builds the replies below
+  }
+  HomePort port;
+  port.store.assign(kPageSize, 0x5a);
+  Directory d(HomeConfig(16), &port);
+  d.OnMessage(Msg(MsgType::kGetM, 3, 5), kT0);  // page 5 Modified at node 3: stops the run
+  port.sent.clear();
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 2, /*arg=*/8), kT0);
+  ASSERT_EQ(port.sent.size(), 1u);
+  const std::vector<uint8_t>& got = port.sent[0].payload;
+  ASSERT_EQ(got.size(), 3 * kPageSize);  // pages 2..4
+  EXPECT_EQ(std::count(got.begin(), got.end(), 0x5a), static_cast<std::ptrdiff_t>(got.size()));
+  // A load that fails midway cuts the reply before the failed page.
+  port.sent.clear();
+  port.fail_loads = true;
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 8, /*arg=*/4), kT0);
+  ASSERT_EQ(port.sent.size(), 1u);
+  EXPECT_TRUE(port.sent[0].payload.empty());
 }
 
 TEST(Directory, RunStopsAtBusyLostUnreadableAndForeignPagesAndNeverNacks) {

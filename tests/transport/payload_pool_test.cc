@@ -1,5 +1,6 @@
 #include "common/payload_pool.h"
 
+#include <algorithm>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -36,6 +37,23 @@ TEST(PayloadPool, ARecycledRunBufferIsHandedOutAgainEmpty) {
   EXPECT_EQ(again.data(), storage);
   EXPECT_TRUE(again.empty());
   EXPECT_EQ(PayloadPoolSizeForTesting(), 0u);
+}
+
+TEST(PayloadPool, ForOverwriteHandsOutTheRecycledBufferAtTheAskedSizeWithoutRewritingIt) {
+  DrainPool();
+  std::vector<uint8_t> b = TakePayloadBufferForOverwrite(kMaxRunPages * kPageSize);
+  EXPECT_EQ(b.size(), kMaxRunPages * kPageSize);  // fresh: zero-filled by the allocation
+  EXPECT_EQ(std::count(b.begin(), b.end(), 0), static_cast<std::ptrdiff_t>(b.size()));
+  std::fill(b.begin(), b.end(), 0xab);
+  const uint8_t* storage = b.data();
+  RecyclePayloadBuffer(std::move(b));
+  std::vector<uint8_t> again = TakePayloadBufferForOverwrite(16 * kPageSize);
+  EXPECT_EQ(again.data(), storage);
+  ASSERT_EQ(again.size(), 16 * kPageSize);
+  EXPECT_EQ(again[0], 0xab);  // the old bytes: the caller overwrites what it keeps
+  // The plain Take still hands a recycled buffer out empty.
+  RecyclePayloadBuffer(std::move(again));
+  EXPECT_TRUE(TakePayloadBuffer(kPayloadPoolMinCapacity).empty());
 }
 
 TEST(PayloadPool, ABufferTooSmallForTheRequestIsNotUsed) {
