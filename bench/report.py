@@ -302,7 +302,8 @@ def main():
         w(f"The main run used {main_spin}: the adaptive busy-poll, which spins only while a "
           "reply or the next input is due and never longer than poll_spin after the last one "
           "(see docs/ARCHITECTURE.md, \"Threads\"); "
-          f"a second run right after each network's main run measured the same key figures with poll_spin = {spin2} µs "
+          "a second run right after each network's main run measured the same key figures "
+          f"with poll_spin = {spin2} µs "
           f"{'(never spin) ' if spin2 == '0' else ''}on every node. Ratios of the second run use "
           "the floors of the second run.")
         w("")

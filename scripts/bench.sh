@@ -8,7 +8,9 @@
 # Env: DSM_BENCH_SPIN_US (poll_spin of the second, sensitivity pass; default 0:
 #      no spin, against the adaptive default of the main pass),
 #      DSM_BENCH_COMMIT (what to report as the measured commit, when run from an export),
-#      DSM_BENCH_BUILD (build dir, default build-bench), DSM_BENCH_REPS (repetitions, interleaved, default 3; the report shows medians),
+#      DSM_BENCH_BUILD (build dir, default build-bench),
+#      DSM_BENCH_REPS (repetitions, interleaved in random order, default 3; the report shows
+#      medians of the repetitions),
 #      DSM_BENCH_NICE (run under `nice -n N`, e.g. -10 on a machine shared with builds; default 0)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -42,12 +42,6 @@ bool SpinPolicy::spinning_allowed() const {
          live_loops_->load(std::memory_order_relaxed) <= vcpus_ - 1;
 }
 
-absl::Duration SpinPolicy::Window(const Samples& s) const {
-  // No history yet: the cap, and the miss counter will stop it if that does not pay.
-  if (s.empty()) return cap_;
-  return std::clamp(kWindowFactor * s.Median(), std::min(kMinWindow, cap_), cap_);
-}
-
 void SpinPolicy::CloseWindow(bool hit, absl::Time now) {
   window_open_ = false;
   if (hit) {
@@ -87,9 +81,12 @@ absl::Duration SpinPolicy::SpinFor(absl::Time now) {
   // A stream: inputs have lately come at most the cap apart. (A stricter cap/2 was
   // bistable: a home whose gaps drifted past it stopped spinning, its sleeps lengthened the
   // gaps, and it never spun again; measured 2x slower read faults in half the runs.)
-  if (last_input_ != absl::InfinitePast() && !input_gaps_.empty() &&
-      input_gaps_.Median() <= cap_) {
-    end = std::max(end, last_input_ + Window(input_gaps_));
+  if (last_input_ != absl::InfinitePast() && !input_gaps_.empty()) {
+    const absl::Duration gap = input_gaps_.Median();
+    if (gap <= cap_) {
+      end = std::max(end, last_input_ + std::clamp(kWindowFactor * gap,
+                                                   std::min(kMinWindow, cap_), cap_));
+    }
   }
   if (end <= now) return absl::ZeroDuration();
   if (!window_open_) ++counters_.windows;

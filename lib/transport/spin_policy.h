@@ -48,7 +48,8 @@ class SpinPolicy {
     const std::atomic<int>* live_loops = nullptr;
   };
 
-  // A window is kWindowFactor x the median of recent waits, at least kMinWindow, at most cap.
+  // A stream window is kWindowFactor x the median recent gap between inputs, at least
+  // kMinWindow, at most cap. (An awaiting window is the cap itself.)
   static constexpr int kWindowFactor = 3;
   static constexpr absl::Duration kMinWindow = absl::Microseconds(20);
   static constexpr int kMissesToBackOff = 3;
@@ -97,7 +98,6 @@ class SpinPolicy {
     size_t next_ = 0;  // slot for the next sample
   };
 
-  absl::Duration Window(const Samples& s) const;
   // Closes the open window as a hit or a miss.
   void CloseWindow(bool hit, absl::Time now);
 

@@ -100,24 +100,30 @@ TEST(Directory, RunGrantsTheIdleUnwrittenPrefixAndRecordsEachSharer) {
 // Run replies are built in recycled buffers that are not zero-filled: the reply must carry
 // exactly the granted pages' bytes, whatever the buffer held before.
 TEST(Directory, RunReplyInARecycledBufferCarriesOnlyTheGrantedPages) {
+  // Fill this thread's pool (the one the replies below are built from) with dirty run buffers
+  // only, whatever earlier tests left in it.
+  while (PayloadPoolSizeForTesting() > 0) (void)TakePayloadBuffer(kPayloadPoolMinCapacity);
   for (size_t cached = 0; cached < kPayloadPoolMax; ++cached) {
     std::vector<uint8_t> dirty(kMaxRunPages * kPageSize, 0xee);
-    RecyclePayloadBuffer(std::move(dirty));  // this thread builds the replies below
+    RecyclePayloadBuffer(std::move(dirty));
   }
+  ASSERT_EQ(PayloadPoolSizeForTesting(), kPayloadPoolMax);
   HomePort port;
   port.store.assign(kPageSize, 0x5a);
-  Directory d(HomeConfig(16), &port);
+  Directory d(HomeConfig(2 * kMaxRunPages), &port);
   d.OnMessage(Msg(MsgType::kGetM, 3, 5), kT0);  // page 5 Modified at node 3: stops the run
   port.sent.clear();
-  d.OnMessage(Msg(MsgType::kGetSRun, 1, 2, /*arg=*/8), kT0);
+  // A full run asked for, so its buffer is one the pool keeps (>= kPayloadPoolMinCapacity).
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 2, /*arg=*/kMaxRunPages), kT0);
   ASSERT_EQ(port.sent.size(), 1u);
   const std::vector<uint8_t>& got = port.sent[0].payload;
   ASSERT_EQ(got.size(), 3 * kPageSize);  // pages 2..4
+  EXPECT_EQ(PayloadPoolSizeForTesting(), kPayloadPoolMax - 1);  // built in a dirty buffer
   EXPECT_EQ(std::count(got.begin(), got.end(), 0x5a), static_cast<std::ptrdiff_t>(got.size()));
   // A load that fails midway cuts the reply before the failed page.
   port.sent.clear();
   port.fail_loads = true;
-  d.OnMessage(Msg(MsgType::kGetSRun, 1, 8, /*arg=*/4), kT0);
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 8, /*arg=*/kMaxRunPages), kT0);
   ASSERT_EQ(port.sent.size(), 1u);
   EXPECT_TRUE(port.sent[0].payload.empty());
 }
