@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "common/log.h"
+#include "common/node_set.h"
 #include "common/payload_pool.h"
 
 namespace dsm::coherence {
@@ -15,7 +16,6 @@ constexpr uint8_t kPendingBit = 0x4;
 constexpr uint8_t kLostBit = 0x8;
 constexpr uint8_t kPrefetchBit = 0x10;  // requested by readahead, not yet used by a fault
 
-uint64_t Bit(NodeId n) { return n < kMaxNodes ? uint64_t{1} << n : 0; }
 
 }  // namespace
 
@@ -159,7 +159,7 @@ void Cache::OnFault(PageIndex page, bool write, absl::Time now) {
     if (!write) s.Readahead(page, now);
     return;
   }
-  if ((s.down & Bit(s.cfg.home(page))) != 0) {
+  if ((s.down & NodeBit(s.cfg.home(page))) != 0) {
     s.MarkLost(page, ErrorCode::kPageLost);
     return;
   }
@@ -208,7 +208,7 @@ void Cache::Impl::Readahead(PageIndex page, absl::Time now) {
     // Pages homed here cost no network to fetch on demand; a down home cannot answer.
     const bool wanted = (pages[q] & (kPendingBit | kLostBit)) == 0 &&
                         State(q) == PageState::kInvalid && home != cfg.self &&
-                        (down & Bit(home)) == 0;
+                        (down & NodeBit(home)) == 0;
     if (n > 0 && (!wanted || home != run_home || n == kMaxRunPages || q % kMaxRunPages == 0)) {
       SendRun(first, n, run_home, now);
       n = 0;
@@ -391,7 +391,7 @@ void Cache::Impl::OnRunReply(const Message& m, absl::Time now) {
     if (!r.waited) {
       pages[q] &= static_cast<uint8_t>(~kPrefetchBit);
       port->CancelPrefetch(q);
-    } else if ((down & Bit(r.home)) != 0) {
+    } else if ((down & NodeBit(r.home)) != 0) {
       MarkLost(q, ErrorCode::kPageLost);
     } else {
       SendRequest(q, r.want_write, now);  // a thread joined: ask for this page alone
@@ -441,7 +441,7 @@ void Cache::Impl::OnRecall(const Message& m) {
 
 void Cache::OnPeerDown(NodeId peer) {
   Impl& s = *impl_;
-  s.down |= Bit(peer);
+  s.down |= NodeBit(peer);
   std::vector<PageIndex> failed;
   for (const auto& [page, r] : s.pending) {
     if (r.home == peer) failed.push_back(page);
@@ -455,8 +455,8 @@ void Cache::CollectOverdue(absl::Time now, absl::Duration timeout,
                            std::vector<NodeId>* peers) const {
   uint64_t seen = 0;
   for (const auto& [page, r] : impl_->pending) {
-    if (now - r.start > timeout && (seen & Bit(r.home)) == 0) {
-      seen |= Bit(r.home);
+    if (now - r.start > timeout && (seen & NodeBit(r.home)) == 0) {
+      seen |= NodeBit(r.home);
       peers->push_back(r.home);
     }
   }
@@ -467,7 +467,7 @@ bool Cache::Release(PageIndex page) {
   if (page >= s.cfg.num_pages || (s.pages[page] & (kPendingBit | kLostBit)) != 0) return false;
   const PageState st = s.State(page);
   const NodeId home = s.cfg.home(page);
-  const bool home_down = (s.down & Bit(home)) != 0;
+  const bool home_down = (s.down & NodeBit(home)) != 0;
   if (st == PageState::kShared) {
     s.port->Drop(page);
     s.SetState(page, PageState::kInvalid);
@@ -507,19 +507,19 @@ bool Cache::CanRelease(PageIndex page) const {
   if (page >= s.cfg.num_pages || (s.pages[page] & (kPendingBit | kLostBit)) != 0) return false;
   const PageState st = s.State(page);
   if (st == PageState::kShared) return true;
-  return st == PageState::kModified && (s.down & Bit(s.cfg.home(page))) == 0;
+  return st == PageState::kModified && (s.down & NodeBit(s.cfg.home(page))) == 0;
 }
 
 size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
   Impl& s = *impl_;
   uint64_t seen = 0;
-  for (NodeId h : *homes) seen |= Bit(h);
+  for (NodeId h : *homes) seen |= NodeBit(h);
   size_t written = 0;
   // Scan until every M page is found (counters track how many there are); the table is one
   // byte per page, so even a 64 GiB region scans in milliseconds.
   uint64_t remaining = s.c.modified;
   auto writable = [&s](PageIndex p) {
-    return s.State(p) == PageState::kModified && (s.down & Bit(s.cfg.home(p))) == 0;
+    return s.State(p) == PageState::kModified && (s.down & NodeBit(s.cfg.home(p))) == 0;
   };
   PageIndex page = 0;
   while (page < s.cfg.num_pages && remaining > 0) {
@@ -558,8 +558,8 @@ size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
       written += n;
       page += n;
       s.port->Send(std::move(m));
-      if ((seen & Bit(home)) == 0) {
-        seen |= Bit(home);
+      if ((seen & NodeBit(home)) == 0) {
+        seen |= NodeBit(home);
         homes->push_back(home);
       }
     }

@@ -7,6 +7,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "common/log.h"
+#include "common/node_set.h"
 #include "common/payload_pool.h"
 
 namespace dsm::coherence {
@@ -20,7 +21,6 @@ constexpr uint8_t kLostBit = 0x8;
 
 using EntryState = Directory::EntryState;
 
-uint64_t Bit(NodeId n) { return n < kMaxNodes ? uint64_t{1} << n : 0; }
 
 }  // namespace
 
@@ -75,7 +75,7 @@ struct Directory::Impl {
     words[p] = owner;
   }
   void RemoveSharer(PageIndex p, NodeId n) {
-    if (State(p) == EntryState::kShared) SetShared(p, words[p] & ~Bit(n));
+    if (State(p) == EntryState::kShared) SetShared(p, words[p] & ~NodeBit(n));
   }
   bool IsOwner(PageIndex p, NodeId n) const {
     return State(p) == EntryState::kModified && words[p] == n;
@@ -105,7 +105,7 @@ Directory::Directory(Config config, DirectoryPort* port)
 
 void Directory::OnMessage(const Message& m, absl::Time now) {
   Impl& s = *impl_;
-  if (m.src >= kMaxNodes || (s.down & Bit(m.src)) != 0) {
+  if (m.src >= kMaxNodes || (s.down & NodeBit(m.src)) != 0) {
     DSM_LOG(WARNING) << "directory ignoring message from node " << m.src;
     return;
   }
@@ -182,14 +182,14 @@ void Directory::Impl::OnRunRequest(const Message& m) {
       // Downgrade its own copy in place, as a recall would, without a message to itself.
       if (!port->DowngradeLocal(q, out)) break;
       port->StorePage(q, out);
-      SetShared(q, Bit(cfg.self));
+      SetShared(q, NodeBit(cfg.self));
       ++c.local_downgrades;
     } else if (absl::Status loaded = port->LoadPage(q, out); !loaded.ok()) {
       DSM_LOG(ERROR) << "LoadPage(" << q << "): " << loaded;
       break;
     }
     at += kPageSize;
-    SetShared(q, Sharers(q) | Bit(m.src));
+    SetShared(q, Sharers(q) | NodeBit(m.src));
     ++c.requests_served;
     ++c.run_pages_granted;
   }
@@ -229,7 +229,7 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
   t.waiting = 0;
   t.recalling = false;
   t.since = now;
-  if (IsLost(page) || (down & Bit(r.src)) != 0) return;  // Finish nacks / drops it
+  if (IsLost(page) || (down & NodeBit(r.src)) != 0) return;  // Finish nacks / drops it
   const EntryState st = State(page);
   if (st == EntryState::kModified) {
     const NodeId owner = static_cast<NodeId>(words[page]);
@@ -249,7 +249,7 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
     }
   }
   if (r.type == MsgType::kGetM) {
-    const uint64_t others = Sharers(page) & ~Bit(r.src);
+    const uint64_t others = Sharers(page) & ~NodeBit(r.src);
     t.waiting = others;
     for (uint64_t m = others; m != 0; m &= m - 1) {
       const NodeId n = static_cast<NodeId>(std::countr_zero(m));
@@ -262,7 +262,7 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
 // Completes t.req: every other copy it needed gone is gone.
 void Directory::Impl::Finish(PageIndex page, const Txn& t) {
   const Request& r = t.req;
-  if ((down & Bit(r.src)) != 0) return;  // nobody to grant to; state is already consistent
+  if ((down & NodeBit(r.src)) != 0) return;  // nobody to grant to; state is already consistent
   if (IsLost(page)) {
     Nack(r, page, ErrorCode::kPageLost);
     return;
@@ -275,11 +275,11 @@ void Directory::Impl::Finish(PageIndex page, const Txn& t) {
     DSM_LOG(ERROR) << "page " << page << " still Modified at node " << words[page]
                    << " when its transaction completes";
   }
-  if (r.type == MsgType::kGetM && (Sharers(page) & ~Bit(r.src)) != 0) {
+  if (r.type == MsgType::kGetM && (Sharers(page) & ~NodeBit(r.src)) != 0) {
     ++c.protocol_errors;
     DSM_LOG(ERROR) << "granting M on page " << page << " while other sharers remain";
   }
-  const bool has_valid_copy = r.type == MsgType::kGetM && (Sharers(page) & Bit(r.src)) != 0;
+  const bool has_valid_copy = r.type == MsgType::kGetM && (Sharers(page) & NodeBit(r.src)) != 0;
   Message m;
   if (has_valid_copy) {
     m = Make(MsgType::kGrant, r.src, page, r.req_id, static_cast<uint64_t>(Grant::kModified));
@@ -298,7 +298,7 @@ void Directory::Impl::Finish(PageIndex page, const Txn& t) {
   if (r.type == MsgType::kGetM) {
     SetModified(page, r.src);
   } else {
-    SetShared(page, Sharers(page) | Bit(r.src));
+    SetShared(page, Sharers(page) | NodeBit(r.src));
   }
   ++c.requests_served;
   port->Send(std::move(m));
@@ -309,7 +309,7 @@ void Directory::Impl::OnPut(const Message& m) {
   if (kind == PutKind::kDropClean) {
     const PageIndex page = m.page;
     if (IsLost(page)) return;
-    if ((Sharers(page) & Bit(m.src)) != 0) {
+    if ((Sharers(page) & NodeBit(m.src)) != 0) {
       RemoveSharer(page, m.src);
     } else {
       ++c.protocol_errors;
@@ -351,14 +351,14 @@ void Directory::Impl::ApplyWriteback(PageIndex page, PutKind kind, NodeId src,
     DSM_LOG(ERROR) << "stale write-back of page " << page << " from node " << src;
     if (kind == PutKind::kWritebackKeep && State(page) != EntryState::kModified) {
       // It says it keeps a copy: record it so a later writer invalidates it.
-      SetShared(page, Sharers(page) | Bit(src));
+      SetShared(page, Sharers(page) | NodeBit(src));
     }
     return;
   }
   port->StorePage(page, data);
   ++c.writebacks;
   if (kind == PutKind::kWritebackKeep) {
-    SetShared(page, Bit(src));
+    SetShared(page, NodeBit(src));
   } else {
     SetUncached(page);
   }
@@ -366,12 +366,12 @@ void Directory::Impl::ApplyWriteback(PageIndex page, PutKind kind, NodeId src,
 
 void Directory::Impl::OnInvAck(const Message& m) {
   auto it = txns.find(m.page);
-  if (it == txns.end() || !it->second.active || (it->second.waiting & Bit(m.src)) == 0) {
+  if (it == txns.end() || !it->second.active || (it->second.waiting & NodeBit(m.src)) == 0) {
     ++c.protocol_errors;
     DSM_LOG(WARNING) << "unexpected kInvAck for page " << m.page << " from node " << m.src;
     return;
   }
-  it->second.waiting &= ~Bit(m.src);
+  it->second.waiting &= ~NodeBit(m.src);
   RemoveSharer(m.page, m.src);  // it dropped the copy before acking
 }
 
@@ -396,7 +396,7 @@ void Directory::Impl::OnRecallAck(const Message& m) {
                      << " without data";
     }
     if (kept) {
-      SetShared(page, Bit(m.src));
+      SetShared(page, NodeBit(m.src));
     } else {
       SetUncached(page);
     }
@@ -404,7 +404,7 @@ void Directory::Impl::OnRecallAck(const Message& m) {
   }
   // Its kPut arrived first and was applied; only its membership may have changed since.
   if (kept) {
-    SetShared(page, Sharers(page) | Bit(m.src));
+    SetShared(page, Sharers(page) | NodeBit(m.src));
   } else {
     RemoveSharer(page, m.src);
   }
@@ -412,12 +412,12 @@ void Directory::Impl::OnRecallAck(const Message& m) {
 
 void Directory::OnPeerDown(NodeId peer) {
   Impl& s = *impl_;
-  if (peer >= kMaxNodes || (s.down & Bit(peer)) != 0) return;
-  s.down |= Bit(peer);
+  if (peer >= kMaxNodes || (s.down & NodeBit(peer)) != 0) return;
+  s.down |= NodeBit(peer);
   // Forget its copies. A full scan: rare, and non-home entries are all zero.
   for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
     const EntryState st = s.State(p);
-    if (st == EntryState::kShared && (s.words[p] & Bit(peer)) != 0) {
+    if (st == EntryState::kShared && (s.words[p] & NodeBit(peer)) != 0) {
       s.RemoveSharer(p, peer);
     } else if (st == EntryState::kModified && s.words[p] == peer) {
       s.SetUncached(p);
@@ -430,7 +430,7 @@ void Directory::OnPeerDown(NodeId peer) {
   for (auto& [page, t] : s.txns) {
     std::erase_if(t.queue, [peer](const Impl::Request& r) { return r.src == peer; });
     if (t.active) {
-      t.waiting &= ~Bit(peer);
+      t.waiting &= ~NodeBit(peer);
       if (t.recalling && t.recall_from == peer) t.recalling = false;  // page is lost now
     }
     touched.push_back(page);
@@ -447,7 +447,7 @@ void Directory::CollectOverdue(absl::Time now, absl::Duration timeout,
   for (const auto& [page, t] : impl_->txns) {
     if (!t.active || now - t.since <= timeout) continue;
     owing |= t.waiting;
-    if (t.recalling) owing |= Bit(t.recall_from);
+    if (t.recalling) owing |= NodeBit(t.recall_from);
   }
   for (uint64_t m = owing; m != 0; m &= m - 1) {
     peers->push_back(static_cast<NodeId>(std::countr_zero(m)));
@@ -458,7 +458,7 @@ bool Directory::HasRemoteCopies() const {
   const Impl& s = *impl_;
   for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
     const EntryState st = s.State(p);
-    if (st == EntryState::kShared && (s.words[p] & ~Bit(s.cfg.self)) != 0) return true;
+    if (st == EntryState::kShared && (s.words[p] & ~NodeBit(s.cfg.self)) != 0) return true;
     if (st == EntryState::kModified && s.words[p] != s.cfg.self) return true;
   }
   return false;

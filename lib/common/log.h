@@ -47,5 +47,3 @@ struct Voidify {
       : ::dsm::log_internal::Voidify() &              \
             ::dsm::log_internal::LogMessage(DSM_LOG_SEVERITY_##sev, __FILE__, __LINE__).stream()
 
-#define DSM_CHECK(cond) \
-  if (!(cond)) DSM_LOG(FATAL) << "Check failed: " #cond " "

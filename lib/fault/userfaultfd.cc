@@ -272,40 +272,6 @@ absl::Status Userfaultfd::Zap(void* addr, size_t len) {
   return absl::OkStatus();
 }
 
-absl::Status Userfaultfd::Move(void* dst, void* src, size_t len, bool dont_wake) {
-  if (!features_.move) {
-    return absl::UnimplementedError("UFFDIO_MOVE: not offered by this kernel (Linux 6.8+)");
-  }
-  uint64_t done = 0;
-  int stalled = 0;
-  while (done < len) {
-    uffdio_move move{};
-    move.dst = reinterpret_cast<uintptr_t>(dst) + done;
-    move.src = reinterpret_cast<uintptr_t>(src) + done;
-    move.len = len - done;
-    move.mode = dont_wake ? UFFDIO_MOVE_MODE_DONTWAKE : 0;
-    if (ioctl(fd_, UFFDIO_MOVE, &move) == 0) return absl::OkStatus();
-    const int err = errno;
-    if (err == EAGAIN) {
-      if (move.move > 0) {
-        done += static_cast<uint64_t>(move.move);
-        stalled = 0;
-      } else if (++stalled > kMaxStalledRetries) {
-        return absl::ErrnoToStatus(err, "UFFDIO_MOVE");
-      } else {
-        sched_yield();
-      }
-      continue;
-    }
-    if (err == EEXIST) {
-      return absl::AlreadyExistsError(
-          absl::StrFormat("UFFDIO_MOVE: page at %#x is already mapped", move.dst));
-    }
-    return absl::ErrnoToStatus(err, "UFFDIO_MOVE");
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<size_t> Userfaultfd::ReadEvents(absl::Span<FaultEvent> out) {
   constexpr size_t kChunk = 64;
   uffd_msg msgs[kChunk];

@@ -68,11 +68,6 @@ class Userfaultfd {
   // Unmaps pages (MADV_DONTNEED): the next access, read or write, raises a MISSING fault, and
   // no write-protect state survives (tests/fault pin this down on anonymous memory).
   absl::Status Zap(void* addr, size_t len);
-  // Moves the pages at `src` (private anonymous, outside any registered range or in one with
-  // no waiters) to unmapped `dst` without copying (UFFDIO_MOVE, Linux 6.8); `src` is left
-  // unmapped. Pages land writable. UnimplementedError when the kernel lacks it;
-  // AlreadyExistsError if a destination page is mapped.
-  absl::Status Move(void* dst, void* src, size_t len, bool dont_wake = false);
 
   // Reads up to out.size() pending fault events without blocking (0 when none). Events other
   // than page faults (none are requested) are dropped. Several threads faulting on one page

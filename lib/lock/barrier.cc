@@ -4,11 +4,12 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "common/node_set.h"
 
 namespace dsm::lock {
 namespace {
 
-bool Has(uint64_t mask, NodeId n) { return n < 64 && ((mask >> n) & 1) != 0; }
+bool Has(uint64_t mask, NodeId n) { return InNodeSet(mask, n); }
 
 }  // namespace
 
@@ -103,7 +104,7 @@ void BarrierArbiter::OnMessage(const Message& m) {
 }
 
 void BarrierArbiter::OnNodeDown(NodeId node) {
-  if (node >= 64) return;
+  if (node >= kMaxNodes) return;
   down_mask_ |= uint64_t{1} << node;
   for (auto& [key, g] : groups_) {
     if (g.broken_by >= 0 || !Has(key.second, node)) continue;
@@ -226,7 +227,7 @@ void BarrierClient::OnMessage(const Message& m) {
 }
 
 void BarrierClient::OnPeerDown(NodeId peer) {
-  if (peer >= 64) return;
+  if (peer >= kMaxNodes) return;
   down_mask_ |= uint64_t{1} << peer;
   std::vector<uint64_t> ids;
   for (const auto& [id, p] : pending_) {

@@ -5,6 +5,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "common/timeouts.h"
 #include "dsm/lock.h"
 
 namespace dsm {
@@ -20,7 +21,6 @@ struct LockWait {
 
 // How long past its deadline a blocking call waits for the engine's answer before it gives
 // up on the engine (which delivers DeadlineExceeded itself at the deadline).
-constexpr absl::Duration kEngineSlack = absl::Seconds(5);
 
 absl::StatusOr<LockGuard> BlockingLock(RegionLocks* self, const LockRequest& request) {
   auto wait = std::make_shared<LockWait>();

@@ -4,11 +4,12 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "common/node_set.h"
 
 namespace dsm::lock {
 namespace {
 
-bool IsDown(uint64_t mask, NodeId n) { return n < 64 && ((mask >> n) & 1) != 0; }
+bool IsDown(uint64_t mask, NodeId n) { return InNodeSet(mask, n); }
 
 }  // namespace
 
@@ -98,7 +99,7 @@ void LockClient::CollectOverdue(absl::Time now, absl::Duration timeout,
                                 std::vector<NodeId>* peers) const {
   uint64_t seen = 0;
   for (const auto& [id, r] : requests_) {
-    if (r.state != State::kPending || now - r.sent <= timeout || r.arbiter >= 64 ||
+    if (r.state != State::kPending || now - r.sent <= timeout || r.arbiter >= kMaxNodes ||
         ((seen >> r.arbiter) & 1) != 0) {
       continue;
     }
@@ -176,7 +177,7 @@ void LockClient::OnMessage(const Message& m, absl::Time now) {
 }
 
 void LockClient::OnPeerDown(NodeId peer) {
-  if (peer < 64) down_mask_ |= uint64_t{1} << peer;
+  down_mask_ |= NodeBit(peer);
   std::vector<uint64_t> ids;
   for (const auto& [id, r] : requests_) {
     if (r.arbiter == peer) ids.push_back(id);

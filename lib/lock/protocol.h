@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "common/node_set.h"
 #include "dsm/lock.h"
 #include "transport/message.h"
 
@@ -90,10 +91,10 @@ inline absl::Status ValidateLockMessage(const Message& m, size_t cluster_size) {
       return bad("group name holds a NUL byte");
     }
     if (m.arg == 0) return bad("empty member mask");
-    if (cluster_size < 64 && (m.arg >> cluster_size) != 0) {
+    if ((m.arg & ~FirstNodes(cluster_size)) != 0) {
       return bad("member mask names a node >= cluster size");
     }
-    if (m.src >= 64 || ((m.arg >> m.src) & 1) == 0) return bad("sender is not a member");
+    if (!InNodeSet(m.arg, m.src)) return bad("sender is not a member");
     if (m.region != 0) return bad("region must be 0");
     return absl::OkStatus();
   };

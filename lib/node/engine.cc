@@ -9,8 +9,10 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/node_set.h"
 #include "common/payload_pool.h"
 #include "common/status_macros.h"
+#include "common/timeouts.h"
 #include "node/lock_service.h"
 
 namespace dsm {
@@ -18,9 +20,6 @@ namespace {
 
 constexpr absl::Duration kTickPeriod = absl::Milliseconds(50);
 constexpr absl::Duration kRegionOpenRetry = absl::Milliseconds(20);
-// Slack on top of a protocol deadline before an application thread stops waiting for the
-// engine itself (the engine enforces the deadline; this only guards against a wedged engine).
-constexpr absl::Duration kEngineSlack = absl::Seconds(5);
 
 absl::Status CodeToStatus(ErrorCode code, absl::string_view what) {
   switch (code) {
@@ -211,7 +210,7 @@ static bool ExpectsAnswer(MsgType t) {
 void Engine::SendMessage(Message&& m) {
   m.src = options_.node_id;
   if (ExpectsAnswer(m.type)) spin_.OnSend(absl::Now());
-  if (m.dst < 64 && (down_mask_ >> m.dst) & 1) {
+  if (InNodeSet(down_mask_, m.dst)) {
     // The peer is gone. A request would never be answered: answer it ourselves, later (a
     // readahead run with nothing granted: the pages a thread waits for are then requested
     // alone and fail as lost).
@@ -242,7 +241,7 @@ void Engine::OnMessage(Message&& m) {
 }
 
 void Engine::Dispatch(Message& m) {
-  if (m.src < 64 && (down_mask_ >> m.src) & 1 && m.src != options_.node_id) return;
+  if (InNodeSet(down_mask_, m.src) && m.src != options_.node_id) return;
   if (LockService::Handles(m.type)) return locks_->OnMessage(std::move(m));
   switch (m.type) {
     case MsgType::kHello:
@@ -379,7 +378,7 @@ void Engine::CompleteWaiter(uint64_t req_id, NodeId from, ErrorCode code) {
   auto it = waiters_.find(req_id);
   if (it == waiters_.end()) return;
   std::shared_ptr<Waiter> w = it->second;
-  if (from >= 64 || !((w->pending_mask >> from) & 1)) return;
+  if (!InNodeSet(w->pending_mask, from)) return;
   if (code == ErrorCode::kNoSuchRegion && w->region_size != 0 && absl::Now() < w->deadline) {
     // The home has not mapped the region yet: ask again shortly.
     MappedRegion* r = FindRegion(w->region);
@@ -394,7 +393,7 @@ void Engine::CompleteWaiter(uint64_t req_id, NodeId from, ErrorCode code) {
   if (code != ErrorCode::kOk) {
     w->Fail(CodeToStatus(code, absl::StrCat(w->what, " (node ", from, ")")));
   }
-  w->pending_mask &= ~(uint64_t{1} << from);
+  w->pending_mask &= ~NodeBit(from);
   if (w->pending_mask == 0) {
     waiters_.erase(it);
     w->done.Notify();
@@ -417,8 +416,8 @@ void Engine::SendRegionOpen(std::shared_ptr<Waiter> w, MappedRegion* r, NodeId h
 void Engine::OnPeerUp(NodeId peer) { DSM_LOG(INFO) << "node " << peer << " is up"; }
 
 void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
-  if (peer >= 64 || peer == options_.node_id || ((down_mask_ >> peer) & 1)) return;
-  down_mask_ |= uint64_t{1} << peer;
+  if (peer >= kMaxNodes || peer == options_.node_id || InNodeSet(down_mask_, peer)) return;
+  down_mask_ |= NodeBit(peer);
   ++stats_.peers_down;
   DSM_LOG(WARNING) << "node " << peer << " is down: " << why;
   for (auto& [id, r] : regions_) {
@@ -428,7 +427,7 @@ void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
   locks_->OnPeerDown(peer);
   std::vector<uint64_t> ids;
   for (auto& [id, w] : waiters_) {
-    if ((w->pending_mask >> peer) & 1) ids.push_back(id);
+    if (InNodeSet(w->pending_mask, peer)) ids.push_back(id);
   }
   for (uint64_t id : ids) {
     auto it = waiters_.find(id);
@@ -506,7 +505,7 @@ absl::StatusOr<MappedRegion*> Engine::MapRegion(const RegionOptions& options) {
       return absl::OkStatus();
     }
     NewWaiter(w);
-    for (NodeId h : homes) w->pending_mask |= uint64_t{1} << h;
+    for (NodeId h : homes) w->pending_mask |= NodeBit(h);
     for (NodeId h : homes) SendRegionOpen(w, mapped, h);
     return absl::OkStatus();
   });
@@ -613,7 +612,7 @@ void Engine::AskHomesToPersist(MappedRegion* r, std::shared_ptr<Waiter> w) {
   std::vector<NodeId> homes = r->RemoteHomes();
   if (r->directory() != nullptr) homes.push_back(options_.node_id);
   NewWaiter(w);
-  for (NodeId h : homes) w->pending_mask |= uint64_t{1} << h;
+  for (NodeId h : homes) w->pending_mask |= NodeBit(h);
   for (NodeId h : homes) {
     Message m;
     m.type = MsgType::kSyncReq;

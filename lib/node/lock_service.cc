@@ -7,6 +7,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/timeouts.h"
 #include "lock/protocol.h"
 
 namespace dsm {
@@ -14,7 +15,6 @@ namespace {
 
 // How long past peer_timeout an application thread waits for the engine to answer an Unlock
 // (the engine answers at once; this only guards against a wedged engine).
-constexpr absl::Duration kEngineSlack = absl::Seconds(5);
 
 absl::Status ShutDownError() {
   return absl::UnavailableError("dsm lock: the node is shut down");
