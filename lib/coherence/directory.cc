@@ -410,7 +410,7 @@ void Directory::Impl::OnRecallAck(const Message& m) {
   }
 }
 
-void Directory::OnPeerDown(NodeId peer) {
+void Directory::OnPeerDown(NodeId peer, absl::Time now) {
   Impl& s = *impl_;
   if (peer >= kMaxNodes || (s.down & NodeBit(peer)) != 0) return;
   s.down |= NodeBit(peer);
@@ -437,7 +437,6 @@ void Directory::OnPeerDown(NodeId peer) {
   }
   // Hash-map order varies per process: sort so runs repeat exactly.
   std::sort(touched.begin(), touched.end());
-  const absl::Time now = absl::Now();
   for (PageIndex page : touched) s.Drain(page, now);
 }
 

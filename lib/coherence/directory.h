@@ -89,8 +89,9 @@ class Directory {
   void OnMessage(const Message& m, absl::Time now);
 
   // `peer` is gone: its copies are forgotten, acks it owed count as given, pages it held
-  // Modified are lost (requests for them are answered kNack/kPageLost).
-  void OnPeerDown(NodeId peer);
+  // Modified are lost (requests for them are answered kNack/kPageLost). `now` starts the
+  // transactions this unblocks, as in OnMessage.
+  void OnPeerDown(NodeId peer, absl::Time now);
 
   // Peers that have owed an acknowledgement longer than `timeout`.
   void CollectOverdue(absl::Time now, absl::Duration timeout, std::vector<NodeId>* peers) const;

@@ -420,8 +420,9 @@ void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
   down_mask_ |= NodeBit(peer);
   ++stats_.peers_down;
   DSM_LOG(WARNING) << "node " << peer << " is down: " << why;
+  const absl::Time now = absl::Now();
   for (auto& [id, r] : regions_) {
-    if (r->directory() != nullptr) r->directory()->OnPeerDown(peer);
+    if (r->directory() != nullptr) r->directory()->OnPeerDown(peer, now);
     r->cache().OnPeerDown(peer);
   }
   locks_->OnPeerDown(peer);

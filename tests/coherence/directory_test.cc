@@ -146,7 +146,7 @@ TEST(Directory, RunStopsAtBusyLostUnreadableAndForeignPagesAndNeverNacks) {
   EXPECT_EQ(port.sent.back().payload.size(), 2 * kPageSize);
   // A lost page (its owner went down) ends a run.
   d.OnMessage(Msg(MsgType::kInvAck, 2, 1), kT0);  // node 3 now owns page 1
-  d.OnPeerDown(3);
+  d.OnPeerDown(3, kT0);
   ASSERT_TRUE(d.entry(1).lost);
   d.OnMessage(Msg(MsgType::kGetSRun, 1, 0, 3), kT0);
   EXPECT_EQ(port.sent.back().type, MsgType::kDataRun);
@@ -259,7 +259,7 @@ TEST(Directory, CollectOverdueAndHasRemoteCopies) {
   EXPECT_TRUE(peers.empty());
   d.CollectOverdue(kT0 + absl::Seconds(3), absl::Seconds(2), &peers);
   EXPECT_EQ(peers, (std::vector<NodeId>{0, 2}));
-  d.OnPeerDown(2);
+  d.OnPeerDown(2, kT0);
   d.OnMessage(Msg(MsgType::kInvAck, 0, 0), kT0);
   EXPECT_EQ(port.sent.back().type, MsgType::kData);  // 3 had no copy
   EXPECT_EQ(d.entry(0).owner, 3u);

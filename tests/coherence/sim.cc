@@ -428,7 +428,7 @@ void Sim::Kill(NodeId n) {
   for (int i = 0; i < n_; ++i) {
     if (!alive_[i]) continue;
     nodes_[i]->cache.OnPeerDown(n);
-    nodes_[i]->dir.OnPeerDown(n);
+    nodes_[i]->dir.OnPeerDown(n, now_);
   }
 }
 
