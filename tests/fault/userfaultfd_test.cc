@@ -21,6 +21,8 @@
 #include <vector>
 
 #include "absl/synchronization/barrier.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "fault/fault_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -151,13 +153,36 @@ TEST_F(UffdTest, MultiPageCopyInstallsEveryPage) {
   EXPECT_EQ(page(8)[0], 1);
 }
 
+// True once every thread in `tids` sleeps in the kernel's userfaultfd wait (its wchan), within
+// a bounded wait.
+bool AllBlockedInFault(const std::vector<std::atomic<pid_t>>& tids) {
+  const absl::Time until = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < until) {
+    bool all = true;
+    for (const auto& tid : tids) {
+      std::string wchan;
+      if (tid.load() != 0) {
+        std::ifstream f("/proc/self/task/" + std::to_string(tid.load()) + "/wchan");
+        std::getline(f, wchan);
+      }
+      all = all && wchan == "handle_userfault";
+    }
+    if (all) return true;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return false;
+}
+
 TEST_F(UffdTest, ManyThreadsFaultingOnePageAllSeeIt) {
   constexpr int kThreads = 8;
   Fill('m');
   std::atomic<int> copies{0}, already{0};
+  std::vector<std::atomic<pid_t>> tids(kThreads);
   server_ = std::make_unique<FaultServer>(*uffd_, [&](Userfaultfd& u, const FaultEvent& e) {
-    // Let every thread queue up behind the first fault before serving it.
-    if (copies.load() == 0) usleep(20000);
+    // Serve the first fault only once every thread waits on the page.
+    if (copies.load() == 0) {
+      EXPECT_TRUE(AllBlockedInFault(tids)) << "not every thread blocked in the fault";
+    }
     void* addr = reinterpret_cast<void*>(e.address);
     absl::Status s = u.Copy(addr, src_, kPage, false);
     if (absl::IsAlreadyExists(s)) {
@@ -173,6 +198,7 @@ TEST_F(UffdTest, ManyThreadsFaultingOnePageAllSeeIt) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kThreads; ++i) {
     threads.emplace_back([&, i] {
+      tids[static_cast<size_t>(i)] = static_cast<pid_t>(gettid());
       if (barrier->Block()) delete barrier;
       volatile char* p = page(3);
       if (p[i] == 'm') ++seen;
