@@ -18,6 +18,7 @@ packages=(
   libbenchmark-dev
   iproute2          # `ip netns` / veth for multi-host tests
   clang             # the clang-tsa preset (-Wthread-safety)
+  python3           # scripts/check_layering.py (ctest `layering`), the mutation check
 )
 
 missing=()

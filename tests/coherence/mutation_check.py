@@ -3,9 +3,11 @@
 and shows which tests catch it. Every mutation must make at least one test fail.
 
 Usage (from the repository root, after configuring a build dir, default build-coherence):
-  [BUILD=build-dir] python3 tests/coherence/mutation_check.py [mutation numbers...]
+  [BUILD=build-dir] python3 tests/coherence/mutation_check.py [--fail-fast] [mutation numbers...]
 
 It edits lib/coherence/*.cc in place and restores each file afterwards (also on error).
+Exits 1 if a mutation survives (or fails to build). --fail-fast stops each run at its first
+failing test (scripts/test.sh uses it: one catching test is proof enough, and it is cheaper).
 Not registered with ctest: it rebuilds the test binary once per mutation.
 """
 import os, subprocess, sys
@@ -23,23 +25,34 @@ muts = [
  ("GetS does not recall owner", "lib/coherence/directory.cc", "    } else {\n      const RecallKind kind", "    } else if (r.type == MsgType::kGetM) {\n      const RecallKind kind"),
  ("peer down: recall from dead owner not cleared", "lib/coherence/directory.cc", "if (t.recalling && t.recall_from == peer) t.recalling = false;", "(void)0;"),
  ("cache peer down does nothing", "lib/coherence/cache.cc", "for (PageIndex page : failed) s.MarkLost(page, ErrorCode::kPageLost);", "(void)failed;"),
- ("run grants Modified pages from the home's stale copy", "lib/coherence/directory.cc", "IsLost(q) ||\n        (State(q) == EntryState::kModified && words[q] != cfg.self)) {\n      break;\n    }\n    const size_t at = reply.payload.size();\n    reply.payload.resize(at + kPageSize);\n    if (State(q) == EntryState::kModified) {", "IsLost(q)) {\n      break;\n    }\n    const size_t at = reply.payload.size();\n    reply.payload.resize(at + kPageSize);\n    if (false) {"),
+ ("run grants Modified pages from the home's stale copy", "lib/coherence/directory.cc", "IsLost(q) ||\n        (State(q) == EntryState::kModified && words[q] != cfg.self)) {\n      break;\n    }\n    uint8_t* out = reply.payload.data() + at;\n    if (State(q) == EntryState::kModified) {", "IsLost(q)) {\n      break;\n    }\n    uint8_t* out = reply.payload.data() + at;\n    if (false) {"),
  ("run grants a busy page", "lib/coherence/directory.cc", "cfg.home(q) != cfg.self || txns.contains(q) ||", "cfg.home(q) != cfg.self ||"),
  ("run grant not recorded", "lib/coherence/directory.cc", "    SetShared(q, Sharers(q) | NodeBit(m.src));\n    ++c.requests_served;\n    ++c.run_pages_granted;", "    ++c.requests_served;\n    ++c.run_pages_granted;"),
  ("home downgrades its own copy without write-protecting it", "lib/coherence/cache.cc", "  s.port->SetAccess(page, PageState::kShared);\n  s.SetState(page, PageState::kShared);\n  s.port->ReadPage(page, out);", "  s.SetState(page, PageState::kShared);\n  s.port->ReadPage(page, out);"),
  ("write-back run applies only its first page", "lib/coherence/directory.cc", "    ApplyWriteback(page, kind, m.src, m.payload.data() + i * kPageSize);\n", "    if (i == 0) ApplyWriteback(page, kind, m.src, m.payload.data() + i * kPageSize);\n"),
  ("refused run page with a waiter not asked again", "lib/coherence/cache.cc", "      SendRequest(q, r.want_write, now);  // a thread joined", "      (void)0;  // a thread joined"),
 ]
-sel = sys.argv[1:] 
+fail_fast = "--fail-fast" in sys.argv[1:]
+sel = [a for a in sys.argv[1:] if a != "--fail-fast"]
+gtest_args = "--gtest_fail_fast" if fail_fast else ""
+survivors = []
 for i,(name, path, old, new) in enumerate(muts):
     if sel and str(i) not in sel: continue
     orig = open(path).read()
     assert old in orig, name
     open(path,'w').write(orig.replace(old,new,1))
     try:
-        b = subprocess.run(f"cmake --build {build} --target coherence_test 2>&1 | grep -E ' error ' ", shell=True, capture_output=True, text=True)
-        r = subprocess.run(f"timeout 300 ./{build}/tests/coherence/coherence_test 2>&1 | grep -E '^\\[  FAILED  \\] [A-Za-z]|PASSED' | sort -u | tr '\\n' ' '", shell=True, capture_output=True, text=True)
-        print(f"== {i} {name}:\n{b.stdout}{r.stdout}", flush=True)
+        built = subprocess.run(f"cmake --build {build} --target coherence_test", shell=True, capture_output=True, text=True)
+        b = subprocess.run("grep -E ' error '", shell=True, input=built.stdout + built.stderr, capture_output=True, text=True)
+        r = subprocess.run(f"timeout 300 ./{build}/tests/coherence/coherence_test {gtest_args} > {build}/mutation.log 2>&1", shell=True)
+        shown = subprocess.run(f"grep -E '^\\[  FAILED  \\] [A-Za-z]|PASSED' {build}/mutation.log | sort -u | tr '\\n' ' '", shell=True, capture_output=True, text=True)
+        print(f"== {i} {name}:\n{b.stdout}{shown.stdout}" + ("" if r.returncode in (0, 1) else f"(exit {r.returncode})"), flush=True)
+        if built.returncode != 0 or r.returncode == 0:
+            survivors.append(f"{i} {name}" + ("" if built.returncode == 0 else " (build failed)"))
     finally:
         open(path,'w').write(orig)
 subprocess.run(f"cmake --build {build} --target coherence_test >/dev/null 2>&1", shell=True)
+if survivors:
+    print("mutations not caught: " + "; ".join(survivors), flush=True)
+    sys.exit(1)
+print(f"every mutation made a test fail", flush=True)
