@@ -28,6 +28,10 @@ LAYERS = {
     "fault": ["common"],
     "region": ["coherence", "fault", "common"],
     "node": ["region", "lock", "transport", "fault", "common"],
+    # Beside the engine, on the public API (dsm/) only: placing a node from a launcher's
+    # environment, and allocation inside a region.
+    "launch": ["common"],
+    "heap": [],
 }
 
 # The pure layers: state machines driven by their callers' messages and `now` arguments, tested
@@ -114,16 +118,24 @@ def graph(root):
 
 
 def declared_deps(root, layer):
-    """(CMakeLists path, line, {dsm_x DEPS}) of lib/<layer>'s dsm_component call."""
+    """(CMakeLists path, line, {layers}) of the layers named in the DEPS of lib/<layer>'s
+    dsm_component calls (dsm_<layer> and dsm_<layer>_<part>; parts of <layer> itself left
+    out), or None for the set when there is no such call."""
     path = os.path.join(root, "lib", layer, "CMakeLists.txt")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    m = re.search(r"dsm_component\(\s*dsm_%s\b(.*?)\)" % re.escape(layer), text, re.S)
-    if not m:
+    calls = list(re.finditer(r"dsm_component\(\s*dsm_%s(?:_[a-z0-9_]+)?\s(.*?)\)"
+                             % re.escape(layer), text, re.S))
+    if not calls:
         return os.path.relpath(path, root), 1, None
-    line = text.count("\n", 0, m.start()) + 1
-    dm = re.search(r"\bDEPS\b(.*?)(?:\bSOURCES\b|$)", m.group(1), re.S)
-    deps = set(re.findall(r"\bdsm_([a-z_]+)\b", dm.group(1))) if dm else set()
+    line = text.count("\n", 0, calls[0].start()) + 1
+    deps = set()
+    for m in calls:
+        dm = re.search(r"\bDEPS\b(.*?)(?:\bSOURCES\b|$)", m.group(1), re.S)
+        for d in re.findall(r"\bdsm_([a-z0-9_]+)\b", dm.group(1)) if dm else []:
+            base = d if d in LAYERS else next((x for x in LAYERS if d.startswith(x + "_")), d)
+            if base != layer:
+                deps.add(base)
     return os.path.relpath(path, root), line, deps
 
 
