@@ -38,6 +38,12 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view s) {
     hp.ipv4 = ntohl(a.s_addr);
     return hp;
   }
+  // Digits and dots that are not a dotted quad ("1.2.3", "127.1") are a typo, not a name:
+  // getaddrinfo would take them in the legacy inet_aton forms, as other addresses.
+  if (host.find_first_not_of("0123456789.") == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", s, "': '", host, "' is not a dotted-quad IPv4 address"));
+  }
   // A host name: resolved once, here, to its first IPv4 address (the nodes of a cluster
   // must agree on addresses, so a name is looked up at start and never again).
   addrinfo hints{};
