@@ -22,7 +22,7 @@
 #include "coherence/replacement.h"
 #include "dsm/options.h"
 #include "dsm/stats.h"
-#include "transport/message.h"
+#include "protocol/message.h"
 
 namespace dsm {
 
