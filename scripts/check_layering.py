@@ -47,14 +47,7 @@ PURE_FORBIDDEN_CALLS = re.compile(
 
 # Arrows against the table that are known and allowed, each with its reason. An entry that no
 # longer matches an include is an error too, so the list cannot outlive its reason.
-EXCEPTIONS = {
-    ("coherence", "transport/message.h"):
-        "the message vocabulary (protocol layer) still lives in transport/",
-    ("lock", "transport/message.h"):
-        "the message vocabulary (protocol layer) still lives in transport/",
-    ("region", "transport/message.h"):
-        "the message vocabulary (protocol layer) still lives in transport/",
-}
+EXCEPTIONS = {}
 
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]')
 STD_HEADER = re.compile(r"^[a-z_0-9]+$")  # <cstdint>, <memory>: no directory, no .h

@@ -69,7 +69,7 @@
 
 namespace dsm {
 
-// Wire values (lock/protocol.h): never renumber.
+// Wire values (lib/protocol/lock_fields.h): never renumber.
 enum class LockMode : uint8_t { kShared = 1, kExclusive = 2 };
 
 const char* LockModeName(LockMode mode);

@@ -1,6 +1,7 @@
 #include "coherence/cache.h"
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "common/log.h"
@@ -90,11 +91,62 @@ struct Cache::Impl {
   // Ends the pending request (if any) and fails the page for good.
   void MarkLost(PageIndex page, ErrorCode why) {
     pending.erase(page);
-    if (State(page) != PageState::kInvalid) port->Drop(page);
+    // Fail below zaps and poisons the page whatever this Drop achieves.
+    if (State(page) != PageState::kInvalid) (void)port->Drop(page);
     SetState(page, PageState::kInvalid);
     pages[page] = static_cast<uint8_t>((pages[page] & ~kPendingBit) | kLostBit);
     ++c.lost;
     port->Fail(page, why);
+  }
+
+  void PortFailure(PageIndex page, const char* what, const absl::Status& s) {
+    ++c.port_failures;
+    DSM_LOG(ERROR) << "region " << cfg.region << " page " << page << ": " << what << ": " << s;
+  }
+
+  // A grant this node could not map (see the rules above CachePort): handed back to the home
+  // and lost here. `data` is the granted page, or null to read it from the (S) mapping.
+  void RefuseGrant(PageIndex page, NodeId home, Grant g, const uint8_t* data) {
+    Message put = Make(MsgType::kPut, home, page, 0,
+                       static_cast<uint64_t>(g == Grant::kModified ? PutKind::kWritebackDrop
+                                                                   : PutKind::kDropClean));
+    if (g == Grant::kModified) {
+      port->TakePageBuffer(&put.payload);
+      if (data != nullptr) {
+        std::memcpy(put.payload.data(), data, kPageSize);
+      } else {
+        port->ReadPage(page, put.payload.data());
+      }
+    }
+    MarkLost(page, ErrorCode::kIoError);  // unmapped and poisoned before the home hears
+    port->Send(std::move(put));
+  }
+
+  // Unmaps a mapped page (-> I); if the unmap fails the copy is poisoned instead, so either
+  // way no stale read survives the message the caller sends next.
+  void DropOrLose(PageIndex page) {
+    SetState(page, PageState::kInvalid);
+    if (absl::Status s = port->Drop(page); !s.ok()) {
+      PortFailure(page, "drop", s);
+      MarkLost(page, ErrorCode::kIoError);
+    }
+  }
+
+  // Writes back the pages [first, first + n) (write-protected, all homed at `home`) in one
+  // kPut(kWritebackKeep); they stay S here.
+  void WriteBackKept(PageIndex first, uint64_t n, NodeId home) {
+    Message m = Make(MsgType::kPut, home, first, 0, static_cast<uint64_t>(PutKind::kWritebackKeep));
+    if (n == 1) {
+      port->TakePageBuffer(&m.payload);
+    } else {
+      m.payload = TakePayloadBufferForOverwrite(n * kPageSize);  // every page read below
+    }
+    for (uint64_t i = 0; i < n; ++i) {
+      SetState(first + i, PageState::kShared);
+      port->ReadPage(first + i, m.payload.data() + i * kPageSize);
+    }
+    c.writebacks += n;
+    port->Send(std::move(m));
   }
 
   void OnReply(const Message& m, absl::Time now);
@@ -309,7 +361,11 @@ void Cache::Impl::OnReply(const Message& m, absl::Time now) {
     if (st == PageState::kShared) {
       pending.erase(it);
       pages[page] &= static_cast<uint8_t>(~kPendingBit);
-      port->SetAccess(page, PageState::kModified);
+      if (absl::Status s = port->SetAccess(page, PageState::kModified); !s.ok()) {
+        PortFailure(page, "upgrade", s);
+        RefuseGrant(page, r.home, Grant::kModified, nullptr);
+        return;
+      }
       SetState(page, PageState::kModified);
       return;
     }
@@ -335,13 +391,17 @@ void Cache::Impl::OnReply(const Message& m, absl::Time now) {
     // left S only after telling the home. Replace the copy rather than trust the old one.
     ++c.protocol_errors;
     DSM_LOG(ERROR) << "data grant for page " << page << " held " << PageStateName(st);
-    port->Drop(page);
-    SetState(page, PageState::kInvalid);
+    DropOrLose(page);
+    if (IsLost(page)) return;
   }
   const PageState ns = g == Grant::kModified ? PageState::kModified : PageState::kShared;
   pending.erase(it);
   pages[page] &= static_cast<uint8_t>(~kPendingBit);
-  port->Install(page, m.payload.data(), ns);
+  if (absl::Status s = port->Install(page, m.payload.data(), ns); !s.ok()) {
+    PortFailure(page, "install", s);
+    RefuseGrant(page, r.home, g, m.payload.data());
+    return;
+  }
   SetState(page, ns);
   if (ns == PageState::kShared && (r.write || r.want_write)) {
     // A writer is waiting: upgrade now rather than wait for its WP re-fault.
@@ -372,17 +432,31 @@ void Cache::Impl::OnRunReply(const Message& m, absl::Time now) {
     if (State(q) != PageState::kInvalid) {  // cannot happen: runs ask only for I pages
       ++c.protocol_errors;
       DSM_LOG(ERROR) << "run grant for page " << q << " held " << PageStateName(State(q));
-      port->Drop(q);
       SetState(q, PageState::kInvalid);
+      (void)port->Drop(q);  // a failure is repaired by the install below (it overwrites)
     }
   }
-  if (granted > 0) port->InstallRun(first, granted, m.payload.data());
+  bool page_by_page = false;
+  if (granted > 0) {
+    if (absl::Status s = port->InstallRun(first, granted, m.payload.data()); !s.ok()) {
+      PortFailure(first, "install run", s);
+      page_by_page = true;
+    }
+  }
   for (PageIndex q = first; q < first + n; ++q) {
     auto jt = pending.find(q);
     const Request r = jt->second;
     pending.erase(jt);
     pages[q] &= static_cast<uint8_t>(~kPendingBit);
     if (q < first + granted) {
+      if (page_by_page) {
+        const uint8_t* data = m.payload.data() + (q - first) * kPageSize;
+        if (absl::Status s = port->Install(q, data, PageState::kShared); !s.ok()) {
+          PortFailure(q, "install", s);
+          RefuseGrant(q, r.home, Grant::kShared, data);
+          continue;
+        }
+      }
       SetState(q, PageState::kShared);
       if (r.want_write) SendRequest(q, /*write=*/true, now);  // a writer joined: upgrade
       continue;
@@ -409,10 +483,7 @@ void Cache::Impl::OnInv(const Message& m) {
     ++c.protocol_errors;
     DSM_LOG(ERROR) << "invalidation of Modified page " << m.page << "; dropping it";
   }
-  if (st != PageState::kInvalid) {
-    port->Drop(m.page);
-    SetState(m.page, PageState::kInvalid);
-  }
+  if (st != PageState::kInvalid) DropOrLose(m.page);
   port->Send(Make(MsgType::kInvAck, m.src, m.page, m.req_id, 0));
 }
 
@@ -424,15 +495,22 @@ void Cache::Impl::OnRecall(const Message& m) {
   PageState st = State(page);
   if (st == PageState::kModified) {
     // Write-protect before reading so no store lands after the copy is taken.
-    port->SetAccess(page, PageState::kShared);
+    if (absl::Status s = port->SetAccess(page, PageState::kShared); !s.ok()) {
+      // This node cannot give up write access: its copy is lost, and the answer without data
+      // as Invalid tells the home that the only current copy is gone.
+      PortFailure(page, "recall write-protect", s);
+      MarkLost(page, ErrorCode::kIoError);
+      ack.arg = static_cast<uint64_t>(PageState::kInvalid);
+      port->Send(std::move(ack));
+      return;
+    }
     SetState(page, PageState::kShared);
     port->TakePageBuffer(&ack.payload);
     port->ReadPage(page, ack.payload.data());
     st = PageState::kShared;
   }
   if (invalidate && st == PageState::kShared) {
-    port->Drop(page);
-    SetState(page, PageState::kInvalid);
+    DropOrLose(page);
     st = PageState::kInvalid;
   }
   ack.arg = static_cast<uint64_t>(st);
@@ -469,8 +547,7 @@ bool Cache::Release(PageIndex page) {
   const NodeId home = s.cfg.home(page);
   const bool home_down = (s.down & NodeBit(home)) != 0;
   if (st == PageState::kShared) {
-    s.port->Drop(page);
-    s.SetState(page, PageState::kInvalid);
+    s.DropOrLose(page);
     if (!home_down) s.port->Send(s.Make(MsgType::kPut, home, page, 0,
                                         static_cast<uint64_t>(PutKind::kDropClean)));
     return true;
@@ -479,11 +556,13 @@ bool Cache::Release(PageIndex page) {
     if (home_down) return false;  // the only copy: nowhere to write it
     Message m = s.Make(MsgType::kPut, home, page, 0,
                        static_cast<uint64_t>(PutKind::kWritebackDrop));
-    s.port->SetAccess(page, PageState::kShared);
+    if (absl::Status st_wp = s.port->SetAccess(page, PageState::kShared); !st_wp.ok()) {
+      s.PortFailure(page, "release write-protect", st_wp);
+      return false;  // still writable, still the only copy: it stays M
+    }
     s.port->TakePageBuffer(&m.payload);
     s.port->ReadPage(page, m.payload.data());
-    s.port->Drop(page);
-    s.SetState(page, PageState::kInvalid);
+    s.DropOrLose(page);
     ++s.c.writebacks;
     s.port->Send(std::move(m));
     return true;
@@ -491,15 +570,25 @@ bool Cache::Release(PageIndex page) {
   return false;
 }
 
-bool Cache::DowngradeForHome(PageIndex page, uint8_t* out) {
+absl::StatusOr<bool> Cache::DowngradeForHome(PageIndex page, uint8_t* out) {
   Impl& s = *impl_;
   if (page >= s.cfg.num_pages || s.State(page) != PageState::kModified) return false;
   // Write-protect before reading, as for a recall: no store lands after the copy.
-  s.port->SetAccess(page, PageState::kShared);
+  if (absl::Status st = s.port->SetAccess(page, PageState::kShared); !st.ok()) {
+    s.PortFailure(page, "home downgrade write-protect", st);
+    s.MarkLost(page, ErrorCode::kIoError);
+    return st;
+  }
   s.SetState(page, PageState::kShared);
   s.port->ReadPage(page, out);
   ++s.c.recalls;
   return true;
+}
+
+void Cache::LoseCopy(PageIndex page) {
+  Impl& s = *impl_;
+  if (page >= s.cfg.num_pages || s.IsLost(page)) return;
+  s.MarkLost(page, ErrorCode::kIoError);
 }
 
 bool Cache::CanRelease(PageIndex page) const {
@@ -510,11 +599,20 @@ bool Cache::CanRelease(PageIndex page) const {
   return st == PageState::kModified && (s.down & NodeBit(s.cfg.home(page))) == 0;
 }
 
-size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
+absl::StatusOr<size_t> Cache::WriteBackAll(std::vector<NodeId>* homes) {
   Impl& s = *impl_;
   uint64_t seen = 0;
   for (NodeId h : *homes) seen |= NodeBit(h);
   size_t written = 0;
+  absl::Status first_error;
+  auto write_back = [&](PageIndex first, uint64_t n, NodeId home) {
+    s.WriteBackKept(first, n, home);
+    written += n;
+    if ((seen & NodeBit(home)) == 0) {
+      seen |= NodeBit(home);
+      homes->push_back(home);
+    }
+  };
   // Scan until every M page is found (counters track how many there are); the table is one
   // byte per page, so even a 64 GiB region scans in milliseconds.
   uint64_t remaining = s.c.modified;
@@ -537,33 +635,30 @@ size_t Cache::WriteBackAll(std::vector<NodeId>* homes) {
     // kMaxRunPages pages with one home each.
     PageIndex end = page + 1;
     while (end < s.cfg.num_pages && writable(end)) ++end;
-    s.port->DowngradeRun(page, end - page);
+    if (absl::Status st = s.port->DowngradeRun(page, end - page); !st.ok()) {
+      // Page by page instead; a page whose write-protect fails stays M and unwritten.
+      s.PortFailure(page, "sync write-protect", st);
+      for (; page < end; ++page) {
+        --remaining;
+        if (absl::Status one = s.port->SetAccess(page, PageState::kShared); !one.ok()) {
+          s.PortFailure(page, "sync write-protect", one);
+          if (first_error.ok()) first_error = one;
+          continue;
+        }
+        write_back(page, 1, s.cfg.home(page));
+      }
+      continue;
+    }
     while (page < end) {
       const NodeId home = s.cfg.home(page);
       uint64_t n = 1;
       while (page + n < end && n < kMaxRunPages && s.cfg.home(page + n) == home) ++n;
-      Message m = s.Make(MsgType::kPut, home, page, 0,
-                         static_cast<uint64_t>(PutKind::kWritebackKeep));
-      if (n == 1) {
-        s.port->TakePageBuffer(&m.payload);
-      } else {
-        m.payload = TakePayloadBufferForOverwrite(n * kPageSize);  // every page read below
-      }
-      for (uint64_t i = 0; i < n; ++i) {
-        s.SetState(page + i, PageState::kShared);
-        s.port->ReadPage(page + i, m.payload.data() + i * kPageSize);
-      }
+      write_back(page, n, home);
       remaining -= n;
-      s.c.writebacks += n;
-      written += n;
       page += n;
-      s.port->Send(std::move(m));
-      if ((seen & NodeBit(home)) == 0) {
-        seen |= NodeBit(home);
-        homes->push_back(home);
-      }
     }
   }
+  if (!first_error.ok()) return first_error;
   return written;
 }
 

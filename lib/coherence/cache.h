@@ -58,31 +58,56 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "coherence/types.h"
 
 namespace dsm::coherence {
 
+// What a failed kernel call means (the rules the Cache applies; a port never hides one):
+//  - Install / InstallRun / SetAccess(M) fail (a grant this node cannot map): the grant is
+//    handed back to the home at once -- kPut(kWritebackDrop) with the page's data for an M
+//    grant, kPut(kDropClean) for an S grant -- and the page is lost here (Fail(kIoError):
+//    poisoned, waiting threads get SIGBUS, on_pages_lost). The home's record stays exact and
+//    no other node is affected. A failed InstallRun is retried page by page first (Install
+//    repairs a page the run had already mapped).
+//  - SetAccess(S) / DowngradeRun fail (this node cannot give up write access): on a recall
+//    the copy is lost here and the recall is answered without data as Invalid, which tells
+//    the home its only current copy is gone (the home then reports the page lost); Release
+//    leaves the page Modified and returns false; WriteBackAll leaves those pages Modified
+//    and returns the error (the Sync fails); DowngradeForHome loses the copy and returns the
+//    error (the home reports the page lost).
+//  - Drop fails on an invalidation, a recall or an eviction: the copy is poisoned (Fail) before
+//    the message reporting the drop is sent, so no stale read survives the acknowledgment.
+// Success costs nothing: an OK absl::Status does not allocate.
 class CachePort {
  public:
   virtual void Send(Message&& m) = 0;
   // Maps `page` (currently I) with `data`, read-only for kShared, writable for kModified,
-  // and wakes the threads waiting on it.
-  virtual void Install(PageIndex page, const uint8_t* data, PageState state) = 0;
+  // and wakes the threads waiting on it. On error the page is not mapped with `data`.
+  virtual absl::Status Install(PageIndex page, const uint8_t* data, PageState state) = 0;
   // Changes the access of a mapped page in place: S->M removes write protection (and wakes
-  // waiters); M->S write-protects it (after which no store can change it).
-  virtual void SetAccess(PageIndex page, PageState state) = 0;
+  // waiters); M->S write-protects it (after which no store can change it). On error the
+  // access is unchanged.
+  virtual absl::Status SetAccess(PageIndex page, PageState state) = 0;
   // M->S for every page of [first, first + n) (all M): after it no store can change them. A
-  // port should write-protect the whole range in one call (Sync of many dirty pages).
-  virtual void DowngradeRun(PageIndex first, uint64_t n) {
-    for (uint64_t i = 0; i < n; ++i) SetAccess(first + i, PageState::kShared);
+  // port should write-protect the whole range in one call (Sync of many dirty pages). On
+  // error none of them may be assumed protected.
+  virtual absl::Status DowngradeRun(PageIndex first, uint64_t n) {
+    for (uint64_t i = 0; i < n; ++i) {
+      if (absl::Status s = SetAccess(first + i, PageState::kShared); !s.ok()) return s;
+    }
+    return absl::OkStatus();
   }
   // Copies the contents of a mapped page into out[kPageSize]. For an M page the caller has
   // write-protected it first.
   virtual void ReadPage(PageIndex page, uint8_t* out) = 0;
-  // Unmaps the page (-> I). Later accesses fault again.
-  virtual void Drop(PageIndex page) = 0;
-  // The page cannot be obtained: threads waiting on it, and later accesses, get SIGBUS.
+  // Unmaps the page (-> I). Later accesses fault again. On error the old contents may still
+  // be mapped.
+  virtual absl::Status Drop(PageIndex page) = 0;
+  // The page cannot be obtained: threads waiting on it, and later accesses, get SIGBUS (or
+  // SIGSEGV where the kernel cannot poison). The last resort: it has no failure of its own.
   virtual void Fail(PageIndex page, ErrorCode why) = 0;
   // Wakes threads blocked on `page` whose fault is already resolved.
   virtual void Wake(PageIndex page) = 0;
@@ -99,9 +124,14 @@ class CachePort {
   // home did not grant the page and no thread waits for it; the page stays I).
   virtual void CancelPrefetch(PageIndex /*page*/) {}
   // Maps the n pages [first, first + n) (all I) read-only with data[n * kPageSize] and wakes
-  // their waiters. A port should do it in one call (one UFFDIO_COPY for the whole run).
-  virtual void InstallRun(PageIndex first, uint64_t n, const uint8_t* data) {
-    for (uint64_t i = 0; i < n; ++i) Install(first + i, data + i * kPageSize, PageState::kShared);
+  // their waiters. A port should do it in one call (one UFFDIO_COPY for the whole run). On
+  // error any prefix of the run may be mapped.
+  virtual absl::Status InstallRun(PageIndex first, uint64_t n, const uint8_t* data) {
+    for (uint64_t i = 0; i < n; ++i) {
+      absl::Status s = Install(first + i, data + i * kPageSize, PageState::kShared);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
   }
 
  protected:
@@ -142,8 +172,14 @@ class Cache {
   void CollectOverdue(absl::Time now, absl::Duration timeout, std::vector<NodeId>* peers) const;
 
   // Voluntary release (eviction): S is dropped and the home told; M is written back and
-  // dropped. No-op for I or pending pages. Returns true if the page was released.
+  // dropped. No-op for I or pending pages. Returns true if the page was released (or lost
+  // here because its unmap failed), false if nothing changed.
   bool Release(PageIndex page);
+
+  // A kernel call on `page` failed so that its copy here cannot be used any more (see
+  // ReplacementPort): the page is lost here (Fail: poisoned, waiters get SIGBUS). No-op for a
+  // page outside the region or already lost.
+  void LoseCopy(PageIndex page);
 
   // Whether Release(page) would release it now: mapped, not pending, not lost, and if M its
   // home is up (the write-back needs somewhere to go).
@@ -151,13 +187,15 @@ class Cache {
 
   // The home's directory takes this node's Modified copy of a page it homes (a readahead run
   // from another node wants it): write-protect it (-> S) and copy it to out[kPageSize].
-  // Returns false, changing nothing, unless the page is M here.
-  bool DowngradeForHome(PageIndex page, uint8_t* out);
+  // Returns false, changing nothing, unless the page is M here; an error if the write-protect
+  // failed (the copy is then lost here: the home must report the page lost).
+  absl::StatusOr<bool> DowngradeForHome(PageIndex page, uint8_t* out);
 
   // Sync: every M page is written back and kept S (runs of consecutive pages with one home in
   // one kPut of up to kMaxRunPages pages). Appends each home written to (once).
-  // Returns the number of pages written back.
-  size_t WriteBackAll(std::vector<NodeId>* homes);
+  // Returns the number of pages written back, or the first write-protect error: the pages of
+  // a run that could not be protected stay M here and are not written back (the others are).
+  absl::StatusOr<size_t> WriteBackAll(std::vector<NodeId>* homes);
 
   PageState state(PageIndex page) const;
   bool pending(PageIndex page) const;
@@ -173,6 +211,8 @@ class Cache {
              writebacks = 0, lost = 0;
     // "Cannot happen" events handled defensively (logged): a correct run keeps this 0.
     uint64_t protocol_errors = 0;
+    // Port calls that failed (each handled by the rules above CachePort).
+    uint64_t port_failures = 0;
     // Readahead: prefetches counts pages requested speculatively (their messages are in
     // requests_sent, run_requests of them kGetSRun); prefetch_hits: prefetched pages a later
     // fault joined while in flight, or that the sequential stream passed over while they were

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/node_set.h"
 #include "common/payload_pool.h"
@@ -93,6 +94,15 @@ struct Directory::Impl {
   void OnRunRequest(const Message& m);
   void OnPut(const Message& m);
   void ApplyWriteback(PageIndex page, PutKind kind, NodeId src, const uint8_t* data);
+
+  // The latest data of `page` is gone (see the rules above DirectoryPort): lost for good.
+  void Lose(PageIndex page, const char* what, const absl::Status& why) {
+    DSM_LOG(ERROR) << "region " << cfg.region << " page " << page << " lost: " << what << ": "
+                   << why;
+    if (State(page) == EntryState::kModified) SetUncached(page);
+    flags[page] |= kLostBit;
+    ++c.lost_pages;
+  }
   void OnInvAck(const Message& m);
   void OnRecallAck(const Message& m);
   void Begin(PageIndex page, Txn& t, absl::Time now);
@@ -180,8 +190,16 @@ void Directory::Impl::OnRunRequest(const Message& m) {
     if (State(q) == EntryState::kModified) {
       // This node wrote the page (the common case: a home fills its region, others read it).
       // Downgrade its own copy in place, as a recall would, without a message to itself.
-      if (!port->DowngradeLocal(q, out)) break;
-      port->StorePage(q, out);
+      absl::StatusOr<bool> downgraded = port->DowngradeLocal(q, out);
+      if (!downgraded.ok()) {
+        Lose(q, "the home could not write-protect its copy", downgraded.status());
+        break;
+      }
+      if (!*downgraded) break;
+      if (absl::Status stored = port->StorePage(q, out); !stored.ok()) {
+        Lose(q, "StorePage", stored);
+        break;
+      }
       SetShared(q, NodeBit(cfg.self));
       ++c.local_downgrades;
     } else if (absl::Status loaded = port->LoadPage(q, out); !loaded.ok()) {
@@ -355,7 +373,10 @@ void Directory::Impl::ApplyWriteback(PageIndex page, PutKind kind, NodeId src,
     }
     return;
   }
-  port->StorePage(page, data);
+  if (absl::Status stored = port->StorePage(page, data); !stored.ok()) {
+    Lose(page, "StorePage", stored);
+    return;
+  }
   ++c.writebacks;
   if (kind == PutKind::kWritebackKeep) {
     SetShared(page, NodeBit(src));
@@ -388,12 +409,17 @@ void Directory::Impl::OnRecallAck(const Message& m) {
   const bool kept = static_cast<PageState>(m.arg) == PageState::kShared;
   if (IsOwner(page, m.src)) {
     if (m.payload.size() == kPageSize) {
-      port->StorePage(page, m.payload.data());
+      if (absl::Status stored = port->StorePage(page, m.payload.data()); !stored.ok()) {
+        Lose(page, "StorePage", stored);
+        return;
+      }
       ++c.writebacks;
     } else {
-      ++c.protocol_errors;
-      DSM_LOG(ERROR) << "owner " << m.src << " answered the recall of page " << page
-                     << " without data";
+      // The owner could not give up write access and poisoned its copy (see CachePort):
+      // the latest data is gone.
+      Lose(page, "the owner answered the recall without data", absl::DataLossError(
+          absl::StrCat("node ", m.src, " lost its Modified copy")));
+      return;
     }
     if (kept) {
       SetShared(page, NodeBit(m.src));

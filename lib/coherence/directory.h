@@ -24,7 +24,8 @@
 //    busy: with per-pair FIFO delivery it precedes that owner's answer to any recall.
 //  - Requests are judged on the directory's state, never on what the requester says: a kGetM
 //    is answered without data only if the requester is a recorded sharer.
-//  - A lost page (its Modified owner went down) stays lost: every request gets kNack.
+//  - A lost page (its Modified owner went down, or its latest data could not be stored or
+//    taken: see DirectoryPort) stays lost: every request gets kNack.
 //  - A readahead run (kGetSRun) never waits and never queues: it is granted only for the
 //    prefix of its pages that are idle (no transaction active or queued) and not Modified at
 //    another node, which is what a kGetS would have been granted without waiting for another
@@ -53,22 +54,35 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "coherence/types.h"
 
 namespace dsm::coherence {
 
+// What a failed port call means (the Directory never goes on as if it had succeeded):
+//  - LoadPage fails: the request is answered kNack(kIoError) (a run stops before the page).
+//  - StorePage fails: the home cannot hold the latest data, so the page is lost (every later
+//    request gets kNack(kPageLost)), as when its Modified owner goes down. (A node that kept a
+//    Shared copy, after a downgrade or a kWritebackKeep, reads it until it drops it.)
+//  - DowngradeLocal fails (this node could not write-protect its own Modified copy, which it
+//    has therefore lost): the page is lost.
+//  - A Modified owner answers a recall without data: its copy is gone (it could not give up
+//    write access and poisoned it), so the page is lost.
 class DirectoryPort {
  public:
   virtual void Send(Message&& m) = 0;
   // Reads the home copy of `page` (from the file, or zeros) into out[kPageSize].
   virtual absl::Status LoadPage(PageIndex page, uint8_t* out) = 0;
   // Replaces the home copy of `page` (to be persisted by the next Sync).
-  virtual void StorePage(PageIndex page, const uint8_t* data) = 0;
+  virtual absl::Status StorePage(PageIndex page, const uint8_t* data) = 0;
   // This node (the home) holds `page` Modified: write-protect its copy (it stays Shared
   // here), copy it into out[kPageSize] and return true, as a kRecall(kDowngrade) to itself
-  // would. False if it cannot (the copy is not Modified here after all).
-  virtual bool DowngradeLocal(PageIndex /*page*/, uint8_t* /*out*/) { return false; }
+  // would. False if the copy is not Modified here after all (nothing changed); an error if
+  // the write-protect failed (the copy is lost here).
+  virtual absl::StatusOr<bool> DowngradeLocal(PageIndex /*page*/, uint8_t* /*out*/) {
+    return false;
+  }
 
  protected:
   ~DirectoryPort() = default;

@@ -123,8 +123,14 @@ void Replacer::OnFault(int space, PageIndex page, bool write, absl::Time now) {
     // A store to a page protected only for sampling: it is in use. The Cache never hears.
     ++c_.sample_faults;
     Set(s->referenced, page);
-    port_->Unprotect(space, page);
-    return;
+    if (port_->Unprotect(space, page).ok()) return;
+    // The writer cannot be let through: release the page and serve the fault as a write
+    // miss below (the writer is woken by the install), or lose the page (SIGBUS).
+    ++c_.port_failures;
+    if (!cache.Release(page)) {
+      cache.LoseCopy(page);
+      return;
+    }
   }
   if (Test(s->resident, page)) Set(s->referenced, page);
   const bool was_pending = cache.pending(page);
@@ -232,7 +238,9 @@ size_t Replacer::Enforce() {
           dirty = dirty || s.cache->state(victims_[b].page) == PageState::kModified;
           ++b;
         }
-        if (dirty) port_->Protect(space, victims_[a].page, b - a);
+        if (dirty && !port_->Protect(space, victims_[a].page, b - a).ok()) {
+          ++c_.port_failures;  // Release write-protects each page itself
+        }
         a = b;
       }
       for (size_t k = i; k < end; ++k) {
@@ -243,8 +251,9 @@ size_t Replacer::Enforce() {
           ++c_.evictions;
           if (dirty) ++c_.eviction_writebacks;
         } else {
-          // Cannot happen (CanRelease was checked and nothing ran since). If its run was
-          // write-protected above, the next store is absorbed as a sampling fault.
+          // Only when its write-protect failed (CanRelease was checked and nothing ran
+          // since). If its run was write-protected above, the next store is absorbed as a
+          // sampling fault.
           if (dirty) Set(s.armed, p);
         }
       }
@@ -270,9 +279,12 @@ size_t Replacer::Enforce() {
         ++j;
       }
       Space& s = *spaces_[static_cast<size_t>(arm_[i].space)];
-      for (size_t k = i; k < j; ++k) Set(s.armed, arm_[k].page);
-      port_->Protect(arm_[i].space, arm_[i].page, j - i);
-      c_.pages_armed += j - i;
+      if (port_->Protect(arm_[i].space, arm_[i].page, j - i).ok()) {
+        for (size_t k = i; k < j; ++k) Set(s.armed, arm_[k].page);
+        c_.pages_armed += j - i;
+      } else {
+        ++c_.port_failures;  // not armed: the pages look unreferenced until their next fault
+      }
       i = j;
     }
     released += round;

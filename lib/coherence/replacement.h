@@ -36,19 +36,31 @@
 #include <memory>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "coherence/cache.h"
 #include "coherence/types.h"
 
 namespace dsm::coherence {
 
+// What a failed port call means:
+//  - Protect fails before a batch of write-backs: nothing is lost; Cache::Release then
+//    write-protects each Modified victim itself (and keeps it if that fails too).
+//  - Protect fails for sampling: the run is not armed (its armed bits are cleared), so the
+//    pages look unreferenced to the hand until their next fault.
+//  - Unprotect fails: the writer cannot be let through while the page stays Modified here, so
+//    the page is released (Cache::Release: written back and dropped) and the fault is served
+//    as a write miss (the writer is woken when the page is installed again); if it cannot be
+//    released it is lost here (Cache::LoseCopy: the writer gets SIGBUS).
 class ReplacementPort {
  public:
   // Write-protects the mapped pages [first, first + n) of `space` (sampling, or before a
-  // batch of write-backs so each page needs no ioctl of its own).
-  virtual void Protect(int space, PageIndex first, uint64_t n) = 0;
-  // Removes sampling protection from one Modified page and wakes threads blocked on it.
-  virtual void Unprotect(int space, PageIndex page) = 0;
+  // batch of write-backs so each page needs no ioctl of its own). On error none of them may
+  // be assumed protected.
+  virtual absl::Status Protect(int space, PageIndex first, uint64_t n) = 0;
+  // Removes sampling protection from one Modified page and wakes threads blocked on it. On
+  // error the page stays write-protected.
+  virtual absl::Status Unprotect(int space, PageIndex page) = 0;
   // Bracket a batch of Cache::Release calls on one space. The port may defer unmaps until
   // EndBatch (unmapping runs together); if it does, it must defer the messages the Cache
   // sends in between until after them (a node unmaps before it reports the drop).
@@ -75,6 +87,7 @@ class Replacer {
     uint64_t pages_armed = 0;           // second chances given with write protection
     uint64_t scanned = 0;               // resident pages the hand passed
     uint64_t over_budget = 0;           // Enforce() calls that could not reach the budget
+    uint64_t port_failures = 0;         // Protect / Unprotect calls that failed
   };
 
   Replacer(Config config, ReplacementPort* port);

@@ -7,7 +7,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "transport/message.h"
+#include "protocol/message.h"
 
 namespace dsm::coherence {
 

@@ -30,7 +30,7 @@
 // arbiter) must be delivered locally, as if received (after the current call returns) —
 // the transport is not asked to send to self.
 //
-// Dispatch of received messages (after the decoder's ValidateLockMessage, lock/protocol.h):
+// Dispatch of received messages (after the decoder checked them, protocol/validation.h):
 //   kLockAcquire, kLockRelease, kLockCancel -> LockTable of m.region .OnMessage(m, now);
 //       no table for m.region: reply kLockReply(kNoSuchRegion), or (kNotArbiter) if the region
 //       is mapped but arbitrated elsewhere; for Release/Cancel, drop.
@@ -74,8 +74,8 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "dsm/lock.h"
-#include "lock/protocol.h"
-#include "transport/message.h"
+#include "protocol/lock_fields.h"
+#include "protocol/message.h"
 
 namespace dsm::lock {
 

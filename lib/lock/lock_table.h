@@ -44,8 +44,8 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "lock/interval_index.h"
-#include "lock/protocol.h"
-#include "transport/message.h"
+#include "protocol/lock_fields.h"
+#include "protocol/message.h"
 
 namespace dsm::lock {
 

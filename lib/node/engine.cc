@@ -533,7 +533,10 @@ absl::Status Engine::SyncRegion(RegionId region) {
     MappedRegion* r = FindRegion(region);
     if (r == nullptr) return absl::NotFoundError("region is not mapped");
     std::vector<NodeId> written_to;  // counted in the cache's writebacks
-    r->cache().WriteBackAll(&written_to);
+    // A page this node could not write-protect stays Modified and unwritten: Sync fails.
+    if (absl::StatusOr<size_t> written = r->cache().WriteBackAll(&written_to); !written.ok()) {
+      return written.status();
+    }
     w->what = absl::StrCat("syncing region ", r->name());
     w->deadline = absl::Now() + absl::FromChrono(options_.peer_timeout);
     // Every home persists, including homes we wrote nothing to now: they may hold pages we

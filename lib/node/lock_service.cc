@@ -8,7 +8,7 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/timeouts.h"
-#include "lock/protocol.h"
+#include "protocol/lock_fields.h"
 
 namespace dsm {
 namespace {

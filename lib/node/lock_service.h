@@ -51,7 +51,7 @@
 #include "lock/lock_table.h"
 #include "region/mapped_region.h"
 #include "transport/event_loop.h"
-#include "transport/message.h"
+#include "protocol/message.h"
 
 namespace dsm {
 

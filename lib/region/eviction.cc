@@ -162,12 +162,14 @@ void Evictor::AddStats(Stats* out) const {
   out->memory_locked_bytes = locked_bytes_;
 }
 
-void Evictor::Protect(int space, PageIndex first, uint64_t n) {
-  if (MappedRegion* r = Region(space)) (void)r->ProtectRun(first, n);  // else page by page
+absl::Status Evictor::Protect(int space, PageIndex first, uint64_t n) {
+  MappedRegion* r = Region(space);
+  return r != nullptr ? r->ProtectRun(first, n) : absl::OkStatus();
 }
 
-void Evictor::Unprotect(int space, PageIndex page) {
-  if (MappedRegion* r = Region(space)) r->UnprotectPage(page);
+absl::Status Evictor::Unprotect(int space, PageIndex page) {
+  MappedRegion* r = Region(space);
+  return r != nullptr ? r->UnprotectPage(page) : absl::OkStatus();
 }
 
 void Evictor::BeginBatch(int space) {

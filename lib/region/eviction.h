@@ -22,7 +22,7 @@
 #include "coherence/replacement.h"
 #include "dsm/options.h"
 #include "dsm/stats.h"
-#include "transport/message.h"
+#include "protocol/message.h"
 
 namespace dsm {
 
@@ -54,8 +54,8 @@ class Evictor final : public coherence::ReplacementPort {
   void AddStats(Stats* out) const;
 
   // ReplacementPort.
-  void Protect(int space, PageIndex first, uint64_t n) override;
-  void Unprotect(int space, PageIndex page) override;
+  absl::Status Protect(int space, PageIndex first, uint64_t n) override;
+  absl::Status Unprotect(int space, PageIndex page) override;
   void BeginBatch(int space) override;
   void EndBatch(int space) override;
 

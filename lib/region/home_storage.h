@@ -17,7 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "transport/message.h"
+#include "protocol/message.h"
 
 namespace dsm {
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/status_macros.h"
 #include "region/eviction.h"
 
 namespace dsm {
@@ -127,46 +128,46 @@ void MappedRegion::Send(Message&& m) {
   host_->SendMessage(std::move(m));
 }
 
-void MappedRegion::Install(PageIndex page, const uint8_t* data, coherence::PageState state) {
+absl::Status MappedRegion::Install(PageIndex page, const uint8_t* data,
+                                   coherence::PageState state) {
   absl::Status s = host_->uffd().Copy(PageAddr(page), data, kPageSize,
                                       /*write_protect=*/state != coherence::PageState::kModified);
   if (s.ok()) {
     ++pages_installed_;
     if (evictor_ != nullptr) evictor_->replacer().OnInstall(space_, page);
-    return;
+    return s;
   }
-  if (evictor_ != nullptr) evictor_->replacer().OnInstall(space_, page);
+  DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": install: " << s;
+  if (!absl::IsAlreadyExists(s)) return s;
   // Mapped already: only the application itself could have done that (it must not touch the
   // mapping's layout); make the contents and access right rather than lose the grant.
-  DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": install: " << s;
-  if (absl::IsAlreadyExists(s)) {
-    (void)host_->uffd().WriteProtect(PageAddr(page), kPageSize, false);
-    std::memcpy(PageAddr(page), data, kPageSize);
-    SetAccess(page, state);
-    Wake(page);
-  }
+  DSM_RETURN_IF_ERROR(host_->uffd().WriteProtect(PageAddr(page), kPageSize, false));
+  std::memcpy(PageAddr(page), data, kPageSize);
+  if (evictor_ != nullptr) evictor_->replacer().OnInstall(space_, page);
+  DSM_RETURN_IF_ERROR(SetAccess(page, state));
+  Wake(page);
+  return absl::OkStatus();
 }
 
-void MappedRegion::SetAccess(PageIndex page, coherence::PageState state) {
+absl::Status MappedRegion::SetAccess(PageIndex page, coherence::PageState state) {
   if (evictor_ != nullptr) evictor_->replacer().OnSetAccess(space_, page);
   if (batch_.active && state != coherence::PageState::kModified) {
     for (const Run& r : batch_.protected_runs) {
-      if (page >= r.first && page - r.first < r.n) return;  // protected by ProtectRun
+      if (page >= r.first && page - r.first < r.n) return absl::OkStatus();  // by ProtectRun
     }
   }
   absl::Status s = host_->uffd().WriteProtect(PageAddr(page), kPageSize,
                                               state != coherence::PageState::kModified);
   if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
+  return s;
 }
 
-void MappedRegion::DowngradeRun(PageIndex first, uint64_t n) {
-  if (!ProtectRun(first, n)) {
-    for (uint64_t i = 0; i < n; ++i) SetAccess(first + i, coherence::PageState::kShared);
-    return;
-  }
+absl::Status MappedRegion::DowngradeRun(PageIndex first, uint64_t n) {
+  DSM_RETURN_IF_ERROR(ProtectRun(first, n));  // the Cache falls back to page by page
   if (evictor_ != nullptr) {
     for (uint64_t i = 0; i < n; ++i) evictor_->replacer().OnSetAccess(space_, first + i);
   }
+  return absl::OkStatus();
 }
 
 void MappedRegion::ReadPage(PageIndex page, uint8_t* out) {
@@ -175,19 +176,20 @@ void MappedRegion::ReadPage(PageIndex page, uint8_t* out) {
   std::memcpy(out, PageAddr(page), kPageSize);
 }
 
-void MappedRegion::Drop(PageIndex page) {
+absl::Status MappedRegion::Drop(PageIndex page) {
   if (evictor_ != nullptr) evictor_->replacer().OnDrop(space_, page);
-  if (batch_.active) {
+  if (batch_.active) {  // EndBatch unmaps it, or poisons it if that fails
     if (!batch_.zap_runs.empty() &&
         batch_.zap_runs.back().first + batch_.zap_runs.back().n == page) {
       ++batch_.zap_runs.back().n;
     } else {
       batch_.zap_runs.push_back({page, 1});
     }
-    return;
+    return absl::OkStatus();
   }
   absl::Status s = host_->uffd().Zap(PageAddr(page), kPageSize);
   if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
+  return s;
 }
 
 // The page is poisoned first (any access from now on raises SIGBUS, so the loss callback may
@@ -236,40 +238,39 @@ void MappedRegion::CancelPrefetch(PageIndex page) {
 // flush instead of 64. UFFDIO_MOVE would avoid this copy (one of five per page on the scan
 // path, docs/PERFORMANCE.md), but it needs page-aligned private anonymous source pages and
 // the run arrives in the transport's receive buffer, decoded into a vector.
-void MappedRegion::InstallRun(PageIndex first, uint64_t n, const uint8_t* data) {
+absl::Status MappedRegion::InstallRun(PageIndex first, uint64_t n, const uint8_t* data) {
   absl::Status s = host_->uffd().Copy(PageAddr(first), data, n * kPageSize,
                                       /*write_protect=*/true);
   if (!s.ok()) {
-    // Part of the run may be mapped (only the application could have mapped it); install
-    // page by page, which repairs each page that is already there.
+    // Part of the run may be mapped; the Cache installs page by page (Install repairs a page
+    // that is already there).
     DSM_LOG(ERROR) << "region " << options_.name << " pages " << first << "+" << n
                    << ": install run: " << s;
-    for (uint64_t i = 0; i < n; ++i) {
-      Install(first + i, data + i * kPageSize, coherence::PageState::kShared);
-    }
-    return;
+    return s;
   }
   pages_installed_ += n;
   if (evictor_ != nullptr) {
     for (uint64_t i = 0; i < n; ++i) evictor_->replacer().OnInstall(space_, first + i);
   }
+  return s;
 }
 
-bool MappedRegion::ProtectRun(PageIndex first, uint64_t n) {
-  if (first >= num_pages_ || n == 0) return true;
+absl::Status MappedRegion::ProtectRun(PageIndex first, uint64_t n) {
+  if (first >= num_pages_ || n == 0) return absl::OkStatus();
   n = std::min<uint64_t>(n, num_pages_ - first);
   absl::Status s = host_->uffd().WriteProtect(PageAddr(first), n * kPageSize, true);
   if (!s.ok()) {
     DSM_LOG(ERROR) << "region " << options_.name << " pages " << first << "+" << n << ": " << s;
-    return false;  // SetAccess will protect each page itself
+    return s;  // nothing recorded: SetAccess protects each page itself
   }
   if (batch_.active) batch_.protected_runs.push_back({first, n});
-  return true;
+  return s;
 }
 
-void MappedRegion::UnprotectPage(PageIndex page) {
+absl::Status MappedRegion::UnprotectPage(PageIndex page) {
   absl::Status s = host_->uffd().WriteProtect(PageAddr(page), kPageSize, false);
   if (!s.ok()) DSM_LOG(ERROR) << "region " << options_.name << " page " << page << ": " << s;
+  return s;
 }
 
 void MappedRegion::BeginBatch() {
@@ -284,8 +285,11 @@ void MappedRegion::EndBatch() {
   for (const Run& r : batch_.zap_runs) {
     absl::Status s = host_->uffd().Zap(PageAddr(r.first), r.n * kPageSize);
     if (!s.ok()) {
+      // The Cache already counts these pages dropped; a copy that may still be mapped is
+      // poisoned (lost here) before the messages reporting the drops go out.
       DSM_LOG(ERROR) << "region " << options_.name << " pages " << r.first << "+" << r.n << ": "
                      << s;
+      for (uint64_t i = 0; i < r.n; ++i) cache_->LoseCopy(r.first + i);
     }
   }
   for (Message& m : batch_.sends) host_->SendMessage(std::move(m));
@@ -299,12 +303,15 @@ absl::Status MappedRegion::LoadPage(PageIndex page, uint8_t* out) {
   return storage_->Load(page, out);
 }
 
-bool MappedRegion::DowngradeLocal(PageIndex page, uint8_t* out) {
+absl::StatusOr<bool> MappedRegion::DowngradeLocal(PageIndex page, uint8_t* out) {
   return cache_->DowngradeForHome(page, out);
 }
 
-void MappedRegion::StorePage(PageIndex page, const uint8_t* data) {
-  if (storage_) storage_->Store(page, data);
+absl::Status MappedRegion::StorePage(PageIndex page, const uint8_t* data) {
+  if (!storage_) return absl::FailedPreconditionError("not a home of this region");
+  if (page >= num_pages_) return absl::OutOfRangeError(absl::StrCat("page ", page));
+  storage_->Store(page, data);
+  return absl::OkStatus();
 }
 
 }  // namespace dsm

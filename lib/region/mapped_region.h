@@ -76,21 +76,22 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
 
   // CachePort.
   void Send(Message&& m) override;
-  void Install(PageIndex page, const uint8_t* data, coherence::PageState state) override;
-  void SetAccess(PageIndex page, coherence::PageState state) override;
-  void DowngradeRun(PageIndex first, uint64_t n) override;
+  absl::Status Install(PageIndex page, const uint8_t* data,
+                       coherence::PageState state) override;
+  absl::Status SetAccess(PageIndex page, coherence::PageState state) override;
+  absl::Status DowngradeRun(PageIndex first, uint64_t n) override;
   void ReadPage(PageIndex page, uint8_t* out) override;
-  void Drop(PageIndex page) override;
+  absl::Status Drop(PageIndex page) override;
   void Fail(PageIndex page, ErrorCode why) override;
   void Wake(PageIndex page) override;
   void TakePageBuffer(std::vector<uint8_t>* out) override;
   bool ReservePrefetch(PageIndex page) override;
   void CancelPrefetch(PageIndex page) override;
-  void InstallRun(PageIndex first, uint64_t n, const uint8_t* data) override;
+  absl::Status InstallRun(PageIndex first, uint64_t n, const uint8_t* data) override;
   // DirectoryPort.
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
-  void StorePage(PageIndex page, const uint8_t* data) override;
-  bool DowngradeLocal(PageIndex page, uint8_t* out) override;
+  absl::Status StorePage(PageIndex page, const uint8_t* data) override;
+  absl::StatusOr<bool> DowngradeLocal(PageIndex page, uint8_t* out) override;
 
   uint64_t pages_installed() const { return pages_installed_; }
 
@@ -98,13 +99,15 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
   int space() const { return space_; }
   // Write-protects [first, first + n) in one ioctl. Inside a batch, SetAccess(S) on these
   // pages then skips its own ioctl.
-  // Returns false if the ioctl failed (nothing recorded; protect page by page instead).
-  bool ProtectRun(PageIndex first, uint64_t n);
-  // Removes sampling protection from one Modified page (wakes its waiters).
-  void UnprotectPage(PageIndex page);
+  // On error nothing is recorded (SetAccess then protects page by page).
+  absl::Status ProtectRun(PageIndex first, uint64_t n);
+  // Removes sampling protection from one Modified page (wakes its waiters). On error the
+  // page stays write-protected (ReplacementPort says what then happens).
+  absl::Status UnprotectPage(PageIndex page);
   // Between BeginBatch and EndBatch, Drop only records the page and Send queues the message;
   // EndBatch unmaps the recorded pages in runs (one madvise each), then sends the messages in
-  // order, so every unmap still precedes the message that reports it.
+  // order, so every unmap still precedes the message that reports it. A run whose unmap
+  // fails is poisoned (Cache::LoseCopy) before the messages go out.
   void BeginBatch();
   void EndBatch();
 

@@ -21,7 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "dsm/options.h"
 #include "transport/event_loop.h"
-#include "transport/message.h"
+#include "protocol/message.h"
 
 namespace dsm {
 

@@ -12,9 +12,11 @@
 //   32     8    req_id
 //   40     8    arg
 //
-// Decoding never trusts a field: unknown type, wrong magic or version, a payload longer than
-// kMaxPayload or of the wrong size for its type, or a src that does not match the connection
-// are errors. A transport that sees one closes that connection and logs it.
+// Decoding never trusts a field: wrong magic or version, reserved flags, or any rule of the
+// message table (protocol/validation.h: unknown type, a payload over kMaxPayload or of the
+// wrong size for its type, fields that must be zero, arg layouts, src >= cluster size) is an
+// error; so is a src that does not match the connection (the transport's check). A transport
+// that sees one closes that connection and logs it.
 #pragma once
 
 #include <cstddef>
@@ -22,7 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "transport/message.h"
+#include "protocol/message.h"
 
 namespace dsm {
 
@@ -39,19 +41,19 @@ void EncodeHeader(const Message& m, uint8_t* out);
 
 // Header-only parse: returns the total frame length (header + payload) once `data` holds at
 // least a header, 0 while `data` is shorter than a header (need more bytes), or an error if
-// the header is invalid: bad magic/version/flags, a type this build does not declare, a
-// payload_len over kMaxPayload or illegal for the type (and its arg where it matters), or
-// src >= `cluster_size`. `cluster_size` must be in 1..kMaxNodes. The src/connection match is
-// the transport's check (the header does not know the connection).
+// the header is invalid: bad magic/version/flags, or a header field breaking a rule of the
+// message table (FindViolation). `cluster_size` must be in 1..kMaxNodes. The src/connection
+// match is the transport's check (the header does not know the connection).
 absl::StatusOr<size_t> PeekFrameLength(absl::Span<const uint8_t> data, size_t cluster_size);
 
 // Decodes exactly one frame (data.size() must equal the frame length). Every check of
-// PeekFrameLength plus the payload content checks (a region name holds no NUL byte).
+// PeekFrameLength plus the payload content checks (a name holds no NUL byte).
 // m.dst is left 0: the receiving transport fills it.
 absl::StatusOr<Message> DecodeMessage(absl::Span<const uint8_t> frame, size_t cluster_size);
 
-// The checks DecodeMessage would apply to `m` once encoded; transports run it in Send() so a
-// local bug is reported locally instead of making the receiver close the connection.
+// The checks DecodeMessage would apply to `m` once encoded (CheckMessage of the table);
+// transports run it in Send() so a local bug is reported locally instead of making the
+// receiver close the connection.
 absl::Status ValidateMessage(const Message& m, size_t cluster_size);
 
 }  // namespace dsm

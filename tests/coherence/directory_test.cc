@@ -28,9 +28,10 @@ class HomePort final : public DirectoryPort {
     std::memcpy(out, store.data(), kPageSize);
     return absl::OkStatus();
   }
-  void StorePage(PageIndex, const uint8_t* data) override {
+  absl::Status StorePage(PageIndex, const uint8_t* data) override {
     store.assign(data, data + kPageSize);
     ++stores;
+    return absl::OkStatus();
   }
   std::vector<Message> sent;
   std::vector<uint8_t> store = std::vector<uint8_t>(kPageSize, 0);
@@ -282,10 +283,12 @@ TEST(Directory, HugeUntouchedRegionCostsAlmostNothing) {
   HomePort hport;
   struct NullPort final : CachePort {
     void Send(Message&&) override {}
-    void Install(PageIndex, const uint8_t*, PageState) override {}
-    void SetAccess(PageIndex, PageState) override {}
+    absl::Status Install(PageIndex, const uint8_t*, PageState) override {
+      return absl::OkStatus();
+    }
+    absl::Status SetAccess(PageIndex, PageState) override { return absl::OkStatus(); }
     void ReadPage(PageIndex, uint8_t*) override {}
-    void Drop(PageIndex) override {}
+    absl::Status Drop(PageIndex) override { return absl::OkStatus(); }
     void Fail(PageIndex, ErrorCode) override {}
     void Wake(PageIndex) override {}
   } cport;
@@ -299,7 +302,7 @@ TEST(Directory, HugeUntouchedRegionCostsAlmostNothing) {
     c.OnFault(p, false, kT0);
   }
   std::vector<NodeId> homes;
-  c.WriteBackAll(&homes);
+  ASSERT_TRUE(c.WriteBackAll(&homes).ok());
   const long grown = ResidentBytes() - before;
   EXPECT_LT(grown, 4 << 20) << "resident memory grew by " << grown << " bytes";
   EXPECT_EQ(d.entry(pages / 2).sharers, uint64_t{1} << 1);

@@ -15,9 +15,9 @@ build = os.environ.get("BUILD", "build-coherence")
 muts = [
  ("grant M before last InvAck", "lib/coherence/directory.cc", "if (t.waiting != 0 || t.recalling) {", "if (t.recalling) {"),
  ("grant before recall ack", "lib/coherence/directory.cc", "if (t.waiting != 0 || t.recalling) {", "if (t.waiting != 0) {"),
- ("cache ignores kInv (acks without dropping)", "lib/coherence/cache.cc", "  if (st != PageState::kInvalid) {\n    port->Drop(m.page);", "  if (false) {\n    port->Drop(m.page);"),
- ("recall reads M page without write-protect", "lib/coherence/cache.cc", "    port->SetAccess(page, PageState::kShared);\n    SetState(page, PageState::kShared);\n    port->TakePageBuffer(&ack.payload);", "    SetState(page, PageState::kShared);\n    port->TakePageBuffer(&ack.payload);"),
- ("home ignores recall payload", "lib/coherence/directory.cc", "    if (m.payload.size() == kPageSize) {\n      port->StorePage", "    if (false) {\n      port->StorePage"),
+ ("cache ignores kInv (acks without dropping)", "lib/coherence/cache.cc", "  if (st != PageState::kInvalid) DropOrLose(m.page);", "  if (false) DropOrLose(m.page);"),
+ ("recall reads M page without write-protect", "lib/coherence/cache.cc", "    if (absl::Status s = port->SetAccess(page, PageState::kShared); !s.ok()) {\n      // This node cannot", "    if (absl::Status s = absl::OkStatus(); !s.ok()) {\n      // This node cannot"),
+ ("home ignores recall payload", "lib/coherence/directory.cc", "    if (m.payload.size() == kPageSize) {\n      if (absl::Status stored = port->StorePage", "    if (false) {\n      if (absl::Status stored = port->StorePage"),
  ("write-back applied only when idle", "lib/coherence/directory.cc", "  if (IsLost(page)) return;\n  if (!IsOwner(page, src)) {", "  if (IsLost(page) || (flags[page] & kBusyBit)) return;\n  if (!IsOwner(page, src)) {"),
  ("no coalescing", "lib/coherence/cache.cc", "  if (it != s.pending.end()) {\n    ++s.c.coalesced_faults;", "  if (false) {\n    ++s.c.coalesced_faults;"),
  ("dataless grant trusted from requester S (ignore sharer check)", "lib/coherence/directory.cc", "const bool has_valid_copy = r.type == MsgType::kGetM && (Sharers(page) & NodeBit(r.src)) != 0;", "const bool has_valid_copy = r.type == MsgType::kGetM;"),
@@ -28,8 +28,13 @@ muts = [
  ("run grants Modified pages from the home's stale copy", "lib/coherence/directory.cc", "IsLost(q) ||\n        (State(q) == EntryState::kModified && words[q] != cfg.self)) {\n      break;\n    }\n    uint8_t* out = reply.payload.data() + at;\n    if (State(q) == EntryState::kModified) {", "IsLost(q)) {\n      break;\n    }\n    uint8_t* out = reply.payload.data() + at;\n    if (false) {"),
  ("run grants a busy page", "lib/coherence/directory.cc", "cfg.home(q) != cfg.self || txns.contains(q) ||", "cfg.home(q) != cfg.self ||"),
  ("run grant not recorded", "lib/coherence/directory.cc", "    SetShared(q, Sharers(q) | NodeBit(m.src));\n    ++c.requests_served;\n    ++c.run_pages_granted;", "    ++c.requests_served;\n    ++c.run_pages_granted;"),
- ("home downgrades its own copy without write-protecting it", "lib/coherence/cache.cc", "  s.port->SetAccess(page, PageState::kShared);\n  s.SetState(page, PageState::kShared);\n  s.port->ReadPage(page, out);", "  s.SetState(page, PageState::kShared);\n  s.port->ReadPage(page, out);"),
+ ("home downgrades its own copy without write-protecting it", "lib/coherence/cache.cc", "  if (absl::Status st = s.port->SetAccess(page, PageState::kShared); !st.ok()) {\n    s.PortFailure(page, \"home downgrade", "  if (absl::Status st = absl::OkStatus(); !st.ok()) {\n    s.PortFailure(page, \"home downgrade"),
  ("write-back run applies only its first page", "lib/coherence/directory.cc", "    ApplyWriteback(page, kind, m.src, m.payload.data() + i * kPageSize);\n", "    if (i == 0) ApplyWriteback(page, kind, m.src, m.payload.data() + i * kPageSize);\n"),
+ ("failed recall write-protect answered as if downgraded", "lib/coherence/cache.cc", "      MarkLost(page, ErrorCode::kIoError);\n      ack.arg = static_cast<uint64_t>(PageState::kInvalid);", "      ack.arg = static_cast<uint64_t>(PageState::kShared);"),
+ ("failed unmap not poisoned before the message", "lib/coherence/cache.cc", "      PortFailure(page, \"drop\", s);\n      MarkLost(page, ErrorCode::kIoError);", "      PortFailure(page, \"drop\", s);"),
+ ("grant that could not be mapped not handed back", "lib/coherence/cache.cc", "    MarkLost(page, ErrorCode::kIoError);  // unmapped and poisoned before the home hears\n    port->Send(std::move(put));", "    MarkLost(page, ErrorCode::kIoError);  // unmapped and poisoned before the home hears\n    (void)put;"),
+ ("home serves its stale copy after the owner lost its own", "lib/coherence/directory.cc", "      Lose(page, \"the owner answered the recall without data\", absl::DataLossError(\n          absl::StrCat(\"node \", m.src, \" lost its Modified copy\")));", "      SetUncached(page);"),
+ ("failed unprotect lets the fault through as stale", "lib/coherence/replacement.cc", "    if (!cache.Release(page)) {\n      cache.LoseCopy(page);\n      return;\n    }", "    return;"),
  ("refused run page with a waiter not asked again", "lib/coherence/cache.cc", "      SendRequest(q, r.want_write, now);  // a thread joined", "      (void)0;  // a thread joined"),
 ]
 fail_fast = "--fail-fast" in sys.argv[1:]

@@ -26,10 +26,12 @@ using sim::Sim;
 class RecordingPort final : public CachePort {
  public:
   void Send(Message&& m) override { sent.push_back(std::move(m)); }
-  void Install(PageIndex, const uint8_t*, PageState) override {}
-  void SetAccess(PageIndex, PageState) override {}
+  absl::Status Install(PageIndex, const uint8_t*, PageState) override {
+    return absl::OkStatus();
+  }
+  absl::Status SetAccess(PageIndex, PageState) override { return absl::OkStatus(); }
   void ReadPage(PageIndex, uint8_t* out) override { out[0] = 0; }
-  void Drop(PageIndex) override {}
+  absl::Status Drop(PageIndex) override { return absl::OkStatus(); }
   void Fail(PageIndex, ErrorCode) override {}
   void Wake(PageIndex) override {}
   bool ReservePrefetch(PageIndex page) override {
@@ -37,8 +39,9 @@ class RecordingPort final : public CachePort {
     return room-- > 0;
   }
   void CancelPrefetch(PageIndex page) override { cancelled.push_back(page); }
-  void InstallRun(PageIndex first, uint64_t n, const uint8_t*) override {
+  absl::Status InstallRun(PageIndex first, uint64_t n, const uint8_t*) override {
     runs_installed.push_back({first, n});
+    return absl::OkStatus();
   }
 
   std::vector<Message> sent;
@@ -444,8 +447,8 @@ TEST(Readahead, BudgetIsRespectedAtEveryStep) {
 
 TEST(Readahead, ReplacerReservesOnlyWithRoom) {
   struct NullPort final : ReplacementPort {
-    void Protect(int, PageIndex, uint64_t) override {}
-    void Unprotect(int, PageIndex) override {}
+    absl::Status Protect(int, PageIndex, uint64_t) override { return absl::OkStatus(); }
+    absl::Status Unprotect(int, PageIndex) override { return absl::OkStatus(); }
     void BeginBatch(int) override {}
     void EndBatch(int) override {}
   } rport;

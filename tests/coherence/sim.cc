@@ -22,20 +22,20 @@ class Sim::Port final : public CachePort, public DirectoryPort, public Replaceme
 
   void Send(Message&& m) override;
 
-  void Install(PageIndex page, const uint8_t* data, PageState state) override;
-  void SetAccess(PageIndex page, PageState state) override;
+  absl::Status Install(PageIndex page, const uint8_t* data, PageState state) override;
+  absl::Status SetAccess(PageIndex page, PageState state) override;
   void ReadPage(PageIndex page, uint8_t* out) override;
-  void Drop(PageIndex page) override;
+  absl::Status Drop(PageIndex page) override;
   void Fail(PageIndex page, ErrorCode why) override;
   void Wake(PageIndex page) override;
   bool ReservePrefetch(PageIndex page) override;
   void CancelPrefetch(PageIndex page) override;
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
-  void StorePage(PageIndex page, const uint8_t* data) override;
-  bool DowngradeLocal(PageIndex page, uint8_t* out) override;
+  absl::Status StorePage(PageIndex page, const uint8_t* data) override;
+  absl::StatusOr<bool> DowngradeLocal(PageIndex page, uint8_t* out) override;
   // ReplacementPort (space 0 is the one region).
-  void Protect(int space, PageIndex first, uint64_t n) override;
-  void Unprotect(int space, PageIndex page) override;
+  absl::Status Protect(int space, PageIndex first, uint64_t n) override;
+  absl::Status Unprotect(int space, PageIndex page) override;
   void BeginBatch(int space) override;
   void EndBatch(int space) override;
 
@@ -43,6 +43,10 @@ class Sim::Port final : public CachePort, public DirectoryPort, public Replaceme
   std::vector<Message> deferred;  // sends held until EndBatch
 
  private:
+  // An injected failure of `op` on `page` (FailNextPortCall), consumed; nothing changes then,
+  // as after a failed ioctl.
+  bool Injected(PortOp op, PageIndex page);
+
   Sim* sim_;
   NodeId id_;
 };
@@ -70,6 +74,7 @@ struct Sim::Node {
   std::vector<bool> sampled;                  // M but write-protected for sampling
   std::unique_ptr<Replacer> replacer;         // memory budget (SetBudget)
   std::deque<std::pair<PageIndex, bool>> faults;  // uffd events not yet read
+  std::vector<std::pair<PortOp, PageIndex>> fail_next;  // injected port failures
   std::vector<int> live;                      // its threads not yet done/failed
   PortCalls calls;
 };
@@ -83,9 +88,24 @@ void Sim::Port::Send(Message&& m) {
   sim_->Enqueue(id_, std::move(m));
 }
 
-void Sim::Port::Protect(int space, PageIndex first, uint64_t n) {
+bool Sim::Port::Injected(PortOp op, PageIndex page) {
+  Node& nd = *sim_->nodes_[id_];
+  for (auto it = nd.fail_next.begin(); it != nd.fail_next.end(); ++it) {
+    if (it->first == op && it->second == page) {
+      nd.fail_next.erase(it);
+      ++nd.calls.failed;
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::Status Sim::Port::Protect(int space, PageIndex first, uint64_t n) {
   Node& nd = *sim_->nodes_[id_];
   ++nd.calls.protect;
+  for (PageIndex p = first; p < first + n; ++p) {
+    if (Injected(PortOp::kProtect, p)) return absl::InternalError("injected Protect failure");
+  }
   nd.calls.protected_pages += static_cast<int>(n);
   if (space != 0) sim_->Violation("Protect on space " + std::to_string(space));
   for (PageIndex p = first; p < first + n; ++p) {
@@ -95,17 +115,20 @@ void Sim::Port::Protect(int space, PageIndex first, uint64_t n) {
     }
     if (nd.mapped[p] == PageState::kModified) nd.sampled[p] = true;
   }
+  return absl::OkStatus();
 }
 
-void Sim::Port::Unprotect(int, PageIndex page) {
+absl::Status Sim::Port::Unprotect(int, PageIndex page) {
   Node& nd = *sim_->nodes_[id_];
   ++nd.calls.unprotect;
+  if (Injected(PortOp::kUnprotect, page)) return absl::InternalError("injected Unprotect failure");
   if (nd.mapped[page] != PageState::kModified || !nd.sampled[page]) {
     sim_->Violation("Unprotect of page " + std::to_string(page) + " on node " +
                     std::to_string(id_) + " which is not a sampled M page");
   }
   nd.sampled[page] = false;
   sim_->WakeThreads(id_, page);
+  return absl::OkStatus();
 }
 
 void Sim::Port::BeginBatch(int) {
@@ -119,9 +142,10 @@ void Sim::Port::EndBatch(int) {
   deferred.clear();
 }
 
-void Sim::Port::Install(PageIndex page, const uint8_t* data, PageState state) {
+absl::Status Sim::Port::Install(PageIndex page, const uint8_t* data, PageState state) {
   Node& nd = *sim_->nodes_[id_];
   ++nd.calls.install;
+  if (Injected(PortOp::kInstall, page)) return absl::InternalError("injected Install failure");
   if (nd.mapped[page] != PageState::kInvalid) {
     sim_->Violation("Install on node " + std::to_string(id_) + " page " + std::to_string(page) +
                     " which is already mapped " + PageStateName(nd.mapped[page]));
@@ -132,21 +156,28 @@ void Sim::Port::Install(PageIndex page, const uint8_t* data, PageState state) {
   nd.sampled[page] = false;
   if (nd.replacer) nd.replacer->OnInstall(0, page);
   sim_->WakeThreads(id_, page);
+  return absl::OkStatus();
 }
 
-void Sim::Port::SetAccess(PageIndex page, PageState state) {
+absl::Status Sim::Port::SetAccess(PageIndex page, PageState state) {
   Node& nd = *sim_->nodes_[id_];
   ++nd.calls.set_access;
+  if (Injected(state == PageState::kModified ? PortOp::kSetAccessModified
+                                              : PortOp::kSetAccessShared,
+               page)) {
+    return absl::InternalError("injected SetAccess failure");
+  }
   if (nd.mapped[page] == PageState::kInvalid || state == PageState::kInvalid) {
     sim_->Violation("SetAccess(" + std::string(PageStateName(state)) + ") on node " +
                     std::to_string(id_) + " page " + std::to_string(page) + " mapped " +
                     PageStateName(nd.mapped[page]));
-    return;
+    return absl::OkStatus();
   }
   nd.mapped[page] = state;
   nd.sampled[page] = false;
   if (nd.replacer) nd.replacer->OnSetAccess(0, page);
   if (state == PageState::kModified) sim_->WakeThreads(id_, page);  // WP removal wakes
+  return absl::OkStatus();
 }
 
 void Sim::Port::ReadPage(PageIndex page, uint8_t* out) {
@@ -160,19 +191,25 @@ void Sim::Port::ReadPage(PageIndex page, uint8_t* out) {
   std::memcpy(out, nd.memory[page].data(), kPageSize);
 }
 
-void Sim::Port::Drop(PageIndex page) {
+absl::Status Sim::Port::Drop(PageIndex page) {
   Node& nd = *sim_->nodes_[id_];
   ++nd.calls.drop;
+  if (Injected(PortOp::kDrop, page)) return absl::InternalError("injected Drop failure");
   nd.mapped[page] = PageState::kInvalid;
   nd.sampled[page] = false;
   if (nd.replacer) nd.replacer->OnDrop(0, page);
   std::fill(nd.memory[page].begin(), nd.memory[page].end(), 0xEE);  // poison
+  return absl::OkStatus();
 }
 
+// As MappedRegion::Fail: the page is unmapped and poisoned whatever its mapping was.
 void Sim::Port::Fail(PageIndex page, ErrorCode) {
   Node& nd = *sim_->nodes_[id_];
   ++nd.calls.fail;
   nd.failed[page] = true;
+  nd.mapped[page] = PageState::kInvalid;
+  nd.sampled[page] = false;
+  std::fill(nd.memory[page].begin(), nd.memory[page].end(), 0xEE);
   if (nd.replacer) nd.replacer->OnFail(0, page);
   sim_->WakeThreads(id_, page);
 }
@@ -191,7 +228,7 @@ bool Sim::Port::ReservePrefetch(PageIndex page) {
   return nd.replacer == nullptr || nd.replacer->ReservePrefetch(0, page);
 }
 
-bool Sim::Port::DowngradeLocal(PageIndex page, uint8_t* out) {
+absl::StatusOr<bool> Sim::Port::DowngradeLocal(PageIndex page, uint8_t* out) {
   return sim_->nodes_[id_]->cache.DowngradeForHome(page, out);
 }
 
@@ -211,10 +248,12 @@ absl::Status Sim::Port::LoadPage(PageIndex page, uint8_t* out) {
   return absl::OkStatus();
 }
 
-void Sim::Port::StorePage(PageIndex page, const uint8_t* data) {
+absl::Status Sim::Port::StorePage(PageIndex page, const uint8_t* data) {
   Node& nd = *sim_->nodes_[id_];
   if (sim_->home_(page) != id_) sim_->Violation("StorePage at a node that is not home");
+  if (Injected(PortOp::kStore, page)) return absl::InternalError("injected StorePage failure");
   std::memcpy(nd.storage[page].data(), data, kPageSize);
+  return absl::OkStatus();
 }
 
 Sim::Sim(int nodes, int pages, HomeFn home, uint64_t readahead)
@@ -411,7 +450,9 @@ void Sim::CheckEnforced(NodeId n) {
 size_t Sim::WriteBackAll(NodeId n) {
   if (!alive_[n]) return 0;
   std::vector<NodeId> homes;
-  return nodes_[n]->cache.WriteBackAll(&homes);
+  absl::StatusOr<size_t> written = nodes_[n]->cache.WriteBackAll(&homes);
+  last_writeback_status_ = written.status();
+  return written.ok() ? *written : 0;
 }
 
 void Sim::Kill(NodeId n) {
@@ -647,5 +688,8 @@ PageState Sim::mapped(NodeId n, PageIndex p) const { return nodes_[n]->mapped[p]
 uint64_t Sim::value(NodeId n, PageIndex p) const { return FirstWord(nodes_[n]->memory[p]); }
 uint64_t Sim::home_value(PageIndex p) const { return FirstWord(nodes_[home_(p)]->storage[p]); }
 const Sim::PortCalls& Sim::port_calls(NodeId n) const { return nodes_[n]->calls; }
+void Sim::FailNextPortCall(NodeId n, PortOp op, PageIndex page) {
+  nodes_[n]->fail_next.emplace_back(op, page);
+}
 
 }  // namespace dsm::coherence::sim

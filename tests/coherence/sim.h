@@ -71,7 +71,9 @@ class Sim {
   void Enforce(NodeId n);
   // Pages node n maps whose home is another node.
   uint64_t MappedRemote(NodeId n) const;
+  // Cache::WriteBackAll of node n; 0 if it returned an error (see last_writeback_status()).
   size_t WriteBackAll(NodeId n);
+  const absl::Status& last_writeback_status() const { return last_writeback_status_; }
   // n goes down: its channels and events vanish, survivors get OnPeerDown.
   void Kill(NodeId n);
   // One random action. `allow_new` permits starting new accesses, `maintenance` permits
@@ -105,8 +107,16 @@ class Sim {
   struct PortCalls {
     int install = 0, set_access = 0, read_page = 0, drop = 0, fail = 0, wake = 0;
     int protect = 0, protected_pages = 0, unprotect = 0, batches = 0, batched_sends = 0;
+    int failed = 0;  // injected failures returned
   };
   const PortCalls& port_calls(NodeId n) const;
+
+  // Fault injection: the next port call of kind `op` on `page` at node n returns an error and
+  // changes nothing (as a failed ioctl or write). kSetAccessShared covers DowngradeRun.
+  enum class PortOp {
+    kInstall, kSetAccessShared, kSetAccessModified, kDrop, kStore, kProtect, kUnprotect
+  };
+  void FailNextPortCall(NodeId n, PortOp op, PageIndex page);
 
   // Records a violation (also used by the ports).
   void Violation(const std::string& what);
@@ -135,6 +145,7 @@ class Sim {
   uint64_t steps_ = 0;
   absl::Time now_ = absl::UnixEpoch();
   std::string error_;
+  absl::Status last_writeback_status_;
 };
 
 }  // namespace dsm::coherence::sim

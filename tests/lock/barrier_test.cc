@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "lock/test_util.h"
+#include "protocol/validation.h"
 
 namespace dsm::lock {
 namespace {
@@ -52,7 +53,7 @@ class BarrierCluster {
     if (m.type == MsgType::kBarrierReply) {
       clients_[m.dst]->OnMessage(m);
     } else {
-      EXPECT_TRUE(ValidateLockMessage(m, n_).ok()) << ValidateLockMessage(m, n_);
+      EXPECT_TRUE(CheckMessage(m, n_).ok()) << CheckMessage(m, n_);
       arbiters_[m.dst]->OnMessage(m);
     }
   }

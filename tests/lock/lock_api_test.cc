@@ -16,6 +16,7 @@
 #include "lock/barrier.h"
 #include "lock/lock_client.h"
 #include "lock/lock_table.h"
+#include "protocol/validation.h"
 
 namespace dsm {
 namespace {
@@ -110,7 +111,7 @@ class MiniEngine {
     while (!inflight_.empty()) {
       Message m = std::move(inflight_.front());
       inflight_.pop_front();
-      EXPECT_TRUE(lock::ValidateLockMessage(m, n_).ok());
+      EXPECT_TRUE(CheckMessage(m, n_).ok());
       switch (m.type) {
         case MsgType::kLockAcquire:
         case MsgType::kLockRelease:

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "lock/test_util.h"
+#include "protocol/validation.h"
 
 namespace dsm::lock {
 namespace {
@@ -71,7 +72,7 @@ TEST_F(LockClientTest, AcquireSendsRequestAndGrantDeliversHandle) {
   EXPECT_EQ(AcquireLen(m.arg), 64u);
   EXPECT_EQ(AcquireMode(m.arg), kX);
   EXPECT_FALSE(AcquireTry(m.arg));
-  EXPECT_TRUE(ValidateLockMessage(m, 4).ok());
+  EXPECT_TRUE(CheckMessage(m, 4).ok());
   EXPECT_TRUE(client_.is_pending(id));
 
   client_.OnMessage(Reply(id, LockReplyCode::kQueued), now_);
@@ -94,7 +95,7 @@ TEST_F(LockClientTest, AcquireSendsRequestAndGrantDeliversHandle) {
   ASSERT_EQ(sent.size(), 1u);
   EXPECT_EQ(sent[0].type, MsgType::kLockRelease);
   EXPECT_EQ(sent[0].req_id, id);
-  EXPECT_TRUE(ValidateLockMessage(sent[0], 4).ok());
+  EXPECT_TRUE(CheckMessage(sent[0], 4).ok());
   EXPECT_EQ(client_.Release(id).code(), absl::StatusCode::kNotFound);
 }
 

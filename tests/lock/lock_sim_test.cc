@@ -16,6 +16,7 @@
 #include "lock/lock_client.h"
 #include "lock/lock_table.h"
 #include "lock/test_util.h"
+#include "protocol/validation.h"
 
 namespace dsm::lock {
 namespace {
@@ -203,7 +204,7 @@ class Sim {
     Message m;
     if (!net_.PopAny([this](size_t k) { return rng_() % k; }, &m)) return;
     if (!alive_[m.dst]) return;
-    ASSERT_TRUE(ValidateLockMessage(m, n_).ok()) << ValidateLockMessage(m, n_);
+    ASSERT_TRUE(CheckMessage(m, n_).ok()) << CheckMessage(m, n_);
     if (m.type == MsgType::kLockReply) {
       clients_[m.dst]->OnMessage(m, now_);
     } else {

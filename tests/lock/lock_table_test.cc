@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "lock/test_util.h"
+#include "protocol/validation.h"
 
 namespace dsm::lock {
 namespace {
@@ -62,7 +63,7 @@ class LockTableTest : public ::testing::Test {
     for (const Message& m : port_.Take()) {
       EXPECT_EQ(m.type, MsgType::kLockReply);
       EXPECT_EQ(m.region, 1u);
-      EXPECT_TRUE(ValidateLockMessage(m, 64).ok()) << ValidateLockMessage(m, 64);
+      EXPECT_TRUE(CheckMessage(m, 64).ok()) << CheckMessage(m, 64);
       parts.push_back(absl::StrCat(m.dst, "/", m.req_id, " ", CodeName(LockReplyCodeOf(m.arg)),
                                    LockReplyDied(m.arg) ? " died" : ""));
     }

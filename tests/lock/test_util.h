@@ -9,7 +9,7 @@
 #include "lock/barrier.h"
 #include "lock/lock_client.h"
 #include "lock/lock_table.h"
-#include "lock/protocol.h"
+#include "protocol/lock_fields.h"
 
 namespace dsm::lock::testing {
 

@@ -16,7 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "transport/event_loop.h"
-#include "transport/message.h"
+#include "protocol/message.h"
 #include "transport/transport.h"
 
 namespace dsm::rdma::testing {

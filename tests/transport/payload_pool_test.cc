@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "transport/message.h"
+#include "protocol/message.h"
 #include "transport/wire.h"
 
 namespace dsm {

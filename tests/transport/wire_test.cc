@@ -28,6 +28,7 @@ Message Make(MsgType t, uint64_t arg, size_t payload_len) {
 
 Message Lock(MsgType t, uint64_t page, uint64_t arg);
 Message Barrier(MsgType t, uint64_t members, size_t name_len);
+Message BarrierReply(uint64_t generation, uint64_t arg);
 
 // One legal message of every declared type (several shapes where a type has several).
 std::vector<Message> AllLegal() {
@@ -63,7 +64,8 @@ std::vector<Message> AllLegal() {
       Lock(MsgType::kLockCancel, 0, 0),
       Barrier(MsgType::kBarrierEnter, 0b1010, 5),
       Barrier(MsgType::kBarrierCancel, 0b1000, 255),
-      Lock(MsgType::kBarrierReply, 7, 3 | (2 << 8)),
+      BarrierReply(7, 2 | (2 << 8)),  // kNodeDown, node 2
+      BarrierReply(7, 3),             // kAborted
   };
 }
 
@@ -75,6 +77,11 @@ Message Lock(MsgType t, uint64_t page, uint64_t arg) {
 }
 Message Barrier(MsgType t, uint64_t members, size_t name_len) {
   Message m = Make(t, members, name_len);
+  m.region = 0;
+  return m;
+}
+Message BarrierReply(uint64_t generation, uint64_t arg) {
+  Message m = Lock(MsgType::kBarrierReply, generation, arg);
   m.region = 0;
   return m;
 }
@@ -229,6 +236,11 @@ TEST(Wire, RejectsPayloadSizeIllegalForType) {
       Lock(MsgType::kLockAcquire, 0, 1 | (uint64_t{1} << 48) | (uint64_t{1} << 56)),
       Lock(MsgType::kLockAcquire, UINT64_MAX, 1 | (uint64_t{1} << 48)),    // wraps
       Make(MsgType::kLockAcquire, 1 | (uint64_t{1} << 48), 1),             // payload
+      [] {  // lock id 0
+        Message m = Lock(MsgType::kLockAcquire, 0, 1 | (uint64_t{1} << 48));
+        m.req_id = 0;
+        return m;
+      }(),
       Lock(MsgType::kLockReply, 0, 0),
       Lock(MsgType::kLockReply, 0, 10),
       Lock(MsgType::kLockReply, 0, 1 | (1 << 9)),
@@ -241,10 +253,15 @@ TEST(Wire, RejectsPayloadSizeIllegalForType) {
       Barrier(MsgType::kBarrierEnter, 0b1000, 0),
       Barrier(MsgType::kBarrierCancel, 0b1000, 256),
       Make(MsgType::kBarrierEnter, 0b1000, 5),  // region != 0
-      Lock(MsgType::kBarrierReply, 0, 0),
-      Lock(MsgType::kBarrierReply, 0, 6),
-      Lock(MsgType::kBarrierReply, 0, 3 | (4 << 8)),  // down node outside the cluster
-      Lock(MsgType::kBarrierReply, 0, 3 | (1 << 16)),
+      BarrierReply(0, 0),
+      BarrierReply(0, 6),
+      BarrierReply(0, 2 | (4 << 8)),  // down node outside the cluster
+      BarrierReply(0, 3 | (1 << 16)),
+      BarrierReply(0, 3 | (1 << 8)),  // a node id without kNodeDown
+      Lock(MsgType::kBarrierReply, 0, 3),  // region != 0
+      Lock(MsgType::kLockReply, 0, 8),     // codes 8 and 9 are not declared
+      Lock(MsgType::kLockReply, 0, 9),
+      Lock(MsgType::kLockReply, 0, 2 | (1 << 8)),  // previous_holder_died without a grant
   };
   for (const Message& m : bad) {
     SCOPED_TRACE(DebugString(m));

@@ -25,7 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "transport/event_loop.h"
-#include "transport/message.h"
+#include "protocol/message.h"
 
 namespace dsm {
 

@@ -16,13 +16,15 @@ inline constexpr size_t kPageSize = 4096;
 // The largest payload a message may carry: a run of 64 pages plus room for a small header.
 inline constexpr size_t kMaxRunPages = 64;
 inline constexpr size_t kMaxPayload = kMaxRunPages * kPageSize + 4096;
+// Region names (kRegionOpen) and barrier group names (kBarrierEnter): 1..255 bytes, no NUL.
+inline constexpr size_t kMaxNameLength = 255;
 
 // Wire values are part of the protocol version: never renumber, only append.
 enum class MsgType : uint8_t {
   // Connection set-up.
   kHello = 1,         // arg = cluster size; first message on every connection
   // Region membership (requester -> home).
-  kRegionOpen = 2,    // arg = size in bytes, payload = region name
+  kRegionOpen = 2,    // arg = size in bytes, payload = region name (a name)
   kRegionOpenReply = 3,  // arg = ErrorCode
   // Coherence: requester -> home.
   kGetS = 10,         // read miss
@@ -45,13 +47,13 @@ enum class MsgType : uint8_t {
   kRecall = 31,       // you hold it Modified: send it back; arg = RecallKind
   kInvAck = 32,
   kRecallAck = 33,    // payload = page if the sender held it Modified; arg = PageState after
-  // Locks (issue 4): requester <-> arbiter. The arbiter of a region's locks is the home of
-  // its page 0. Packing helpers, codes and ValidateLockMessage() are in lock/protocol.h; the
-  // decoder must enforce the rules below. Unless stated, payload is empty.
-  kLockAcquire = 40,  // region; page = byte offset; req_id = lock id (unique per sender,
-                      // never reused); arg = len (bits 0..47, >= 1) | mode (bits 48..51:
-                      // 1 shared, 2 exclusive) | flags (bits 52..55: bit 0 = try, others 0)
-                      // | bits 56..63 = 0. offset + len must not overflow 2^64.
+  // Locks: requester <-> arbiter. The arbiter of a region's locks is the home of its page 0.
+  // The packing and the reply codes are in protocol/lock_fields.h; the rules below are
+  // enforced by the table of protocol/validation.h. Unless stated, payload is empty.
+  kLockAcquire = 40,  // region; page = byte offset; req_id = lock id (non-zero, unique per
+                      // sender, never reused); arg = len (bits 0..47, >= 1) | mode (bits
+                      // 48..51: 1 shared, 2 exclusive) | flags (bits 52..55: bit 0 = try,
+                      // others 0) | bits 56..63 = 0. offset + len must not overflow 2^64.
   kLockReply = 41,    // region; req_id = the lock id; page = 0; arg = LockReplyCode (bits
                       // 0..7: 1..7) | bit 8 = previous_holder_died (only with kGranted);
                       // other bits 0. A request may get kQueued and later one final code.
@@ -63,9 +65,10 @@ enum class MsgType : uint8_t {
   // Barriers: member <-> barrier arbiter (the lowest node id in the member mask).
   kBarrierEnter = 44,   // req_id = barrier request id; page = generation; arg = member mask
                         // (non-zero, no bit >= cluster size, src's bit set); payload = group
-                        // name, 1..255 bytes, no NUL; region = 0.
+                        // name (a name); region = 0.
   kBarrierReply = 45,   // req_id; page = generation; arg = BarrierReplyCode (bits 0..7: 1..5)
-                        // | down node id (bits 8..15, only with kNodeDown); other bits 0.
+                        // | down node id (bits 8..15, only with kNodeDown, < cluster size);
+                        // other bits 0; region = 0.
   kBarrierCancel = 46,  // as kBarrierEnter: the member stopped waiting (deadline); no reply.
   // 47..49 reserved for locks. RDMA control at 60.
 };

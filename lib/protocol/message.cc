@@ -1,4 +1,4 @@
-#include "transport/message.h"
+#include "protocol/message.h"
 
 #include "absl/strings/str_format.h"
 
