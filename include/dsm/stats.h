@@ -1,5 +1,13 @@
 // dsm/stats.h: counters as data. Node::GetStats() returns a snapshot; ToString() dumps it.
 // C++17-clean.
+//
+//   dsm::Stats total;
+//   for (const dsm::Stats& s : per_node) total += s;
+//   std::puts(total.ToString().c_str());
+//
+// Every field is listed once more, in ForEachField, with its kind; ToString, += and -= are
+// written over that list, so a field added to the struct and the list is printed, summed and
+// subtracted everywhere. Plain data: copy it freely; no thread-safety concerns of its own.
 #pragma once
 
 #include <cstdint>
@@ -16,9 +24,9 @@ struct Stats {
   uint64_t pages_installed = 0;  // pages mapped by UFFDIO_COPY
   uint64_t pages_lost = 0;       // pages poisoned because their data became unreachable
   uint64_t prefetches = 0;       // pages requested by readahead (Options::readahead_max_pages)
+  uint64_t prefetch_hits = 0;    // prefetched pages then used (fault joined it, or no fault)
   uint64_t prefetch_runs = 0;    // multi-page readahead requests (of those pages)
   uint64_t prefetch_refused = 0; // readahead pages the home did not grant (busy or written)
-  uint64_t prefetch_hits = 0;    // prefetched pages then used (fault joined it, or no fault)
   // Coherence traffic (as requester and as home).
   uint64_t requests_sent = 0;
   uint64_t invalidations_received = 0;
@@ -56,7 +64,64 @@ struct Stats {
   bool memory_locked = false;
   uint64_t memory_locked_bytes = 0;
 
+  // One line per field, in declaration order: "name value".
   std::string ToString() const;
+
+  // Counters only grow; gauges are a current value (summed across nodes or regions, kept from
+  // the later snapshot by -=); flags are true if any part says so (|=; kept by -=).
+  enum class Kind { kCounter, kGauge, kFlag };
+  // Calls fn(name, kind, member pointer) for every field, in declaration order. The member
+  // pointer is `uint64_t Stats::*`, or `bool Stats::*` for flags, so fn is generic.
+  template <typename Fn>
+  static constexpr void ForEachField(Fn&& fn) {
+    fn("read_faults", Kind::kCounter, &Stats::read_faults);
+    fn("write_faults", Kind::kCounter, &Stats::write_faults);
+    fn("upgrade_faults", Kind::kCounter, &Stats::upgrade_faults);
+    fn("coalesced_faults", Kind::kCounter, &Stats::coalesced_faults);
+    fn("pages_installed", Kind::kCounter, &Stats::pages_installed);
+    fn("pages_lost", Kind::kCounter, &Stats::pages_lost);
+    fn("prefetches", Kind::kCounter, &Stats::prefetches);
+    fn("prefetch_hits", Kind::kCounter, &Stats::prefetch_hits);
+    fn("prefetch_runs", Kind::kCounter, &Stats::prefetch_runs);
+    fn("prefetch_refused", Kind::kCounter, &Stats::prefetch_refused);
+    fn("requests_sent", Kind::kCounter, &Stats::requests_sent);
+    fn("invalidations_received", Kind::kCounter, &Stats::invalidations_received);
+    fn("recalls_received", Kind::kCounter, &Stats::recalls_received);
+    fn("writebacks_sent", Kind::kCounter, &Stats::writebacks_sent);
+    fn("home_requests_served", Kind::kCounter, &Stats::home_requests_served);
+    fn("messages_sent", Kind::kCounter, &Stats::messages_sent);
+    fn("messages_received", Kind::kCounter, &Stats::messages_received);
+    fn("bytes_sent", Kind::kCounter, &Stats::bytes_sent);
+    fn("bytes_received", Kind::kCounter, &Stats::bytes_received);
+    fn("bad_messages", Kind::kCounter, &Stats::bad_messages);
+    fn("peers_down", Kind::kCounter, &Stats::peers_down);
+    fn("pages_shared", Kind::kGauge, &Stats::pages_shared);
+    fn("pages_modified", Kind::kGauge, &Stats::pages_modified);
+    fn("budget_pages", Kind::kGauge, &Stats::budget_pages);
+    fn("resident_remote_pages", Kind::kGauge, &Stats::resident_remote_pages);
+    fn("evictions", Kind::kCounter, &Stats::evictions);
+    fn("eviction_writebacks", Kind::kCounter, &Stats::eviction_writebacks);
+    fn("eviction_batches", Kind::kCounter, &Stats::eviction_batches);
+    fn("sample_faults", Kind::kCounter, &Stats::sample_faults);
+    fn("eviction_time_us", Kind::kCounter, &Stats::eviction_time_us);
+    fn("buffer_pool_misses", Kind::kCounter, &Stats::buffer_pool_misses);
+    fn("lock_requests", Kind::kCounter, &Stats::lock_requests);
+    fn("locks_granted", Kind::kCounter, &Stats::locks_granted);
+    fn("locks_queued", Kind::kCounter, &Stats::locks_queued);
+    fn("locks_failed", Kind::kCounter, &Stats::locks_failed);
+    fn("locks_lost", Kind::kCounter, &Stats::locks_lost);
+    fn("memory_locked", Kind::kFlag, &Stats::memory_locked);
+    fn("memory_locked_bytes", Kind::kGauge, &Stats::memory_locked_bytes);
+  }
+
+  // Field by field: counters and gauges add, flags or.
+  Stats& operator+=(const Stats& other);
+  // The change since `earlier`: counters subtract (a counter that went down gives 0), gauges
+  // and flags keep this snapshot's value.
+  Stats& operator-=(const Stats& earlier);
 };
+
+inline Stats operator+(Stats a, const Stats& b) { return a += b; }
+inline Stats operator-(Stats later, const Stats& earlier) { return later -= earlier; }
 
 }  // namespace dsm

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/node_set.h"
+#include "coherence/refusal.h"
 #include "common/payload_pool.h"
 
 namespace dsm::coherence {
@@ -22,7 +23,6 @@ constexpr uint8_t kLostBit = 0x8;
 
 using EntryState = Directory::EntryState;
 
-
 }  // namespace
 
 struct Directory::Impl {
@@ -31,6 +31,7 @@ struct Directory::Impl {
     NodeId src = 0;
     uint64_t req_id = 0;
     absl::Time start;
+    bool reclaim = false;  // ReclaimModified's recall: src is the home, nothing is granted
   };
   // Side-table entry of a busy page: the active transaction and the requests behind it.
   struct Txn {
@@ -52,6 +53,10 @@ struct Directory::Impl {
   LazyArray<uint8_t> flags;
   absl::flat_hash_map<PageIndex, Txn> txns;
   uint64_t down = 0;
+  bool closing = false;
+  // ReclaimModified: recall transactions not yet finished, and who waits for them.
+  uint64_t reclaims_outstanding = 0;
+  std::vector<absl::AnyInvocable<void()>> reclaimed;
   Counters c;
 
   EntryState State(PageIndex p) const { return static_cast<EntryState>(flags[p] & kStateMask); }
@@ -85,10 +90,18 @@ struct Directory::Impl {
   Message Make(MsgType t, NodeId dst, PageIndex page, uint64_t req_id, uint64_t arg) const {
     return Message{t, cfg.self, dst, cfg.region, page, req_id, arg, {}};
   }
-  void Nack(const Request& r, PageIndex page, ErrorCode why) {
-    ++c.nacks_sent;
-    port->Send(Make(MsgType::kNack, r.src, page, r.req_id, static_cast<uint64_t>(why)));
+  // Answers `m` (addressed here) with coherence::Refusal, if its type gets an answer.
+  void Refuse(const Message& m, ErrorCode why) {
+    std::optional<Message> reply = Refusal(m, why);
+    if (!reply) return;
+    if (reply->type == MsgType::kNack) ++c.nacks_sent;
+    reply->src = cfg.self;
+    port->Send(std::move(*reply));
   }
+  void Nack(const Request& r, PageIndex page, ErrorCode why) {
+    Refuse(Message{r.type, r.src, cfg.self, cfg.region, page, r.req_id, 0, {}}, why);
+  }
+  void FinishReclaim();
 
   void OnRequest(const Message& m, absl::Time now);
   void OnRunRequest(const Message& m);
@@ -119,18 +132,24 @@ void Directory::OnMessage(const Message& m, absl::Time now) {
     DSM_LOG(WARNING) << "directory ignoring message from node " << m.src;
     return;
   }
-  if (m.type == MsgType::kGetSRun) return s.OnRunRequest(m);
-  const bool is_request = m.type == MsgType::kGetS || m.type == MsgType::kGetM;
   if (m.page >= s.cfg.num_pages || s.cfg.home(m.page) != s.cfg.self) {
     ++s.c.protocol_errors;
-    DSM_LOG(ERROR) << "directory of node " << s.cfg.self << " is not home of page " << m.page;
-    if (is_request) {
-      Impl::Request r{m.type, m.src, m.req_id, now};
-      s.Nack(r, m.page, ErrorCode::kNotHome);
-    }
+    DSM_LOG(ERROR) << "directory of node " << s.cfg.self << " is not home of page " << m.page
+                   << " (type " << static_cast<int>(m.type) << " from node " << m.src << ")";
+    s.Refuse(m, ErrorCode::kNotHome);
+    return;
+  }
+  const bool is_request =
+      m.type == MsgType::kGetS || m.type == MsgType::kGetM || m.type == MsgType::kGetSRun;
+  if (is_request && s.closing && m.src != s.cfg.self) {
+    // Unmapping here: no new copies are handed out (they would die with the home).
+    s.Refuse(m, ErrorCode::kShuttingDown);
     return;
   }
   switch (m.type) {
+    case MsgType::kGetSRun:
+      s.OnRunRequest(m);
+      return;
     case MsgType::kGetS:
     case MsgType::kGetM:
       s.OnRequest(m, now);
@@ -249,6 +268,16 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
   t.since = now;
   if (IsLost(page) || (down & NodeBit(r.src)) != 0) return;  // Finish nacks / drops it
   const EntryState st = State(page);
+  if (r.reclaim) {
+    if (st == EntryState::kModified && words[page] != cfg.self) {
+      t.recalling = true;
+      t.recall_from = static_cast<NodeId>(words[page]);
+      ++c.recalls_sent;
+      port->Send(Make(MsgType::kRecall, t.recall_from, page, r.req_id,
+                      static_cast<uint64_t>(RecallKind::kDowngrade)));
+    }
+    return;  // Modified here: the home's own cache writes it back when it releases it
+  }
   if (st == EntryState::kModified) {
     const NodeId owner = static_cast<NodeId>(words[page]);
     if (owner == r.src) {
@@ -280,6 +309,7 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
 // Completes t.req: every other copy it needed gone is gone.
 void Directory::Impl::Finish(PageIndex page, const Txn& t) {
   const Request& r = t.req;
+  if (r.reclaim) return FinishReclaim();  // the recall ack stored the data (or it is lost)
   if ((down & NodeBit(r.src)) != 0) return;  // nobody to grant to; state is already consistent
   if (IsLost(page)) {
     Nack(r, page, ErrorCode::kPageLost);
@@ -464,6 +494,36 @@ void Directory::OnPeerDown(NodeId peer, absl::Time now) {
   // Hash-map order varies per process: sort so runs repeat exactly.
   std::sort(touched.begin(), touched.end());
   for (PageIndex page : touched) s.Drain(page, now);
+}
+
+void Directory::SetClosing() { impl_->closing = true; }
+
+bool Directory::closing() const { return impl_->closing; }
+
+void Directory::ReclaimModified(absl::Time now, absl::AnyInvocable<void()> done) {
+  Impl& s = *impl_;
+  std::vector<PageIndex> pages;
+  for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {  // a full scan: once per unmap
+    if ((s.State(p) == EntryState::kModified && s.words[p] != s.cfg.self) || s.txns.contains(p)) {
+      pages.push_back(p);
+    }
+  }
+  s.reclaimed.push_back(std::move(done));
+  // One more than the pages: this call's own share, given back below, so `done` cannot run
+  // before every page's reclaim is queued.
+  s.reclaims_outstanding += pages.size() + 1;
+  for (PageIndex p : pages) {
+    s.txns[p].queue.push_back(Impl::Request{MsgType::kGetS, s.cfg.self, 0, now, true});
+    s.Drain(p, now);
+  }
+  s.FinishReclaim();
+}
+
+void Directory::Impl::FinishReclaim() {
+  if (--reclaims_outstanding != 0) return;
+  std::vector<absl::AnyInvocable<void()>> waiting = std::move(reclaimed);
+  reclaimed.clear();
+  for (auto& fn : waiting) fn();
 }
 
 void Directory::CollectOverdue(absl::Time now, absl::Duration timeout,

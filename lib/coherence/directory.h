@@ -47,12 +47,26 @@
 //    page or a protocol bug. Its payload is never stored: if the sender is not the recorded
 //    owner, the home's copy (or the current owner's) is at least as new, because ownership
 //    only moves away from a node through its own write-back or recall ack.
+//  - Reclaim crosses a write-back or the owner's failure: a reclaim is an ordinary transaction
+//    (a recall queued like a kGetS from the home itself), so the kPut, the dataless recall ack
+//    and OnPeerDown end it exactly as they end a kGetS's recall; it completes either way.
+//
+// Entry checks (one place, OnMessage): messages from a node declared down are ignored; a
+// message for a page outside the region or not homed here is a protocol error, and a request
+// is refused with kNotHome; once closing, requests (kGetS, kGetM, kGetSRun) from other nodes
+// are refused with kShuttingDown, while write-backs and acks are still applied. Refusals are
+// built by coherence::Refusal.
+//
+// Closing (unmapping at the home): SetClosing(), then ReclaimModified() brings back every page
+// another node holds Modified, so the home's storage holds the latest data of every page that
+// is not lost; `done` is called once no reclaim is outstanding.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -100,7 +114,24 @@ class Directory {
   Directory(Config config, DirectoryPort* port);
 
   // kGetS, kGetM, kGetSRun, kPut, kInvAck, kRecallAck addressed to this region's home side.
+  // Applies the entry checks above (refusing what it cannot serve) before the protocol.
   void OnMessage(const Message& m, absl::Time now);
+
+  // The region is being unmapped here: from now on requests from other nodes are refused
+  // (kShuttingDown; a run gets nothing). Requests already queued are still served. For good.
+  void SetClosing();
+  bool closing() const;
+
+  // Brings every page another node holds Modified back to the home: each such page, and each
+  // page with a transaction in progress (it may end Modified elsewhere), gets a recall
+  // transaction queued behind the page's other requests (a downgrade: the owner keeps a
+  // Shared copy, as after a kGetS). A page lost meanwhile counts as reclaimed. `done` runs once
+  // every reclaim has completed (at once, inside this call, if none is needed), from inside a
+  // Directory call (OnMessage, OnPeerDown or this one): it must not call back into this
+  // Directory. It is never called if the Directory is destroyed first, so the caller bounds
+  // the wait with its own deadline. Call after SetClosing(), or new grants may make pages
+  // Modified elsewhere again.
+  void ReclaimModified(absl::Time now, absl::AnyInvocable<void()> done);
 
   // `peer` is gone: its copies are forgotten, acks it owed count as given, pages it held
   // Modified are lost (requests for them are answered kNack/kPageLost). `now` starts the
@@ -124,7 +155,8 @@ class Directory {
   };
   const Counters& counters() const;
 
-  // Introspection for tests and debugging: the directory entry of `page`.
+  // Test-only introspection (the protocol and directory tests check states through it); the
+  // node never reads it: decisions stay inside the Directory.
   enum class EntryState : uint8_t { kUncached = 0, kShared = 1, kModified = 2 };
   struct EntryView {
     EntryState state = EntryState::kUncached;

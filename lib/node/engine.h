@@ -4,9 +4,24 @@
 // without a hand-off; the coherence state machines (Cache, Directory) run here and nowhere
 // else, so they need no locks.
 //
-// Application threads call the public methods (MapRegion, SyncRegion, UnmapRegion, GetStats,
-// Shutdown); each posts work to the engine thread and waits for the result with a deadline,
-// so no application thread waits forever.
+// The engine is the thread, the loop and dispatch: it routes faults and messages to the
+// regions (RegionTable), the region operations (RegionLifecycle: map, sync, unmap) and the
+// lock service, and turns peer events and time into their calls. The protocol's decisions
+// (who may be served, what to answer when not) live in lib/coherence.
+//
+// Threads. Application threads call the public methods (MapRegion, SyncRegion, UnmapRegion,
+// GetStats, Shutdown); each posts a closure to the engine thread (RunOnEngine) and waits with
+// a deadline, so no application thread waits forever. A closure owns everything it touches
+// (captures by value and shared state, never the caller's frame): the caller may have stopped
+// waiting when it runs. Called on the engine thread itself (from a lock or barrier callback)
+// these methods are refused with FailedPrecondition: the engine cannot wait for itself.
+//
+// Lifetime (Shutdown): running -> stopping -> stopped. The first Shutdown moves to stopping,
+// unmaps every region, closes the transport, joins the thread and records its result
+// (stopped). A concurrent Shutdown waits (bounded) for the first and returns its result; a
+// later one returns it at once. Once stopping, MapRegion is refused; once stopped, every
+// application method is refused. The last reference to the Engine must not be dropped on the
+// engine thread.
 //
 // Failure handling: a peer is declared down when its connection breaks, when it sends an
 // invalid message, or when it owes an answer for longer than Options::peer_timeout. Requests
@@ -17,18 +32,22 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "dsm/options.h"
 #include "dsm/stats.h"
 #include "fault/userfaultfd.h"
+#include "node/region_lifecycle.h"
+#include "node/region_table.h"
 #include "region/eviction.h"
 #include "region/mapped_region.h"
 #include "transport/event_loop.h"
@@ -47,15 +66,26 @@ class Engine final : public Transport::Handler, public RegionHost {
   NodeId id() const { return options_.node_id; }
   size_t cluster_size() const { return options_.peers.size(); }
 
-  // Application threads. Each is bounded by Options::connect_timeout (MapRegion, Sync) or
-  // peer_timeout, and returns an error rather than wait longer.
+  // Application threads. Each is bounded by Options::connect_timeout (MapRegion) or
+  // peer_timeout (plus kEngineSlack against a wedged engine), and returns an error rather than
+  // wait longer. Refused on the engine thread.
   absl::StatusOr<MappedRegion*> MapRegion(const RegionOptions& options);
   absl::Status SyncRegion(RegionId region);
   absl::Status UnmapRegion(RegionId region);
-  Stats GetStats();
+  // The node's counters; an error if the engine does not answer (or is stopped).
+  absl::StatusOr<Stats> GetStats();
   absl::Status Shutdown();
   // Locks and barriers (any thread; see node/lock_service.h).
   LockService& locks() { return *locks_; }
+
+  // Runs `fn` on the engine thread and returns its result, waiting at most peer_timeout +
+  // kEngineSlack. If the caller stops waiting before `fn` starts, `fn` is dropped unrun; if
+  // `fn` is already running, it completes later and its result is discarded. `fn` must own
+  // what it uses. Refused on the engine thread and once the engine is stopped.
+  template <typename T>
+  absl::StatusOr<T> RunOnEngine(absl::AnyInvocable<absl::StatusOr<T>()> fn);
+  absl::Status RunOnEngine(absl::AnyInvocable<absl::Status()> fn);
+  bool OnEngineThread() const { return std::this_thread::get_id() == engine_thread_.load(); }
 
   // Transport::Handler (engine thread).
   void OnMessage(Message&& m) override;
@@ -71,52 +101,46 @@ class Engine final : public Transport::Handler, public RegionHost {
   void ReportLost(const std::string& region, PageIndex first, uint64_t count) override;
 
  private:
-  struct Waiter;  // an application thread waiting for replies from peers
   class UffdPollOp;
+  enum class Life { kRunning, kStopping, kStopped };
 
   explicit Engine(const Options& options);
   void Run();
-  // Runs `fn` on the engine thread and waits for it (bounded).
-  absl::Status RunOnEngine(absl::AnyInvocable<absl::Status()> fn);
+  // The work of the first Shutdown (application thread, state kStopping).
+  absl::Status Stop();
+  // How long Stop() may take for `regions` mapped regions (bounds a concurrent Shutdown).
+  absl::Duration StopBound(size_t regions) const;
+  absl::Duration EngineWaitLimit() const;
 
   void ArmUffdPoll();
   void OnUffdReadable();
   void Tick(absl::Time now);
   void After(absl::Duration delay, absl::AnyInvocable<void()> fn);
 
-  MappedRegion* FindRegion(RegionId id);
-  void ReplyUnknownRegion(const Message& m);
-  // The header of this node's answer to `m` (same region, page and req_id, back to its sender).
-  Message ReplyTo(const Message& m, MsgType type, uint64_t arg = 0) const;
-  void Dispatch(Message& m);  // OnMessage without the buffer recycling
-  void HandleRegionOpen(const Message& m);
-  void HandleSyncReq(const Message& m);
-  void CompleteWaiter(uint64_t req_id, NodeId from, ErrorCode code);
-  void SendRegionOpen(std::shared_ptr<Waiter> w, MappedRegion* r, NodeId home);
-  uint64_t NewWaiter(std::shared_ptr<Waiter> w);
-  absl::Status UnmapOnEngine(RegionId region, std::shared_ptr<Waiter> w);
-  // Waits (polling every millisecond, bounded by the waiter's deadline) until `reclaim` pages
-  // are back at this home, then releases every copy and asks the homes to persist.
-  void FinishUnmap(RegionId region, std::shared_ptr<Waiter> w, std::vector<PageIndex> reclaim);
-  // Sends kSyncReq to every home of `r` (this node included) and registers `w` for the acks.
-  void AskHomesToPersist(MappedRegion* r, std::shared_ptr<Waiter> w);
+  // Routes `m` (from a peer not declared down, or answered locally on behalf of one).
+  void Dispatch(Message& m);
+  // Sends Refusal(m, why), if m's type gets an answer.
+  void Refuse(const Message& m, ErrorCode why);
 
   const Options options_;
   std::unique_ptr<Userfaultfd> uffd_;
-  std::unique_ptr<Evictor> evictor_;  // memory budget; outlives regions_
+  std::unique_ptr<Evictor> evictor_;  // memory budget; outlives the regions
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<UffdPollOp> uffd_op_;
   std::unique_ptr<LockService> locks_;  // uses loop_; destroyed before it
   std::thread thread_;
-  std::atomic<bool> stop_{false};
-  std::atomic<bool> shut_down_{false};
+  std::atomic<std::thread::id> engine_thread_{};  // set by Run()
+  std::atomic<bool> stop_{false};                 // the loop exits; RunOnEngine is refused
+
+  absl::Mutex life_mu_;
+  Life life_ ABSL_GUARDED_BY(life_mu_) = Life::kRunning;
+  absl::Status stop_result_ ABSL_GUARDED_BY(life_mu_);
+  absl::Time stop_deadline_ ABSL_GUARDED_BY(life_mu_);  // a concurrent Shutdown waits until
 
   // Engine-thread state.
-  absl::flat_hash_map<RegionId, std::unique_ptr<MappedRegion>> regions_;
-  absl::flat_hash_map<uint64_t, std::shared_ptr<Waiter>> waiters_;
-  absl::flat_hash_set<RegionId> closing_;  // being unmapped: no new copies handed out
-  uint64_t next_req_id_ = 1;
+  RegionTable regions_;  // after evictor_: regions go first
+  std::unique_ptr<RegionLifecycle> lifecycle_;
   uint64_t down_mask_ = 0;  // peers declared down (bit per node id)
   absl::Time next_tick_ = absl::InfinitePast();
   uint64_t mappings_made_ = 0;  // engine thread; see TakeRequestIdRange
@@ -125,5 +149,50 @@ class Engine final : public Transport::Handler, public RegionHost {
   SpinPolicy spin_;
   Stats stats_;  // the engine's own counters; GetStats() adds the layers' counters
 };
+
+namespace internal {
+// One RunOnEngine call, shared by the caller and the closure (either may outlive the other).
+template <typename T>
+struct EngineCall {
+  absl::Mutex mu;
+  bool abandoned ABSL_GUARDED_BY(mu) = false;  // the caller stopped waiting before the start
+  bool started ABSL_GUARDED_BY(mu) = false;
+  std::optional<absl::StatusOr<T>> result;  // written before `done`, read after it
+  absl::Notification done;
+};
+}  // namespace internal
+
+template <typename T>
+absl::StatusOr<T> Engine::RunOnEngine(absl::AnyInvocable<absl::StatusOr<T>()> fn) {
+  if (OnEngineThread()) {
+    return absl::FailedPreconditionError(
+        "called on the node's engine thread (inside a callback): the engine cannot wait for "
+        "itself");
+  }
+  if (stop_.load(std::memory_order_acquire)) {
+    return absl::FailedPreconditionError("the node is shut down");
+  }
+  auto call = std::make_shared<internal::EngineCall<T>>();
+  loop_->Post([call, fn = std::move(fn)]() mutable {
+    {
+      absl::MutexLock l(&call->mu);
+      if (call->abandoned) return;
+      call->started = true;
+    }
+    call->result.emplace(fn());
+    call->done.Notify();
+  });
+  if (!call->done.WaitForNotificationWithTimeout(EngineWaitLimit())) {
+    absl::MutexLock l(&call->mu);
+    if (!call->done.HasBeenNotified()) {
+      const bool started = call->started;
+      call->abandoned = true;
+      return absl::DeadlineExceededError(
+          started ? "the node's engine thread did not finish in time (the call completes later)"
+                  : "the node's engine thread did not answer (the call was dropped)");
+    }
+  }
+  return std::move(*call->result);
+}
 
 }  // namespace dsm

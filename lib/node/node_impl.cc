@@ -66,7 +66,7 @@ class NodeImpl final : public Node {
     return std::unique_ptr<Region>(new RegionHandle(engine_, *r));
   }
 
-  Stats GetStats() const override { return engine_->GetStats(); }
+  Stats GetStats() const override { return engine_->GetStats().value_or(Stats{}); }
   absl::Status Shutdown() override { return engine_->Shutdown(); }
 
   void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
@@ -84,50 +84,6 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Options& options) {
   absl::StatusOr<std::shared_ptr<Engine>> engine = Engine::Start(options);
   if (!engine.ok()) return engine.status();
   return std::unique_ptr<Node>(new NodeImpl(std::move(*engine)));
-}
-
-std::string Stats::ToString() const {
-  std::string s;
-  auto line = [&s](const char* name, uint64_t v) { absl::StrAppendFormat(&s, "%-24s %llu\n", name, static_cast<unsigned long long>(v)); };
-  line("read_faults", read_faults);
-  line("write_faults", write_faults);
-  line("upgrade_faults", upgrade_faults);
-  line("coalesced_faults", coalesced_faults);
-  line("pages_installed", pages_installed);
-  line("pages_lost", pages_lost);
-  line("prefetches", prefetches);
-  line("prefetch_hits", prefetch_hits);
-  line("prefetch_runs", prefetch_runs);
-  line("prefetch_refused", prefetch_refused);
-  line("requests_sent", requests_sent);
-  line("invalidations_received", invalidations_received);
-  line("recalls_received", recalls_received);
-  line("writebacks_sent", writebacks_sent);
-  line("home_requests_served", home_requests_served);
-  line("messages_sent", messages_sent);
-  line("messages_received", messages_received);
-  line("bytes_sent", bytes_sent);
-  line("bytes_received", bytes_received);
-  line("bad_messages", bad_messages);
-  line("peers_down", peers_down);
-  line("pages_shared", pages_shared);
-  line("pages_modified", pages_modified);
-  line("budget_pages", budget_pages);
-  line("resident_remote_pages", resident_remote_pages);
-  line("evictions", evictions);
-  line("eviction_writebacks", eviction_writebacks);
-  line("eviction_batches", eviction_batches);
-  line("sample_faults", sample_faults);
-  line("eviction_time_us", eviction_time_us);
-  line("buffer_pool_misses", buffer_pool_misses);
-  line("lock_requests", lock_requests);
-  line("locks_granted", locks_granted);
-  line("locks_queued", locks_queued);
-  line("locks_failed", locks_failed);
-  line("locks_lost", locks_lost);
-  line("memory_locked", memory_locked ? 1 : 0);
-  line("memory_locked_bytes", memory_locked_bytes);
-  return s;
 }
 
 }  // namespace dsm

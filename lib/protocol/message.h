@@ -82,6 +82,13 @@ enum class ErrorCode : uint64_t {
   kIoError = 4,        // the home could not read or write its file
   kShuttingDown = 5,
   kNotHome = 6,
+  kPeerDown = 7,          // the node that should answer is down (answered locally for it)
+  kTimedOut = 8,          // the home gave up waiting (a deadline passed there)
+  kNoSpace = 9,           // the home ran out of disk space or memory
+  kPermissionDenied = 10, // the home may not read or write its file
+  kInvalidRequest = 11,   // the home judged the request malformed
+  kInternal = 12,         // a bug at the home
+  kUnavailable = 13,      // the home cannot serve it now; a later retry may succeed
 };
 
 enum class Grant : uint64_t { kShared = 1, kModified = 2 };

@@ -267,6 +267,181 @@ TEST(Directory, CollectOverdueAndHasRemoteCopies) {
   EXPECT_FALSE(d.entry(0).busy);
 }
 
+// ---- closing and reclaim (unmapping at the home) -----------------------------------------
+
+Message WithPage(Message m, uint8_t fill) {
+  m.payload.assign(kPageSize, fill);
+  return m;
+}
+
+size_t CountSent(const HomePort& port, MsgType t, NodeId dst) {
+  return static_cast<size_t>(std::count_if(port.sent.begin(), port.sent.end(),
+                                           [&](const Message& m) {
+                                             return m.type == t && m.dst == dst;
+                                           }));
+}
+
+TEST(Directory, ReclaimWithNothingHeldElsewhereCompletesAtOnce) {
+  HomePort port;
+  Directory d(HomeConfig(4), &port);
+  d.OnMessage(Msg(MsgType::kGetM, 0, 0), kT0);  // Modified at the home itself
+  d.OnMessage(Msg(MsgType::kGetS, 1, 1), kT0);  // Shared elsewhere: nothing to bring back
+  port.sent.clear();
+  d.SetClosing();
+  int done = 0;
+  d.ReclaimModified(kT0, [&done] { ++done; });
+  EXPECT_EQ(done, 1);
+  EXPECT_TRUE(port.sent.empty());
+  EXPECT_EQ(d.entry(0).owner, 0u);  // the home's own cache writes it back on release
+}
+
+TEST(Directory, ReclaimRecallsEveryPageModifiedElsewhereAndStoresIt) {
+  HomePort port;
+  Directory d(HomeConfig(4), &port);
+  d.OnMessage(Msg(MsgType::kGetM, 1, 0), kT0);
+  d.OnMessage(Msg(MsgType::kGetM, 2, 2), kT0);
+  d.OnMessage(Msg(MsgType::kGetS, 1, 3), kT0);
+  port.sent.clear();
+  d.SetClosing();
+  int done = 0;
+  d.ReclaimModified(kT0, [&done] { ++done; });
+  EXPECT_EQ(done, 0);
+  ASSERT_EQ(port.sent.size(), 2u);
+  for (const Message& m : port.sent) {
+    EXPECT_EQ(m.type, MsgType::kRecall);
+    EXPECT_EQ(m.arg, uint64_t(RecallKind::kDowngrade));  // the owner may keep reading
+  }
+  EXPECT_EQ(CountSent(port, MsgType::kRecall, 1), 1u);
+  EXPECT_EQ(CountSent(port, MsgType::kRecall, 2), 1u);
+  d.OnMessage(WithPage(Msg(MsgType::kRecallAck, 1, 0, uint64_t(PageState::kShared)), 0x11), kT0);
+  EXPECT_EQ(done, 0);
+  EXPECT_EQ(port.store[0], 0x11);
+  d.OnMessage(WithPage(Msg(MsgType::kRecallAck, 2, 2, uint64_t(PageState::kShared)), 0x22), kT0);
+  EXPECT_EQ(done, 1);
+  EXPECT_EQ(port.store[0], 0x22);
+  EXPECT_EQ(d.entry(0).state, ES::kShared);
+  EXPECT_EQ(d.entry(0).sharers, uint64_t{1} << 1);
+  EXPECT_EQ(d.entry(2).sharers, uint64_t{1} << 2);
+  EXPECT_FALSE(d.entry(0).busy);
+  EXPECT_FALSE(d.entry(2).busy);
+  EXPECT_EQ(d.counters().protocol_errors, 0u);
+  // Nothing is granted for a reclaim: no kData or kGrant went out.
+  EXPECT_EQ(port.sent.size(), 2u);
+}
+
+TEST(Directory, ReclaimCrossingAWriteBackCompletesWithTheWrittenBackData) {
+  HomePort port;
+  Directory d(HomeConfig(2), &port);
+  d.OnMessage(Msg(MsgType::kGetM, 1, 0), kT0);
+  port.sent.clear();
+  d.SetClosing();
+  int done = 0;
+  d.ReclaimModified(kT0, [&done] { ++done; });
+  ASSERT_EQ(CountSent(port, MsgType::kRecall, 1), 1u);
+  // Node 1 evicted the page before it saw the recall: its write-back arrives first.
+  d.OnMessage(WithPage(Msg(MsgType::kPut, 1, 0, uint64_t(PutKind::kWritebackDrop)), 0x5a), kT0);
+  EXPECT_EQ(port.store[0], 0x5a);
+  EXPECT_EQ(done, 0);  // the recall is still owed an answer
+  // Its answer to the recall carries no data: it holds nothing any more.
+  d.OnMessage(Msg(MsgType::kRecallAck, 1, 0, uint64_t(PageState::kInvalid)), kT0);
+  EXPECT_EQ(done, 1);
+  EXPECT_EQ(d.entry(0).state, ES::kUncached);
+  EXPECT_FALSE(d.entry(0).busy);
+  EXPECT_EQ(port.stores, 1);
+  EXPECT_EQ(d.counters().protocol_errors, 0u);
+}
+
+TEST(Directory, ReclaimWhileTheOwnerGoesDownCompletesAndThePageIsLost) {
+  HomePort port;
+  Directory d(HomeConfig(4), &port);
+  d.OnMessage(Msg(MsgType::kGetM, 1, 0), kT0);
+  d.OnMessage(Msg(MsgType::kGetM, 2, 1), kT0);
+  port.sent.clear();
+  d.SetClosing();
+  int done = 0;
+  d.ReclaimModified(kT0, [&done] { ++done; });
+  ASSERT_EQ(port.sent.size(), 2u);
+  // Node 1 goes silent: the home sees it owes the recall, and then it is declared down.
+  std::vector<NodeId> overdue;
+  d.CollectOverdue(kT0 + absl::Seconds(3), absl::Seconds(2), &overdue);
+  EXPECT_EQ(overdue, (std::vector<NodeId>{1, 2}));
+  d.OnPeerDown(1, kT0);
+  EXPECT_EQ(done, 0);  // node 2 still owes its page
+  EXPECT_TRUE(d.entry(0).lost);
+  EXPECT_FALSE(d.entry(0).busy);
+  d.OnMessage(WithPage(Msg(MsgType::kRecallAck, 2, 1, uint64_t(PageState::kShared)), 0x33), kT0);
+  EXPECT_EQ(done, 1);
+  EXPECT_EQ(d.entry(1).state, ES::kShared);
+}
+
+TEST(Directory, ReclaimQueuesBehindATransactionThatEndsModifiedElsewhere) {
+  HomePort port;
+  Directory d(HomeConfig(2), &port);
+  d.OnMessage(Msg(MsgType::kGetS, 1, 0), kT0);
+  d.OnMessage(Msg(MsgType::kGetS, 2, 0), kT0);
+  d.OnMessage(Msg(MsgType::kGetM, 1, 0, 0, /*req_id=*/9), kT0);  // waits for 2's kInvAck
+  ASSERT_TRUE(d.entry(0).busy);
+  port.sent.clear();
+  d.SetClosing();
+  int done = 0;
+  d.ReclaimModified(kT0, [&done] { ++done; });
+  EXPECT_TRUE(port.sent.empty());  // behind the active transaction
+  EXPECT_EQ(d.entry(0).queued, 1u);
+  d.OnMessage(Msg(MsgType::kInvAck, 2, 0), kT0);
+  // The write is granted first, then the reclaim recalls it from its new owner.
+  ASSERT_EQ(port.sent.size(), 2u);
+  EXPECT_EQ(port.sent[0].type, MsgType::kGrant);
+  EXPECT_EQ(port.sent[0].req_id, 9u);
+  EXPECT_EQ(port.sent[1].type, MsgType::kRecall);
+  EXPECT_EQ(port.sent[1].dst, 1u);
+  EXPECT_EQ(done, 0);
+  d.OnMessage(WithPage(Msg(MsgType::kRecallAck, 1, 0, uint64_t(PageState::kShared)), 0x44), kT0);
+  EXPECT_EQ(done, 1);
+  EXPECT_EQ(port.store[0], 0x44);
+}
+
+TEST(Directory, ClosingRefusesOtherNodesRequestsButServesTheHomeAndAppliesWriteBacks) {
+  HomePort port;
+  Directory d(HomeConfig(8), &port);
+  d.OnMessage(Msg(MsgType::kGetM, 2, 5), kT0);
+  port.sent.clear();
+  d.SetClosing();
+  EXPECT_TRUE(d.closing());
+  d.OnMessage(Msg(MsgType::kGetS, 1, 0, 0, /*req_id=*/3), kT0);
+  ASSERT_EQ(port.sent.size(), 1u);
+  EXPECT_EQ(port.sent[0].type, MsgType::kNack);
+  EXPECT_EQ(port.sent[0].arg, uint64_t(ErrorCode::kShuttingDown));
+  EXPECT_EQ(port.sent[0].req_id, 3u);
+  EXPECT_EQ(port.sent[0].dst, 1u);
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 0, /*arg=*/4, /*req_id=*/4), kT0);
+  ASSERT_EQ(port.sent.size(), 2u);
+  EXPECT_EQ(port.sent[1].type, MsgType::kDataRun);  // a run is refused whole, never nacked
+  EXPECT_EQ(port.sent[1].arg, 4u);
+  EXPECT_TRUE(port.sent[1].payload.empty());
+  EXPECT_EQ(d.entry(0).state, ES::kUncached);
+  d.OnMessage(Msg(MsgType::kGetS, 0, 1), kT0);  // the home's own fault is served
+  EXPECT_EQ(port.sent.back().type, MsgType::kData);
+  d.OnMessage(WithPage(Msg(MsgType::kPut, 2, 5, uint64_t(PutKind::kWritebackDrop)), 0x77), kT0);
+  EXPECT_EQ(port.store[0], 0x77);  // write-backs still land
+  EXPECT_EQ(d.entry(5).state, ES::kUncached);
+}
+
+TEST(Directory, RequestsForPagesNotHomedHereOrOutsideTheRegionAreRefused) {
+  HomePort port;
+  Directory d({0, 1, 4, 2, [](PageIndex p) -> NodeId { return p % 2; }}, &port);
+  d.OnMessage(Msg(MsgType::kGetSRun, 1, 1, /*arg=*/2), kT0);
+  ASSERT_EQ(port.sent.size(), 1u);
+  EXPECT_EQ(port.sent[0].type, MsgType::kDataRun);
+  EXPECT_TRUE(port.sent[0].payload.empty());
+  d.OnMessage(Msg(MsgType::kGetM, 1, 9), kT0);  // beyond the region
+  ASSERT_EQ(port.sent.size(), 2u);
+  EXPECT_EQ(port.sent[1].type, MsgType::kNack);
+  EXPECT_EQ(port.sent[1].arg, uint64_t(ErrorCode::kNotHome));
+  d.OnMessage(Msg(MsgType::kInvAck, 1, 3), kT0);  // an ack gets no answer
+  EXPECT_EQ(port.sent.size(), 2u);
+  EXPECT_EQ(d.counters().protocol_errors, 3u);
+}
+
 long ResidentBytes() {
   long pages = 0, resident = 0;
   FILE* f = std::fopen("/proc/self/statm", "r");

@@ -1,0 +1,118 @@
+// RegionLifecycle: mapping, syncing and unmapping regions on this node, with the messages that
+// go with them (kRegionOpen / kRegionOpenReply, kSyncReq / kSyncAck).
+//
+//   Map:    the region is mapped and put in the RegionTable at once (faults on pages homed
+//           here can be served); then every remote home is asked kRegionOpen, retried every
+//           20 ms while a home answers kNoSuchRegion (it has not mapped the region yet), until
+//           connect_timeout. The map succeeds when every home said kOk.
+//   Sync:   every Modified page is written back (kept Shared); every home, this node
+//           included, is asked kSyncReq (persist) and must answer kOk.
+//   Unmap:  the region becomes closing. At a home, the Directory refuses requests from other
+//           nodes and reclaims every page held Modified elsewhere (Directory::ReclaimModified,
+//           the protocol's own recall; completion by callback). Then every copy this node
+//           holds is released (Modified pages written back) and every home is asked to persist.
+//           The caller then drops the region (Remove).
+//
+// Thread safety: every method runs on the engine thread. The only object shared with another
+// thread is a RegionOp, through its Notification (see RegionOp).
+//
+// Invariants (of the operations, tracked by req_id in `ops_`):
+//  - An op is in ops_ from its start until it finishes; it finishes exactly once (Finish),
+//    when every peer in its pending set has answered, when its deadline passes (OnTick), when
+//    a peer it waits for goes down (an error), or when its region is removed.
+//  - An op's status is its first error; an op never waits on a peer not in its pending set.
+//  - A region is closing from StartUnmap until Remove; a closing region is not unmapped twice.
+//  - Work resumed later (an open retry, the end of a reclaim) re-checks that its op is still
+//    unfinished and its region still mapped before it acts.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "dsm/options.h"
+#include "node/region_table.h"
+
+namespace dsm {
+
+// One application thread's pending map, sync or unmap. The engine thread owns every field
+// until `done` is notified; after that, only the waiting thread reads `status`.
+class RegionOp {
+ public:
+  // Application thread: waits at most `limit`. The op's result, or DeadlineExceeded naming
+  // `what` if the engine did not finish it in time (the op then stays the engine's).
+  absl::Status Wait(absl::Duration limit, absl::string_view what);
+
+ private:
+  friend class RegionLifecycle;
+  void Fail(const absl::Status& s) {
+    if (status_.ok()) status_ = s;
+  }
+
+  std::string what_;  // for error messages
+  uint64_t req_id_ = 0;
+  uint64_t pending_mask_ = 0;  // peers that still owe an answer
+  absl::Time deadline_;
+  absl::Status status_;  // first error
+  bool finished_ = false;
+  RegionId region_ = 0;
+  uint64_t open_size_ = 0;  // a map's region size (non-zero: kNoSuchRegion is retried)
+  absl::Notification done_;
+};
+
+class RegionLifecycle {
+ public:
+  // What it needs from the engine, each called on the engine thread.
+  struct Hooks {
+    std::function<void(Message&&)> send;  // the engine's SendMessage (sets src)
+    // Runs `fn` on the engine thread after `delay` (zero: after the current event).
+    std::function<void(absl::Duration delay, absl::AnyInvocable<void()> fn)> after;
+  };
+  RegionLifecycle(const Options& options, RegionTable* table, RegionHost* host, Hooks hooks);
+
+  // Starting the operations (engine thread). On error the op is not started (not tracked,
+  // not finished); the caller returns the error.
+  absl::StatusOr<MappedRegion*> StartMap(const RegionOptions& options,
+                                         std::shared_ptr<RegionOp> op);
+  absl::Status StartSync(RegionId region, std::shared_ptr<RegionOp> op);
+  absl::Status StartUnmap(RegionId region, std::shared_ptr<RegionOp> op);
+  // Drops the region (after a failed map or a finished unmap): ops still running on it fail.
+  void Remove(RegionId region);
+
+  // Messages (engine thread).
+  void OnRegionOpen(const Message& m);
+  void OnSyncReq(const Message& m);
+  void OnReply(const Message& m);  // kRegionOpenReply, kSyncAck
+  // Peer events and time.
+  void OnPeerDown(NodeId peer, const absl::Status& why);
+  void OnTick(absl::Time now);  // ops past their deadline fail
+
+ private:
+  void Track(const std::shared_ptr<RegionOp>& op);
+  void Finish(const std::shared_ptr<RegionOp>& op);
+  // `from` answered op `req_id` with `code`.
+  void Complete(uint64_t req_id, NodeId from, ErrorCode code);
+  void SendRegionOpen(const RegionOp& op, const MappedRegion& r, NodeId home);
+  // Unmap, once no page is held Modified elsewhere: give every copy back, then persist.
+  void ReleaseAndPersist(const std::shared_ptr<RegionOp>& op);
+  // kSyncReq to every home of `r` (this node included); `op` waits for their acks.
+  void AskHomesToPersist(MappedRegion& r, const std::shared_ptr<RegionOp>& op);
+
+  const Options& options_;
+  RegionTable* const table_;
+  RegionHost* const host_;
+  Hooks hooks_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<RegionOp>> ops_;  // by req_id
+  absl::flat_hash_set<RegionId> closing_;
+  uint64_t next_req_id_ = 1;
+};
+
+}  // namespace dsm
