@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <string>
 
-namespace dsm {
+#include "dsm/abi.h"
+
+DSM_NAMESPACE_BEGIN
 
 struct Stats {
   // Fault path (this node's application threads).
@@ -59,4 +61,4 @@ struct Stats {
   std::string ToString() const;
 };
 
-}  // namespace dsm
+DSM_NAMESPACE_END

@@ -76,7 +76,7 @@ class Engine::UffdPollOp final : public EventLoop::Op {
 };
 
 Engine::Engine(const Options& options)
-    : options_(options), spin_(SpinPolicy::Config{absl::FromChrono(options.poll_spin)}) {}
+    : options_(options), spin_(SpinPolicy::Config{options.poll_spin}) {}
 
 absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
   std::shared_ptr<Engine> e(new Engine(options));
@@ -139,7 +139,7 @@ absl::Status Engine::RunOnEngine(absl::AnyInvocable<absl::Status()> fn) {
     call->result = fn();
     call->done.Notify();
   });
-  absl::Duration limit = absl::FromChrono(options_.peer_timeout) + kEngineSlack;
+  absl::Duration limit = options_.peer_timeout + kEngineSlack;
   if (!call->done.WaitForNotificationWithTimeout(limit)) {
     return absl::DeadlineExceededError("the node's engine thread did not answer");
   }
@@ -449,7 +449,7 @@ void Engine::After(absl::Duration delay, absl::AnyInvocable<void()> fn) {
 void Engine::Tick(absl::Time now) {
   // Peers owing protocol answers for too long are declared down.
   std::vector<NodeId> overdue;
-  const absl::Duration timeout = absl::FromChrono(options_.peer_timeout);
+  const absl::Duration timeout = options_.peer_timeout;
   for (auto& [id, r] : regions_) {
     r->cache().CollectOverdue(now, timeout, &overdue);
     if (r->directory() != nullptr) r->directory()->CollectOverdue(now, timeout, &overdue);
@@ -498,7 +498,7 @@ absl::StatusOr<MappedRegion*> Engine::MapRegion(const RegionOptions& options) {
     w->region = id;
     w->region_name = options.name;
     w->region_size = mapped->size();
-    w->deadline = absl::Now() + absl::FromChrono(options_.connect_timeout);
+    w->deadline = absl::Now() + options_.connect_timeout;
     std::vector<NodeId> homes = mapped->RemoteHomes();
     if (homes.empty()) {
       w->done.Notify();
@@ -512,7 +512,7 @@ absl::StatusOr<MappedRegion*> Engine::MapRegion(const RegionOptions& options) {
   if (!s.ok()) return s;
   // The waiter is the engine's until `done`: on a timeout, do not touch its status.
   const absl::Status status =
-      w->done.WaitForNotificationWithTimeout(absl::FromChrono(options_.connect_timeout) +
+      w->done.WaitForNotificationWithTimeout(options_.connect_timeout +
                                              kEngineSlack)
           ? w->status
           : absl::DeadlineExceededError("mapping: the engine did not answer");
@@ -534,13 +534,13 @@ absl::Status Engine::SyncRegion(RegionId region) {
     std::vector<NodeId> written_to;  // counted in the cache's writebacks
     r->cache().WriteBackAll(&written_to);
     w->what = absl::StrCat("syncing region ", r->name());
-    w->deadline = absl::Now() + absl::FromChrono(options_.peer_timeout);
+    w->deadline = absl::Now() + options_.peer_timeout;
     // Every home persists, including homes we wrote nothing to now: they may hold pages we
     // wrote back earlier (evictions) that are not durable yet.
     AskHomesToPersist(r, w);
     return absl::OkStatus();
   }));
-  if (!w->done.WaitForNotificationWithTimeout(absl::FromChrono(options_.peer_timeout) +
+  if (!w->done.WaitForNotificationWithTimeout(options_.peer_timeout +
                                               kEngineSlack)) {
     return absl::DeadlineExceededError("sync: the engine did not answer");
   }
@@ -551,7 +551,7 @@ absl::Status Engine::UnmapOnEngine(RegionId region, std::shared_ptr<Waiter> w) {
   MappedRegion* r = FindRegion(region);
   if (r == nullptr) return absl::NotFoundError("region is not mapped");
   w->what = absl::StrCat("unmapping region ", r->name());
-  w->deadline = absl::Now() + absl::FromChrono(options_.peer_timeout);
+  w->deadline = absl::Now() + options_.peer_timeout;
   closing_.insert(region);
   // At a home, pages other nodes hold Modified are the only current copies: fetch them back
   // (a read by the home recalls them) before the home's copy is persisted and dropped.
@@ -628,7 +628,7 @@ absl::Status Engine::UnmapRegion(RegionId region) {
   DSM_RETURN_IF_ERROR(RunOnEngine([&, w] { return UnmapOnEngine(region, w); }));
   // w->status belongs to the engine thread until `done` (TSan caught an early read here).
   absl::Status result;
-  if (!w->done.WaitForNotificationWithTimeout(absl::FromChrono(options_.peer_timeout) +
+  if (!w->done.WaitForNotificationWithTimeout(options_.peer_timeout +
                                               kEngineSlack)) {
     result = absl::DeadlineExceededError("unmap: the engine did not answer");
   } else {

@@ -243,7 +243,7 @@ TEST_P(LockClusterTest, AsyncRequestPendsWhileTheSameNodeKeepsServingFaults) {
   auto check2 = CheckPattern(static_cast<uint8_t*>(region(2)->data()) + kPage, kPages * kPage,
                              10, kPage);
   EXPECT_FALSE(check2) << "node 2 reading what node 1 wrote: " << *check2;
-  EXPECT_GT(node(1)->GetStats().read_faults, 0u) << "node 1 served no remote faults";
+  EXPECT_GT(node(1)->GetStats().value().read_faults, 0u) << "node 1 served no remote faults";
 
   Step("node 0 releases; node 1's callback runs on its engine thread");
   ASSERT_TRUE(holder->Unlock().ok());
@@ -296,7 +296,7 @@ TEST_P(LockClusterTest, CancelDeadlineAndBadRanges) {
   ASSERT_TRUE(holder->Unlock().ok());
   EXPECT_TRUE(region(1)->TryLock(0, 16, LockMode::kExclusive).ok());
   Step("node 1's Stats count its lock traffic");
-  const Stats s1 = node(1)->GetStats();
+  const Stats s1 = node(1)->GetStats().value();
   EXPECT_EQ(s1.lock_requests, 5u);  // late, two bad ranges, the busy try, the last try
   EXPECT_EQ(s1.locks_granted, 1u);
   EXPECT_GE(s1.locks_queued, 1u);   // `late` waited at the arbiter before its deadline

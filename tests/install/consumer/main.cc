@@ -11,7 +11,7 @@
 int main() {
   dsm::Options options;
   options.node_id = 7;  // no such peer: there are none
-  options.connect_timeout = std::chrono::milliseconds(100);
+  options.connect_timeout = absl::Milliseconds(100);
   absl::StatusOr<std::unique_ptr<dsm::Node>> node = dsm::Node::Create(options);
   if (node.ok()) {
     std::printf("Node::Create accepted an empty peer list (node %u)\n", (*node)->id());
