@@ -7,13 +7,13 @@
 //   if (!g.ok()) { ...; }                 // DeadlineExceeded, Unavailable, ...
 //   if (g->previous_holder_died()) { ... repair bytes [0, 64) ... }
 //   counter[0]++;                         // plain stores, protected by the lock
-//   g->Unlock();                          // or let the guard go out of scope
+//   g->Unlock().IgnoreError();            // or let the guard go out of scope
 //
 //   // Asynchronous: returns at once; `done` runs later on the node's engine thread.
 //   uint64_t id = region->LockAsync(
 //       4096, 4096, dsm::LockMode::kShared, absl::InfiniteFuture(),
 //       [](absl::StatusOr<dsm::LockHandle> h) { ... hand *h to a worker ... });
-//   region->Cancel(id);                   // changed our mind: done gets kCancelled (or the
+//   absl::Status c = region->Cancel(id);  // changed our mind: done gets kCancelled (or the
 //                                         // lock, if granted already, is released)
 //
 //   // Everyone in the cluster (empty member list), or a named group of node ids:
