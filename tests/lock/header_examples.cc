@@ -5,8 +5,11 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <iostream>
 #include <memory>
 
+#include "dsm/heap.h"
+#include "dsm/launch.h"
 #include "dsm/lock.h"
 #include "dsm/node.h"
 #include "dsm/options.h"
@@ -79,6 +82,29 @@ int LockExample(dsm::Node* node, dsm::Region* region, uint64_t* counter) {
   return s.ok() && c.ok() ? 0 : 1;
 }
 
+// dsm/heap.h
+int HeapExample(const std::unique_ptr<dsm::Region>& region) {
+  dsm::HeapOptions ho;
+  ho.collective_bytes = 16 << 20;
+  absl::StatusOr<dsm::Heap> heap = dsm::Heap::Attach(region.get(), ho);
+  if (!heap.ok()) return 1;
+  absl::StatusOr<absl::Span<double>> grid = heap->CollectiveArray<double>(1024 * 1024);
+  absl::StatusOr<void*> rec = heap->Allocate(256, 64, dsm::HeapPlacement::kOwnPages);
+  if (!grid.ok() || !rec.ok()) return 1;
+  uint64_t off = heap->OffsetOf(*rec);
+  void* same = heap->At(off);
+  absl::Status freed = heap->Free(*rec);
+  return same == *rec && freed.ok() ? 0 : 1;
+}
+
+// dsm/launch.h
+int LaunchExample() {
+  absl::StatusOr<dsm::Options> o = dsm::OptionsFromEnvironment();
+  if (!o.ok()) { std::cerr << o.status() << "\n"; return 1; }
+  auto node = dsm::Node::Create(*o);
+  return node.ok() ? 0 : 1;
+}
+
 // dsm/version.h
 void VersionExample() {
 #if DSM_VERSION_MAJOR == 0 && DSM_VERSION_MINOR < 2
@@ -108,7 +134,8 @@ int ReadmeExample() {
 }  // namespace
 
 // Referenced so -Wunused-function holds.
-int (*const kExamples[])() = {NodeExample, ReadmeExample};
+int (*const kExamples[])() = {NodeExample, ReadmeExample, LaunchExample};
+int (*const kHeapExample)(const std::unique_ptr<dsm::Region>&) = HeapExample;
 void (*const kOtherExamples[])() = {OptionsExample, VersionExample};
 int (*const kRegionExample)(dsm::Node*) = RegionExample;
 int (*const kLockExample)(dsm::Node*, dsm::Region*, uint64_t*) = LockExample;
