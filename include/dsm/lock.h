@@ -54,18 +54,18 @@
 //   kInvalidArgument    length 0, or the range is not inside the region.
 //   kCancelled          a pending request was withdrawn with Cancel() (async API only).
 //   kNotFound           Unlock()/Cancel() of an id that is neither held nor pending.
-//   kFailedPrecondition the region is not mapped at its lock arbiter, or (Unlock/Cancel) this
-//                       node unmapped the region, which released its locks.
+//   kFailedPrecondition the region is not mapped here or at its lock arbiter; or (Unlock,
+//                       Cancel) this node unmapped the region, which released its locks.
 // Barrier errors: kUnavailable (a member's node is down: the barrier fails for every member
 // and the group can never complete again), kAborted (a member gave up on its deadline, so this
 // generation of the barrier failed for everyone), kDeadlineExceeded (this node stopped waiting;
 // the others may or may not have been released), kInvalidArgument (bad member list or name).
 //
 // Thread safety: the lock and barrier methods of Region and Node may be called from any
-// application thread, concurrently. LockAsync and
-// BarrierAsync callbacks run on the node's engine thread, which also serves this node's page
-// faults: they must not block, must not call the blocking Lock/TryLock/Barrier, and must not
-// touch region memory (that would deadlock). They may call LockAsync, BarrierAsync and Unlock.
+// application thread, concurrently. LockAsync and BarrierAsync callbacks run on the node's
+// engine thread, which also serves this node's page faults: they must not block, must not call
+// the blocking Lock/TryLock/Barrier, and must not touch region memory (that would deadlock).
+// They may call LockAsync, BarrierAsync, Unlock and Cancel.
 //
 // C++17-clean: included by applications.
 #pragma once

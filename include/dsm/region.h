@@ -32,8 +32,8 @@
 // not keep the Region alive and stay safe to use after it is gone (dsm/lock.h).
 //
 // Thread safety: data() memory may be used from any thread. Every method may be called from any
-// application thread, concurrently; Unmap() concurrent with other calls makes them fail
-// (kFailedPrecondition) rather than crash, but the memory must no longer be touched. Never call
+// application thread, concurrently; calls that race with Unmap() fail with an error (or
+// complete first) rather than crash, but the memory must no longer be touched. Never call
 // Sync(), Unmap() or the blocking lock methods from a LockAsync/BarrierAsync callback (the
 // engine thread).
 //
