@@ -114,9 +114,9 @@ int RunHelper(const HelperArgs& a) {
   o.node_id = a.id;
   o.peers = a.peers;
   o.transport = dsm::TransportKind::kTcp;
-  o.peer_timeout = std::chrono::milliseconds(5000);
-  o.connect_timeout = std::chrono::milliseconds(30000);
-  if (a.poll_spin_us >= 0) o.poll_spin = std::chrono::microseconds(a.poll_spin_us);
+  o.peer_timeout = absl::Milliseconds(5000);
+  o.connect_timeout = absl::Milliseconds(30000);
+  if (a.poll_spin_us >= 0) o.poll_spin = absl::Microseconds(a.poll_spin_us);
   absl::StatusOr<std::unique_ptr<dsm::Node>> node = dsm::Node::Create(o);
   if (!node.ok()) {
     Reply("err create: " + node.status().ToString());

@@ -160,8 +160,8 @@ absl::Status Cluster::Build(Net net) {
   dsm::Options o;
   o.node_id = 0;
   o.peers = peers;
-  o.peer_timeout = milliseconds(5000);
-  if (g_cfg.poll_spin_us >= 0) o.poll_spin = std::chrono::microseconds(g_cfg.poll_spin_us);
+  o.peer_timeout = absl::Milliseconds(5000);
+  if (g_cfg.poll_spin_us >= 0) o.poll_spin = absl::Microseconds(g_cfg.poll_spin_us);
   absl::StatusOr<std::unique_ptr<dsm::Node>> node = dsm::Node::Create(o);
   if (!node.ok()) return node.status();
   node_ = std::move(*node);
@@ -642,7 +642,7 @@ void BM_Bookkeeping(benchmark::State& state, const Params& p) {
       shared = std::move(*r);
     }
     uint64_t dt = NowNs() - t0;
-    (void)c->node()->GetStats();  // let the engine settle whatever it does after a map
+    BENCH_CHECK_OK(c->node()->GetStats().status());  // let the engine settle after a map
     absl::StatusOr<MemUsage> after = ReadMemUsage();
     absl::StatusOr<MemUsage> home_after = ReadMemUsage(c->helper_pid(kHome));
     BENCH_CHECK_OK(after.status());
@@ -785,7 +785,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("dsm_smoke", cfg.smoke ? "1" : "0");
   const int64_t effective_spin =
       cfg.poll_spin_us >= 0 ? cfg.poll_spin_us
-                            : static_cast<int64_t>(dsm::Options{}.poll_spin.count());
+                            : absl::ToInt64Microseconds(dsm::Options{}.poll_spin);
   benchmark::AddCustomContext("dsm_poll_spin_us", std::to_string(effective_spin));
   benchmark::AddCustomContext("dsm_poll_spin_is_default", cfg.poll_spin_us < 0 ? "1" : "0");
   benchmark::Initialize(&argc, argv);

@@ -20,6 +20,8 @@ install(TARGETS dsm EXPORT dsmTargets
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/dsm
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
   FILES_MATCHING PATTERN "*.h")
+install(FILES ${PROJECT_BINARY_DIR}/include/dsm/version.h
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/dsm)
 install(EXPORT dsmTargets
   NAMESPACE dsm::
   FILE dsmTargets.cmake

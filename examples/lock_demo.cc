@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   dsm::Options o;
   o.node_id = id;
   o.peers = absl::StrSplit(args["--peers"], ',', absl::SkipEmpty());
-  o.connect_timeout = std::chrono::milliseconds(timeout_ms);
+  o.connect_timeout = absl::Milliseconds(timeout_ms);
   absl::StatusOr<std::unique_ptr<dsm::Node>> node = dsm::Node::Create(o);
   if (!node.ok()) {
     Say(id, "cannot start: " + node.status().ToString());

@@ -90,12 +90,12 @@ int main(int argc, char** argv) {
     }
   };
   barrier("filled");
-  const dsm::Stats before = node->GetStats();
+  const absl::StatusOr<dsm::Stats> before = node->GetStats();
   const absl::Time start = absl::Now();
   Multiply(a->data(), b->data(), c->data(), n, first, end);
   barrier("multiplied");
   const absl::Duration took = absl::Now() - start;
-  const dsm::Stats after = node->GetStats();
+  const absl::StatusOr<dsm::Stats> after = node->GetStats();
 
   int result = 0;
   if (me == 0) {
@@ -116,10 +116,15 @@ int main(int argc, char** argv) {
                 absl::ToDoubleSeconds(took));
     result = same ? 0 : 1;
   }
-  std::printf("matmul node %lu: %lu read faults, %lu write faults while multiplying\n",
-              static_cast<unsigned long>(me),
-              static_cast<unsigned long>(after.read_faults - before.read_faults),
-              static_cast<unsigned long>(after.write_faults - before.write_faults));
+  if (before.ok() && after.ok()) {
+    std::printf("matmul node %lu: %lu read faults, %lu write faults while multiplying\n",
+                static_cast<unsigned long>(me),
+                static_cast<unsigned long>(after->read_faults - before->read_faults),
+                static_cast<unsigned long>(after->write_faults - before->write_faults));
+  } else {
+    std::printf("matmul node %lu: no fault counts: %s\n", static_cast<unsigned long>(me),
+                (before.ok() ? after.status() : before.status()).ToString().c_str());
+  }
   heap = absl::FailedPreconditionError("released");
   absl::Status left = app::LeaveTogether(*node, *std::move(region), 0, timeout);
   if (!left.ok()) {

@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
     }
   };
   barrier("init");
-  const dsm::Stats before = node->GetStats();
+  const absl::StatusOr<dsm::Stats> before = node->GetStats();
   const absl::Time start = absl::Now();
   for (uint64_t it = 0; it < iters; ++it) {
     for (int colour = 0; colour < 2; ++colour) {
@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
     }
   }
   const absl::Duration took = absl::Now() - start;
-  const dsm::Stats after = node->GetStats();
+  const absl::StatusOr<dsm::Stats> after = node->GetStats();
 
   int result = 0;
   if (me == 0) {
@@ -132,10 +132,15 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long>(wrong), absl::ToDoubleSeconds(took));
     result = wrong == 0 ? 0 : 1;
   }
-  std::printf("sor node %lu: %lu read faults, %lu write faults during the sweeps\n",
-              static_cast<unsigned long>(me),
-              static_cast<unsigned long>(after.read_faults - before.read_faults),
-              static_cast<unsigned long>(after.write_faults - before.write_faults));
+  if (before.ok() && after.ok()) {
+    std::printf("sor node %lu: %lu read faults, %lu write faults during the sweeps\n",
+                static_cast<unsigned long>(me),
+                static_cast<unsigned long>(after->read_faults - before->read_faults),
+                static_cast<unsigned long>(after->write_faults - before->write_faults));
+  } else {
+    std::printf("sor node %lu: no fault counts: %s\n", static_cast<unsigned long>(me),
+                (before.ok() ? after.status() : before.status()).ToString().c_str());
+  }
   heap = absl::FailedPreconditionError("released");  // before its region goes
   absl::Status left = app::LeaveTogether(*node, *std::move(region), 0, timeout);
   if (!left.ok()) {

@@ -10,7 +10,7 @@
 //   absl::StatusOr<void*> rec = heap->Allocate(256, 64, dsm::HeapPlacement::kOwnPages);
 //   uint64_t off = heap->OffsetOf(*rec);   // store offsets, not pointers, in shared memory:
 //   void* same = heap->At(off);            // each node maps the region at its own address
-//   heap->Free(*rec);
+//   absl::Status freed = heap->Free(*rec);
 //
 // Layout. The heap manages [offset, offset + length) of one region (page-aligned): a header
 // page, then collective_bytes handed out by a bump pointer kept on each node (the same
@@ -48,9 +48,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "dsm/abi.h"
 #include "dsm/region.h"
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
 
 enum class HeapPlacement {
   kPacked,    // aligned as asked, next to other allocations
@@ -132,4 +133,4 @@ class Heap {
   std::unique_ptr<State> state_;
 };
 
-}  // namespace dsm
+DSM_NAMESPACE_END

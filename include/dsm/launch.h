@@ -34,12 +34,13 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
+#include "dsm/abi.h"
 #include "dsm/options.h"
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
 
 inline constexpr uint16_t kDefaultBasePort = 7470;
 
 absl::StatusOr<Options> OptionsFromEnvironment(const Options& base = Options());
 
-}  // namespace dsm
+DSM_NAMESPACE_END

@@ -7,11 +7,14 @@
 //   if (!g.ok()) { ...; }                 // DeadlineExceeded, Unavailable, ...
 //   if (g->previous_holder_died()) { ... repair bytes [0, 64) ... }
 //   counter[0]++;                         // plain stores, protected by the lock
-//   g->Unlock();                          // or let the guard go out of scope
+//   g->Unlock().IgnoreError();            // or let the guard go out of scope
 //
 //   // Asynchronous: returns at once; `done` runs later on the node's engine thread.
-//   region->LockAsync(4096, 4096, dsm::LockMode::kShared, absl::InfiniteFuture(),
-//                     [](absl::StatusOr<dsm::LockHandle> h) { ... hand *h to a worker ... });
+//   uint64_t id = region->LockAsync(
+//       4096, 4096, dsm::LockMode::kShared, absl::InfiniteFuture(),
+//       [](absl::StatusOr<dsm::LockHandle> h) { ... hand *h to a worker ... });
+//   absl::Status c = region->Cancel(id);  // changed our mind: done gets kCancelled (or the
+//                                         // lock, if granted already, is released)
 //
 //   // Everyone in the cluster (empty member list), or a named group of node ids:
 //   absl::Status s = node->Barrier("phase-1", {}, absl::Now() + absl::Seconds(30));
@@ -35,6 +38,15 @@
 // that overlap it report previous_holder_died() (the bytes may be half-written) until an
 // exclusive lock covering them is granted (its holder is told, and is expected to repair).
 //
+// The operations are methods of dsm::Region (locks) and dsm::Node (barriers); their contracts
+// are written there. This header holds the vocabulary: modes, handles and guards.
+//
+// Ownership: a held lock belongs to the node, not to a thread or an object. A LockGuard
+// releases it when destroyed; a LockHandle is only a description (Region::Unlock releases it).
+// Unmapping a region releases every lock this node holds in it, and Node::Shutdown releases
+// every lock of the node; a guard or handle that outlives its region, or its node, stays safe
+// to use (see LockGuard).
+//
 // Errors (absl::StatusCode):
 //   kDeadlineExceeded   the deadline passed before the grant; the request was withdrawn.
 //   kAborted            TryLock: the range is held or awaited in a conflicting mode.
@@ -42,32 +54,40 @@
 //   kInvalidArgument    length 0, or the range is not inside the region.
 //   kCancelled          a pending request was withdrawn with Cancel() (async API only).
 //   kNotFound           Unlock()/Cancel() of an id that is neither held nor pending.
-//   kFailedPrecondition the region is not mapped at its lock arbiter.
+//   kFailedPrecondition the region is not mapped here or at its lock arbiter; or (Unlock,
+//                       Cancel) this node unmapped the region, which released its locks.
 // Barrier errors: kUnavailable (a member's node is down: the barrier fails for every member
 // and the group can never complete again), kAborted (a member gave up on its deadline, so this
 // generation of the barrier failed for everyone), kDeadlineExceeded (this node stopped waiting;
 // the others may or may not have been released), kInvalidArgument (bad member list or name).
 //
-// Thread safety: every method may be called from any application thread. LockAsync and
-// BarrierAsync callbacks run on the node's engine thread, which also serves this node's page
-// faults: they must not block, must not call the blocking Lock/TryLock/Barrier, and must not
-// touch region memory (that would deadlock). They may call LockAsync, BarrierAsync and Unlock.
+// Thread safety: the lock and barrier methods of Region and Node may be called from any
+// application thread, concurrently. LockAsync and BarrierAsync callbacks run on the node's
+// engine thread, which also serves this node's page faults: they must not block, must not call
+// the blocking Lock/TryLock/Barrier, and must not touch region memory (that would deadlock).
+// They may call LockAsync, BarrierAsync, Unlock and Cancel.
 //
 // C++17-clean: included by applications.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "dsm/abi.h"
 #include "dsm/options.h"
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
+
+class Region;
+namespace internal {
+class RegionImpl;
+}  // namespace internal
 
 // Wire values (lib/protocol/lock_fields.h): never renumber.
 enum class LockMode : uint8_t { kShared = 1, kExclusive = 2 };
@@ -107,35 +127,54 @@ class LockHandle {
 
 using LockCallback = std::function<void(absl::StatusOr<LockHandle>)>;
 
-class RegionLocks;
-
-// Scoped ownership of a granted lock: releases it when destroyed. Move-only.
+// Scoped ownership of a granted lock: releases it when destroyed, when Unlock() is called, or
+// when another guard is move-assigned into it. Move-only; a moved-from guard owns nothing.
+// Region::Lock and Region::TryLock return one; Region::Adopt makes one for a LockAsync grant.
+//
+// The guard refers to its region weakly: it does not keep the Region alive, and it may outlive
+// it. If the region was unmapped (Region::Unmap, or the Region destroyed) before the guard lets
+// go, the unmap has released the lock already: Unlock() returns kFailedPrecondition and changes
+// nothing, and the destructor does nothing. After Node::Shutdown, Unlock() returns kUnavailable
+// (the shutdown released the lock).
+//
+// Thread safety: a guard is a value like std::unique_ptr: one thread at a time may use a given
+// guard; different guards may be used concurrently from any threads.
 class LockGuard {
  public:
   LockGuard() = default;
-  LockGuard(RegionLocks* owner, LockHandle handle) : owner_(owner), handle_(handle) {}
-  LockGuard(LockGuard&& other) noexcept
-      : owner_(std::exchange(other.owner_, nullptr)), handle_(std::exchange(other.handle_, {})) {}
+  LockGuard(LockGuard&& other) noexcept;
+  // Releases the lock this guard holds (if any), then takes over `other`'s. Self-move keeps
+  // the lock.
   LockGuard& operator=(LockGuard&& other) noexcept;
   LockGuard(const LockGuard&) = delete;
   LockGuard& operator=(const LockGuard&) = delete;
   ~LockGuard();
 
-  bool owns_lock() const { return owner_ != nullptr && handle_.valid(); }
+  // Whether this guard still has a lock to let go of: true from the grant until Unlock(),
+  // Release() or a move away. (It says nothing about whether an Unmap of the region or the
+  // node's shutdown released the lock meanwhile.)
+  bool owns_lock() const { return handle_.valid(); }
+  // The lock's description; a default (invalid) handle once the guard owns nothing.
   const LockHandle& handle() const { return handle_; }
   bool previous_holder_died() const { return handle_.previous_holder_died(); }
 
-  // Releases the lock now. Later calls (and the destructor) do nothing.
+  // Releases the lock now (see Region::Unlock for the errors, and above for a region that is
+  // gone). OK if the guard owns nothing. Afterwards the guard owns nothing, whatever the result.
   absl::Status Unlock();
-  // Gives up ownership without releasing: the caller must Unlock() the returned handle.
+  // Gives up ownership without releasing: the caller must Region::Unlock() the returned
+  // handle. Returns an invalid handle if the guard owns nothing.
   LockHandle Release();
 
  private:
-  RegionLocks* owner_ = nullptr;
+  friend class Region;
+  LockGuard(std::weak_ptr<internal::RegionImpl> region, LockHandle handle);
+
+  std::weak_ptr<internal::RegionImpl> region_;  // empty or expired: nothing to tell
   LockHandle handle_;
 };
 
-// One lock request, as the node layer receives it.
+// One lock request as the library's lock layer receives it (Region::Lock, TryLock and
+// LockAsync build it). Applications do not need it.
 struct LockRequest {
   uint64_t offset = 0;
   uint64_t length = 0;
@@ -146,54 +185,4 @@ struct LockRequest {
   absl::Time deadline = absl::InfiniteFuture();
 };
 
-// The lock operations of a Region (dsm::Region derives from it). The node layer implements
-// RequestLock and ReleaseLock; everything else is built on them.
-class RegionLocks {
- public:
-  virtual ~RegionLocks() = default;
-
-  // Blocks the calling thread until the lock is granted or fails.
-  absl::StatusOr<LockGuard> Lock(uint64_t offset, uint64_t length, LockMode mode,
-                                 absl::Time deadline = absl::InfiniteFuture());
-  // Grants at once if the range is free of conflicting holders and waiters, else kAborted.
-  // Waits one round trip to the arbiter; never queues.
-  absl::StatusOr<LockGuard> TryLock(uint64_t offset, uint64_t length, LockMode mode);
-  // Returns the lock id at once; `done` runs exactly once, on the engine thread (see the top
-  // of the file), with a handle whose id() is that id, or the error.
-  uint64_t LockAsync(uint64_t offset, uint64_t length, LockMode mode, absl::Time deadline,
-                     LockCallback done);
-  // Releases a granted lock. Returns at once (the arbiter is told asynchronously).
-  // kNotFound if it is not held; kUnavailable if its arbiter went down meanwhile (the lock is
-  // gone anyway).
-  absl::Status Unlock(const LockHandle& handle) { return ReleaseLock(handle.id()); }
-  // Withdraws a pending LockAsync request (its callback gets kCancelled), or releases the lock
-  // if it was granted already. kNotFound if the id is neither pending nor held.
-  absl::Status Cancel(uint64_t lock_id) { return ReleaseLock(lock_id); }
-
-  // Starts `request` and returns its lock id (never 0). `done` runs exactly once on the engine
-  // thread, with the handle or the error; a request that cannot start fails through `done`.
-  // Never blocks.
-  virtual uint64_t RequestLock(const LockRequest& request, LockCallback done) = 0;
-  // Releases a held lock or withdraws a pending request (see Unlock and Cancel).
-  virtual absl::Status ReleaseLock(uint64_t lock_id) = 0;
-};
-
-// Cluster barriers (dsm::Node derives from it).
-class ClusterBarrier {
- public:
-  virtual ~ClusterBarrier() = default;
-
-  // Blocks until every member has entered barrier `name` (same name, same members), then
-  // returns OK on every member. `members` lists node ids; empty means every node of the
-  // cluster; the calling node must be one of them. Consecutive barriers of a group are
-  // numbered (generations) and never mix: a node that leaves generation g and enters again
-  // waits for generation g+1. A node enters a given group at most once at a time.
-  absl::Status Barrier(const std::string& name, const std::vector<NodeId>& members,
-                       absl::Time deadline = absl::InfiniteFuture());
-
-  // Returns at once; `done` runs exactly once on the engine thread.
-  virtual void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
-                            absl::Time deadline, std::function<void(absl::Status)> done) = 0;
-};
-
-}  // namespace dsm
+DSM_NAMESPACE_END

@@ -5,46 +5,94 @@
 //   opts.peers = {"10.0.0.1:7000", "10.0.0.2:7000"};
 //   absl::StatusOr<std::unique_ptr<dsm::Node>> node = dsm::Node::Create(opts);
 //   if (!node.ok()) { ...; }
-//   auto region = (*node)->MapRegion({.name = "data", .size = 64 << 20, .home = 0});
+//   dsm::RegionOptions ro;
+//   ro.name = "data";
+//   ro.size = 64 << 20;
+//   ro.home = 0;
+//   absl::StatusOr<std::unique_ptr<dsm::Region>> region = (*node)->MapRegion(ro);
+//   absl::StatusOr<dsm::Stats> stats = (*node)->GetStats();
 //
 // A Node owns one engine thread that serves this node's page faults and the cluster's
 // requests. Create() probes userfaultfd and io_uring and fails with an actionable message when
 // they are unavailable (for example, not root and vm.unprivileged_userfaultfd=0).
 //
-// Barriers (ClusterBarrier, dsm/lock.h): node->Barrier("phase-1", {}, deadline) waits until
-// every node of the cluster (or the listed node ids) has entered the same barrier.
+// Barriers (semantics and errors in dsm/lock.h): node->Barrier("phase-1", {}, deadline) waits
+// until every node of the cluster (or the listed node ids) has entered the same barrier.
 //
-// Thread safety: all methods may be called from any application thread.
+// Ownership: the application owns the Node (a std::unique_ptr from Create()); destroying it
+// shuts it down. Regions it mapped are owned by the application too and should be destroyed
+// first (see dsm/region.h).
+//
+// Thread safety: every method may be called from any application thread, concurrently, but not
+// from a LockAsync/BarrierAsync callback (the engine thread) except BarrierAsync itself.
+//
+// C++17-clean: included by applications.
 #pragma once
 
+#include <cstddef>
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "dsm/abi.h"
 #include "dsm/lock.h"
 #include "dsm/options.h"
 #include "dsm/region.h"
 #include "dsm/stats.h"
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
 
-class Node : public ClusterBarrier {
+namespace internal {
+class NodeImpl;
+class ApiAccess;
+}  // namespace internal
+
+class Node {
  public:
   static absl::StatusOr<std::unique_ptr<Node>> Create(const Options& options);
 
-  virtual ~Node() = default;  // Shutdown() if not done yet
+  // Shutdown(), if not done yet.
+  ~Node();
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
 
-  virtual NodeId id() const = 0;
-  virtual size_t cluster_size() const = 0;
+  NodeId id() const;
+  size_t cluster_size() const;
 
   // Maps a region on this node. On a non-home node this waits (up to connect_timeout) for the
-  // home to have mapped it with the same size. Regions must be unmapped before the Node dies.
-  virtual absl::StatusOr<std::unique_ptr<Region>> MapRegion(const RegionOptions& options) = 0;
+  // home to have mapped it with the same size.
+  absl::StatusOr<std::unique_ptr<Region>> MapRegion(const RegionOptions& options);
 
-  virtual Stats GetStats() const = 0;
+  // A snapshot of this node's counters. An error (kDeadlineExceeded, kUnavailable after
+  // Shutdown) when the engine does not answer, never zeros in place of counters.
+  absl::StatusOr<Stats> GetStats() const;
 
-  // Unmaps every region (writing dirty pages back), closes connections, joins the engine.
-  virtual absl::Status Shutdown() = 0;
+  // Unmaps every region (writing dirty pages back), releases every lock, closes connections,
+  // joins the engine. Regions and guards still held stay safe to destroy.
+  absl::Status Shutdown();
+
+  // ---- Barriers (errors: dsm/lock.h) ----
+
+  // Blocks until every member has entered barrier `name` (same name, same members), then
+  // returns OK on every member. `members` lists node ids; empty means every node of the
+  // cluster; the calling node must be one of them. Consecutive barriers of a group are
+  // numbered (generations) and never mix: a node that leaves generation g and enters again
+  // waits for generation g+1. A node enters a given group at most once at a time.
+  absl::Status Barrier(const std::string& name, const std::vector<NodeId>& members,
+                       absl::Time deadline = absl::InfiniteFuture());
+  // Barrier without blocking: returns at once; `done` runs exactly once on the engine thread.
+  void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
+                    absl::Time deadline, std::function<void(absl::Status)> done);
+
+ private:
+  friend class internal::ApiAccess;
+  explicit Node(std::unique_ptr<internal::NodeImpl> impl);
+
+  const std::unique_ptr<internal::NodeImpl> impl_;
 };
 
-}  // namespace dsm
+DSM_NAMESPACE_END

@@ -4,19 +4,28 @@
 //   o.node_id = 1;
 //   o.peers = {"10.0.0.1:7000", "10.0.0.2:7000"};  // index = node id; this node listens on
 //                                                   // peers[node_id] unless `listen` is set
+//   o.peer_timeout = absl::Seconds(3);
 //   auto node = dsm::Node::Create(o);
+//
+// Durations are absl::Duration and deadlines absl::Time throughout the API.
+//
+// Thread safety: plain values. Create() and MapRegion() copy what they need; the caller keeps
+// ownership of its Options and may change or destroy them afterwards. on_pages_lost is copied
+// into the node and called on its engine thread.
 //
 // C++17-clean: included by applications.
 #pragma once
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
 
-namespace dsm {
+#include "absl/time/time.h"
+#include "dsm/abi.h"
+
+DSM_NAMESPACE_BEGIN
 
 using NodeId = uint32_t;
 inline constexpr NodeId kMaxNodes = 64;  // sharer sets are 64-bit masks
@@ -51,14 +60,14 @@ struct Options {
 
   // How long a peer may stay silent on an outstanding request before it is declared down.
   // Faults waiting on a down peer end: the access raises SIGBUS and the page is reported lost.
-  std::chrono::milliseconds peer_timeout{10000};
+  absl::Duration peer_timeout = absl::Seconds(10);
   // How long the locks of a node declared down stay held before its waiters are granted in
   // order (on top of the time it takes to declare it down: at once when its connection breaks,
   // after peer_timeout when it just goes silent). Grants over bytes it held exclusively then
   // report previous_holder_died().
-  std::chrono::milliseconds lock_release_grace{1000};
+  absl::Duration lock_release_grace = absl::Seconds(1);
   // How long Create()/MapRegion() wait for peers to connect or for the home to map a region.
-  std::chrono::milliseconds connect_timeout{30000};
+  absl::Duration connect_timeout = absl::Seconds(30);
   // Cap of the engine thread's adaptive busy-poll; 0 = never spin (always sleep at once).
   // Waking a sleeping thread on another vCPU costs ~20 us on small VMs, more than a remote
   // fault's floor, so the engine polls instead of sleeping, but only while it is likely to
@@ -69,7 +78,7 @@ struct Options {
   // when this process runs more engines than vCPUs - 1 (several nodes in one process would
   // take each other's vCPU), and an idle node sleeps at most poll_spin after its last message
   // or fault. See "Threads" in docs/ARCHITECTURE.md and lib/transport/spin_policy.h.
-  std::chrono::microseconds poll_spin{200};
+  absl::Duration poll_spin = absl::Microseconds(200);
 
   // Memory budget for cached remote pages (0 = unlimited): the most memory this node holds in
   // pages of its mapped regions whose home is another node (a page counts while it is mapped
@@ -115,4 +124,4 @@ struct RegionOptions {
   std::string file_path;
 };
 
-}  // namespace dsm
+DSM_NAMESPACE_END

@@ -1,53 +1,118 @@
 // dsm/region.h: one shared memory region mapped on this node.
 //
-//   auto region = node->MapRegion({.name = "grid", .size = 1 << 20, .home = 0});
+//   dsm::RegionOptions ro;
+//   ro.name = "grid";
+//   ro.size = 1 << 20;
+//   ro.home = 0;
+//   absl::StatusOr<std::unique_ptr<dsm::Region>> region = node->MapRegion(ro);
+//   if (!region.ok()) { ...; }
 //   int* p = static_cast<int*>((*region)->data());
 //   p[0] = 42;                       // plain stores; the library keeps the nodes coherent
-//   (*region)->Sync();               // this node's dirty pages -> home's file, durably
+//   absl::Status s = (*region)->Sync();  // this node's dirty pages -> home's file, durably
 //
 // Coherence guarantee: per page, a single writer or many readers; every read sees the latest
 // write. Across nodes, programs observe x86-TSO; an atomic read-modify-write on one word is
 // atomic cluster-wide.
 //
-// Locks (RegionLocks, dsm/lock.h): byte-range locks on this region, shared or exclusive,
-// arbitrated by the region's home node (the home of page 0), so no two nodes ever hold
-// conflicting locks. Lock() blocks the calling thread; LockAsync() returns at once and its
+// Locks (vocabulary and semantics in dsm/lock.h): byte-range locks on this region, shared or
+// exclusive, arbitrated by the region's home node (the home of page 0), so no two nodes ever
+// hold conflicting locks. Lock() blocks the calling thread; LockAsync() returns at once and its
 // callback (the grant or the error) runs on this node's engine thread, the thread that serves
 // the page faults: it must not block or touch region memory. Unmapping the region releases
 // every lock this node holds in it.
 //
-//   absl::StatusOr<dsm::LockGuard> g = region->Lock(0, 64, dsm::LockMode::kExclusive);
+//   absl::StatusOr<dsm::LockGuard> g = (*region)->Lock(0, 64, dsm::LockMode::kExclusive);
 //   if (g.ok()) { p[0]++; }          // the next holder sees the increment
 //
-// Thread safety: data() memory may be used from any thread. Sync(), Unmap() and the lock
-// methods may be called from any application thread, never from a thread that serves this
-// node's faults (there is none in the application). Destroying a Region unmaps it.
+// Ownership: the application owns the Region (a std::unique_ptr from Node::MapRegion);
+// destroying it unmaps the region. The memory at data() belongs to the mapping: it is valid
+// from MapRegion until Unmap() or the Region's destruction, or the Node's Shutdown, whichever
+// comes first. Regions should be unmapped before their Node is destroyed; a Region destroyed
+// later is harmless (its unmap found the region gone already). LockGuards and LockHandles do
+// not keep the Region alive and stay safe to use after it is gone (dsm/lock.h).
+//
+// Thread safety: data() memory may be used from any thread. Every method may be called from any
+// application thread, concurrently; calls that race with Unmap() fail with an error (or
+// complete first) rather than crash, but the memory must no longer be touched. Never call
+// Sync(), Unmap() or the blocking lock methods from a LockAsync/BarrierAsync callback (the
+// engine thread).
+//
+// C++17-clean: included by applications.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "dsm/abi.h"
 #include "dsm/lock.h"
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
 
-class Region : public RegionLocks {
+namespace internal {
+class ApiAccess;
+}  // namespace internal
+
+class Region {
  public:
-  virtual ~Region() = default;
+  // Unmap(), if not done yet.
+  ~Region();
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
 
-  virtual void* data() const = 0;
-  virtual size_t size() const = 0;
-  virtual const std::string& name() const = 0;
+  // The mapping's first byte; nullptr once Unmap() was called.
+  void* data() const;
+  // In bytes, rounded up to whole 4 KiB pages.
+  size_t size() const;
+  const std::string& name() const;
 
   // Writes every page this node holds Modified back to its home (keeping a Shared copy),
   // and has each home that received pages persist them with fdatasync before it returns.
   // Anonymous regions: the write-back happens, there is nothing to persist.
-  virtual absl::Status Sync() = 0;
+  // kFailedPrecondition after Unmap().
+  absl::Status Sync();
 
-  // Writes dirty pages back, releases every copy and removes the mapping; data() is invalid
-  // afterwards. At the home, remote copies are recalled first and the file is synced.
-  virtual absl::Status Unmap() = 0;
+  // Writes dirty pages back, releases every copy and every lock this node holds in the region
+  // and removes the mapping; data() is invalid afterwards. At the home, remote copies are
+  // recalled first and the file is synced. Later calls return OK and do nothing.
+  absl::Status Unmap();
+
+  // ---- Locks (errors: dsm/lock.h) ----
+
+  // Blocks the calling thread until the lock is granted or fails. The guard releases it.
+  absl::StatusOr<LockGuard> Lock(uint64_t offset, uint64_t length, LockMode mode,
+                                 absl::Time deadline = absl::InfiniteFuture());
+  // Grants at once if the range is free of conflicting holders and waiters, else kAborted.
+  // Waits one round trip to the arbiter; never queues.
+  absl::StatusOr<LockGuard> TryLock(uint64_t offset, uint64_t length, LockMode mode);
+  // Returns the lock id (never 0) at once; `done` runs exactly once, on the engine thread
+  // (see dsm/lock.h), with a handle whose id() is that id, or the error; a request that cannot
+  // start fails through `done` too. The caller owns a granted lock: release it with Unlock().
+  uint64_t LockAsync(uint64_t offset, uint64_t length, LockMode mode, absl::Time deadline,
+                     LockCallback done);
+  // Releases a granted lock. Returns at once (the arbiter is told asynchronously).
+  // kNotFound if it is not held; kUnavailable if its arbiter went down meanwhile or the node
+  // shut down (the lock is gone anyway); kFailedPrecondition after Unmap() (which released it).
+  absl::Status Unlock(const LockHandle& handle);
+  // Withdraws a pending LockAsync request (its callback gets kCancelled), or releases the lock
+  // if it was granted already. kNotFound if the id is neither pending nor held; otherwise as
+  // Unlock().
+  absl::Status Cancel(uint64_t lock_id);
+  // A guard that owns `handle`, a lock of this region granted to LockAsync or given up by
+  // LockGuard::Release(): it releases the lock when destroyed. Adopt each lock at most once.
+  LockGuard Adopt(const LockHandle& handle);
+
+ private:
+  friend class internal::ApiAccess;
+  explicit Region(std::shared_ptr<internal::RegionImpl> impl);
+
+  // Shared with nothing that outlives the Region but weakly (LockGuard) or for the length of
+  // one call (a blocking Lock's rendezvous).
+  const std::shared_ptr<internal::RegionImpl> impl_;
 };
 
-}  // namespace dsm
+DSM_NAMESPACE_END

@@ -13,7 +13,9 @@
 #include <cstdint>
 #include <string>
 
-namespace dsm {
+#include "dsm/abi.h"
+
+DSM_NAMESPACE_BEGIN
 
 struct Stats {
   // Fault path (this node's application threads).
@@ -124,4 +126,4 @@ struct Stats {
 inline Stats operator+(Stats a, const Stats& b) { return a += b; }
 inline Stats operator-(Stats later, const Stats& earlier) { return later -= earlier; }
 
-}  // namespace dsm
+DSM_NAMESPACE_END

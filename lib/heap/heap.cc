@@ -7,7 +7,7 @@
 #include "absl/time/clock.h"
 #include "heap/arena.h"
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
 namespace {
 
 constexpr uint64_t kPage = heap::kArenaPage;
@@ -157,4 +157,4 @@ absl::StatusOr<HeapStats> Heap::GetStats() {
   return out;
 }
 
-}  // namespace dsm
+DSM_NAMESPACE_END

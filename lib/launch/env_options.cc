@@ -252,7 +252,7 @@ absl::StatusOr<Options> OptionsFromLookup(const Lookup& env, const ReadFile& rea
 
 }  // namespace dsm::launch
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
 
 absl::StatusOr<Options> OptionsFromEnvironment(const Options& base) {
   return launch::OptionsFromLookup(
@@ -264,4 +264,4 @@ absl::StatusOr<Options> OptionsFromEnvironment(const Options& base) {
       launch::ReadWholeFile, base);
 }
 
-}  // namespace dsm
+DSM_NAMESPACE_END

@@ -1,33 +1,50 @@
-// The parts of include/dsm/lock.h that are not the node layer's: LockGuard, and the blocking
-// and async forms built on RegionLocks::RequestLock / ClusterBarrier::BarrierAsync.
+// The public handles' own logic (include/dsm/{node,region,lock}.h): Region and Node forward to
+// their internal implementation (lock/api_internal.h), the blocking Lock/TryLock/Barrier are
+// built on the async forms, and LockGuard releases through a weak reference to its region.
+// Node::Create, which builds the engine, is the node layer's (node/node_impl.cc).
 #include <memory>
 #include <optional>
+#include <utility>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/timeouts.h"
 #include "dsm/lock.h"
+#include "dsm/node.h"
+#include "dsm/region.h"
+#include "dsm/version.h"  // checks that the ABI namespace matches the project version
+#include "lock/api_internal.h"
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
 namespace {
 
+absl::Status RegionGoneError() {
+  return absl::FailedPreconditionError(
+      "dsm unlock: the region was unmapped, which released its locks");
+}
+
 // A blocking caller's rendezvous with the engine's callback. If the caller stops waiting (the
-// engine failed to answer long after the deadline), a late grant is released by the callback.
+// engine failed to answer long after the deadline), a late grant is released by the callback,
+// if the region still exists (else its unmap released the lock).
 struct LockWait {
   absl::Mutex mu;
   std::optional<absl::StatusOr<LockHandle>> result ABSL_GUARDED_BY(mu);
   bool abandoned ABSL_GUARDED_BY(mu) = false;
 };
 
-// How long past its deadline a blocking call waits for the engine's answer before it gives
-// up on the engine (which delivers DeadlineExceeded itself at the deadline).
-
-absl::StatusOr<LockGuard> BlockingLock(RegionLocks* self, const LockRequest& request) {
+// How long past its deadline a blocking call waits for the engine's answer before it gives up
+// on the engine (which delivers DeadlineExceeded itself at the deadline): kEngineSlack.
+absl::StatusOr<LockHandle> BlockingLock(const std::shared_ptr<internal::RegionImpl>& impl,
+                                        const LockRequest& request) {
   auto wait = std::make_shared<LockWait>();
-  self->RequestLock(request, [wait, self](absl::StatusOr<LockHandle> r) {
+  std::weak_ptr<internal::RegionImpl> weak = impl;
+  impl->RequestLock(request, [wait, weak](absl::StatusOr<LockHandle> r) {
     absl::MutexLock l(&wait->mu);
     if (wait->abandoned) {
-      if (r.ok()) (void)self->Unlock(*r);
+      if (!r.ok()) return;
+      if (std::shared_ptr<internal::RegionImpl> region = weak.lock()) {
+        (void)region->ReleaseLock(r->id());
+      }
       return;
     }
     wait->result = std::move(r);
@@ -43,9 +60,7 @@ absl::StatusOr<LockGuard> BlockingLock(RegionLocks* self, const LockRequest& req
     wait->abandoned = true;
     return absl::DeadlineExceededError("lock: no answer from the node's engine");
   }
-  absl::StatusOr<LockHandle> r = std::move(*wait->result);
-  if (!r.ok()) return r.status();
-  return LockGuard(self, *r);
+  return std::move(*wait->result);
 }
 
 }  // namespace
@@ -58,10 +73,18 @@ const char* LockModeName(LockMode mode) {
   return "unknown";
 }
 
+// ---- LockGuard ----
+
+LockGuard::LockGuard(std::weak_ptr<internal::RegionImpl> region, LockHandle handle)
+    : region_(std::move(region)), handle_(handle) {}
+
+LockGuard::LockGuard(LockGuard&& other) noexcept
+    : region_(std::exchange(other.region_, {})), handle_(std::exchange(other.handle_, {})) {}
+
 LockGuard& LockGuard::operator=(LockGuard&& other) noexcept {
   if (this != &other) {
     (void)Unlock();
-    owner_ = std::exchange(other.owner_, nullptr);
+    region_ = std::exchange(other.region_, {});
     handle_ = std::exchange(other.handle_, {});
   }
   return *this;
@@ -70,41 +93,89 @@ LockGuard& LockGuard::operator=(LockGuard&& other) noexcept {
 LockGuard::~LockGuard() { (void)Unlock(); }
 
 absl::Status LockGuard::Unlock() {
-  if (!owns_lock()) return absl::OkStatus();
-  RegionLocks* owner = std::exchange(owner_, nullptr);
+  if (!handle_.valid()) return absl::OkStatus();
   const LockHandle h = std::exchange(handle_, {});
-  return owner->Unlock(h);
+  std::shared_ptr<internal::RegionImpl> region = std::exchange(region_, {}).lock();
+  if (region == nullptr) return RegionGoneError();
+  return region->ReleaseLock(h.id());
 }
 
 LockHandle LockGuard::Release() {
-  owner_ = nullptr;
+  region_.reset();
   return std::exchange(handle_, {});
 }
 
-absl::StatusOr<LockGuard> RegionLocks::Lock(uint64_t offset, uint64_t length, LockMode mode,
-                                            absl::Time deadline) {
-  return BlockingLock(this, LockRequest{offset, length, mode, /*try_lock=*/false, deadline});
+// ---- Region ----
+
+Region::Region(std::shared_ptr<internal::RegionImpl> impl) : impl_(std::move(impl)) {}
+
+Region::~Region() { (void)impl_->Unmap(); }
+
+void* Region::data() const { return impl_->data(); }
+size_t Region::size() const { return impl_->size(); }
+const std::string& Region::name() const { return impl_->name(); }
+absl::Status Region::Sync() { return impl_->Sync(); }
+absl::Status Region::Unmap() { return impl_->Unmap(); }
+
+absl::StatusOr<LockGuard> Region::Lock(uint64_t offset, uint64_t length, LockMode mode,
+                                       absl::Time deadline) {
+  absl::StatusOr<LockHandle> h =
+      BlockingLock(impl_, LockRequest{offset, length, mode, /*try_lock=*/false, deadline});
+  if (!h.ok()) return h.status();
+  return LockGuard(impl_, *h);
 }
 
-absl::StatusOr<LockGuard> RegionLocks::TryLock(uint64_t offset, uint64_t length, LockMode mode) {
-  return BlockingLock(this, LockRequest{offset, length, mode, /*try_lock=*/true,
-                                        absl::InfiniteFuture()});
+absl::StatusOr<LockGuard> Region::TryLock(uint64_t offset, uint64_t length, LockMode mode) {
+  absl::StatusOr<LockHandle> h = BlockingLock(
+      impl_, LockRequest{offset, length, mode, /*try_lock=*/true, absl::InfiniteFuture()});
+  if (!h.ok()) return h.status();
+  return LockGuard(impl_, *h);
 }
 
-uint64_t RegionLocks::LockAsync(uint64_t offset, uint64_t length, LockMode mode,
-                                absl::Time deadline, LockCallback done) {
-  return RequestLock(LockRequest{offset, length, mode, /*try_lock=*/false, deadline},
-                     std::move(done));
+uint64_t Region::LockAsync(uint64_t offset, uint64_t length, LockMode mode, absl::Time deadline,
+                           LockCallback done) {
+  return impl_->RequestLock(LockRequest{offset, length, mode, /*try_lock=*/false, deadline},
+                            std::move(done));
 }
 
-absl::Status ClusterBarrier::Barrier(const std::string& name,
-                                     const std::vector<NodeId>& members, absl::Time deadline) {
+absl::Status Region::Unlock(const LockHandle& handle) { return impl_->ReleaseLock(handle.id()); }
+
+absl::Status Region::Cancel(uint64_t lock_id) { return impl_->ReleaseLock(lock_id); }
+
+LockGuard Region::Adopt(const LockHandle& handle) { return LockGuard(impl_, handle); }
+
+// ---- Node (except Create) ----
+
+Node::Node(std::unique_ptr<internal::NodeImpl> impl) : impl_(std::move(impl)) {}
+
+Node::~Node() { (void)impl_->Shutdown(); }
+
+NodeId Node::id() const { return impl_->id(); }
+size_t Node::cluster_size() const { return impl_->cluster_size(); }
+
+absl::StatusOr<std::unique_ptr<Region>> Node::MapRegion(const RegionOptions& options) {
+  absl::StatusOr<std::shared_ptr<internal::RegionImpl>> r = impl_->MapRegion(options);
+  if (!r.ok()) return r.status();
+  return internal::ApiAccess::MakeRegion(std::move(*r));
+}
+
+absl::StatusOr<Stats> Node::GetStats() const { return impl_->GetStats(); }
+
+absl::Status Node::Shutdown() { return impl_->Shutdown(); }
+
+void Node::BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
+                        absl::Time deadline, std::function<void(absl::Status)> done) {
+  impl_->BarrierAsync(name, members, deadline, std::move(done));
+}
+
+absl::Status Node::Barrier(const std::string& name, const std::vector<NodeId>& members,
+                           absl::Time deadline) {
   struct Wait {
     absl::Notification done;
     absl::Status status;
   };
   auto wait = std::make_shared<Wait>();
-  BarrierAsync(name, members, deadline, [wait](absl::Status s) {
+  impl_->BarrierAsync(name, members, deadline, [wait](absl::Status s) {
     wait->status = std::move(s);
     wait->done.Notify();
   });
@@ -116,4 +187,4 @@ absl::Status ClusterBarrier::Barrier(const std::string& name,
   return wait->status;
 }
 
-}  // namespace dsm
+DSM_NAMESPACE_END

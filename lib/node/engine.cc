@@ -46,7 +46,7 @@ class Engine::UffdPollOp final : public EventLoop::Op {
 };
 
 Engine::Engine(const Options& options)
-    : options_(options), spin_(SpinPolicy::Config{absl::FromChrono(options.poll_spin)}) {}
+    : options_(options), spin_(SpinPolicy::Config{options.poll_spin}) {}
 
 absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
   std::shared_ptr<Engine> e(new Engine(options));
@@ -109,7 +109,7 @@ void Engine::Run() {
 }
 
 absl::Duration Engine::EngineWaitLimit() const {
-  return absl::FromChrono(options_.peer_timeout) + kEngineSlack;
+  return options_.peer_timeout + kEngineSlack;
 }
 
 absl::Status Engine::RunOnEngine(absl::AnyInvocable<absl::Status()> fn) {
@@ -277,7 +277,7 @@ void Engine::After(absl::Duration delay, absl::AnyInvocable<void()> fn) {
 void Engine::Tick(absl::Time now) {
   // Peers owing protocol answers for too long are declared down.
   std::vector<NodeId> overdue;
-  const absl::Duration timeout = absl::FromChrono(options_.peer_timeout);
+  const absl::Duration timeout = options_.peer_timeout;
   regions_.ForEach([&](MappedRegion& r) {
     r.cache().CollectOverdue(now, timeout, &overdue);
     if (r.directory() != nullptr) r.directory()->CollectOverdue(now, timeout, &overdue);
@@ -311,7 +311,7 @@ absl::StatusOr<MappedRegion*> Engine::MapRegion(const RegionOptions& options) {
                          return lifecycle_->StartMap(options, op);
                        }));
   const absl::Status status =
-      op->Wait(absl::FromChrono(options_.connect_timeout) + kEngineSlack, "mapping");
+      op->Wait(options_.connect_timeout + kEngineSlack, "mapping");
   if (!status.ok()) {
     (void)RunOnEngine([this, id = mapped->id()] {
       lifecycle_->Remove(id);

@@ -122,7 +122,7 @@ lock::LockTable* LockService::TableFor(RegionId region) {
   c.self = self_;
   c.region = region;
   c.region_size = r->size();
-  c.release_grace = absl::FromChrono(options_.lock_release_grace);
+  c.release_grace = options_.lock_release_grace;
   auto table = std::make_unique<lock::LockTable>(c, static_cast<lock::LockTablePort*>(this));
   lock::LockTable* raw = table.get();
   tables_[region] = std::move(table);
@@ -300,7 +300,7 @@ absl::Status LockService::ReleaseLock(uint64_t lock_id) {
     }
     call->done.Notify();
   });
-  if (!call->done.WaitForNotificationWithTimeout(absl::FromChrono(options_.peer_timeout) +
+  if (!call->done.WaitForNotificationWithTimeout(options_.peer_timeout +
                                                  kEngineSlack)) {
     return absl::DeadlineExceededError("dsm unlock: the node's engine thread did not answer");
   }

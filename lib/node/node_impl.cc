@@ -1,72 +1,88 @@
-// The public Node and Region: thin handles over the Engine, which owns all state.
+// The public Node and Region over the Engine, which owns all state: the internal
+// implementations behind the handles (lock/api_internal.h), and Node::Create.
+#include <atomic>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "dsm/node.h"
+#include "lock/api_internal.h"
 #include "node/engine.h"
 #include "node/lock_service.h"
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
 namespace {
 
-class RegionHandle final : public Region {
+// Invariants: `unmapped_` goes false -> true once, in Unmap(), before the engine unmaps the
+// region; afterwards data() is nullptr, Sync() and ReleaseLock() fail without reaching the
+// engine, and RequestLock() is refused by the engine (the region is not mapped there).
+class EngineRegion final : public internal::RegionImpl {
  public:
-  RegionHandle(std::shared_ptr<Engine> engine, MappedRegion* r)
+  EngineRegion(std::shared_ptr<Engine> engine, MappedRegion* r)
       : engine_(std::move(engine)), id_(r->id()), data_(r->data()), size_(r->size()),
         name_(r->name()), arbiter_(r->HomeOf(0)) {}
-  ~RegionHandle() override { (void)Unmap(); }
 
-  void* data() const override { return data_; }
+  void* data() const override {
+    return unmapped_.load(std::memory_order_acquire) ? nullptr : data_;
+  }
   size_t size() const override { return size_; }
   const std::string& name() const override { return name_; }
 
   absl::Status Sync() override {
-    if (data_ == nullptr) return absl::FailedPreconditionError("region is unmapped");
+    if (unmapped_.load(std::memory_order_acquire)) {
+      return absl::FailedPreconditionError("region is unmapped");
+    }
     return engine_->SyncRegion(id_);
   }
 
   absl::Status Unmap() override {
-    if (data_ == nullptr) return absl::OkStatus();
-    data_ = nullptr;
+    if (unmapped_.exchange(true, std::memory_order_acq_rel)) return absl::OkStatus();
     absl::Status s = engine_->UnmapRegion(id_);
     // Shutdown may have unmapped it already.
     return absl::IsNotFound(s) || absl::IsFailedPrecondition(s) ? absl::OkStatus() : s;
   }
 
-  // RegionLocks: the engine arbitrates (at home(0)) and answers on its thread.
+  // The engine arbitrates (at home(0)) and answers on its thread.
   uint64_t RequestLock(const LockRequest& request, LockCallback done) override {
     return engine_->locks().RequestLock(id_, arbiter_, size_, request, std::move(done));
   }
   absl::Status ReleaseLock(uint64_t lock_id) override {
+    if (unmapped_.load(std::memory_order_acquire)) {
+      return absl::FailedPreconditionError(
+          "dsm unlock: the region was unmapped, which released its locks");
+    }
     return engine_->locks().ReleaseLock(lock_id);
   }
 
  private:
-  std::shared_ptr<Engine> engine_;
+  const std::shared_ptr<Engine> engine_;
   const RegionId id_;
-  void* data_;
+  void* const data_;
   const size_t size_;
   const std::string name_;
   const NodeId arbiter_;  // lock arbiter: home of page 0
+  std::atomic<bool> unmapped_{false};
 };
 
-class NodeImpl final : public Node {
+class EngineNode final : public internal::NodeImpl {
  public:
-  explicit NodeImpl(std::shared_ptr<Engine> engine) : engine_(std::move(engine)) {}
-  ~NodeImpl() override { (void)Shutdown(); }
+  explicit EngineNode(std::shared_ptr<Engine> engine) : engine_(std::move(engine)) {}
 
   NodeId id() const override { return engine_->id(); }
   size_t cluster_size() const override { return engine_->cluster_size(); }
 
-  absl::StatusOr<std::unique_ptr<Region>> MapRegion(const RegionOptions& options) override {
+  absl::StatusOr<std::shared_ptr<internal::RegionImpl>> MapRegion(
+      const RegionOptions& options) override {
     absl::StatusOr<MappedRegion*> r = engine_->MapRegion(options);
     if (!r.ok()) return r.status();
-    return std::unique_ptr<Region>(new RegionHandle(engine_, *r));
+    return std::make_shared<EngineRegion>(engine_, *r);
   }
 
-  Stats GetStats() const override { return engine_->GetStats().value_or(Stats{}); }
+  absl::StatusOr<Stats> GetStats() const override { return engine_->GetStats(); }
+
   absl::Status Shutdown() override { return engine_->Shutdown(); }
 
   void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
@@ -75,7 +91,7 @@ class NodeImpl final : public Node {
   }
 
  private:
-  std::shared_ptr<Engine> engine_;
+  const std::shared_ptr<Engine> engine_;
 };
 
 }  // namespace
@@ -83,7 +99,7 @@ class NodeImpl final : public Node {
 absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Options& options) {
   absl::StatusOr<std::shared_ptr<Engine>> engine = Engine::Start(options);
   if (!engine.ok()) return engine.status();
-  return std::unique_ptr<Node>(new NodeImpl(std::move(*engine)));
+  return internal::ApiAccess::MakeNode(std::make_unique<EngineNode>(std::move(*engine)));
 }
 
-}  // namespace dsm
+DSM_NAMESPACE_END

@@ -56,7 +56,7 @@ absl::StatusOr<MappedRegion*> RegionLifecycle::StartMap(const RegionOptions& opt
   op->what_ = absl::StrCat("mapping region ", options.name);
   op->region_ = id;
   op->open_size_ = r->size();
-  op->deadline_ = absl::Now() + absl::FromChrono(options_.connect_timeout);
+  op->deadline_ = absl::Now() + options_.connect_timeout;
   Track(op);
   const std::vector<NodeId> homes = r->RemoteHomes();
   for (NodeId h : homes) op->pending_mask_ |= NodeBit(h);
@@ -102,7 +102,7 @@ absl::Status RegionLifecycle::StartSync(RegionId region, std::shared_ptr<RegionO
   }
   op->what_ = absl::StrCat("syncing region ", r->name());
   op->region_ = region;
-  op->deadline_ = absl::Now() + absl::FromChrono(options_.peer_timeout);
+  op->deadline_ = absl::Now() + options_.peer_timeout;
   // Every home persists, including homes we wrote nothing to now: they may hold pages we
   // wrote back earlier (evictions) that are not durable yet.
   AskHomesToPersist(*r, op);
@@ -152,7 +152,7 @@ absl::Status RegionLifecycle::StartUnmap(RegionId region, std::shared_ptr<Region
   closing_.insert(region);
   op->what_ = absl::StrCat("unmapping region ", r->name());
   op->region_ = region;
-  op->deadline_ = absl::Now() + absl::FromChrono(options_.peer_timeout);
+  op->deadline_ = absl::Now() + options_.peer_timeout;
   Track(op);  // from now on OnTick bounds it, the reclaim included
   coherence::Directory* dir = r->directory();
   if (dir == nullptr) {

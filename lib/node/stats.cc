@@ -7,7 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "dsm/stats.h"
 
-namespace dsm {
+DSM_NAMESPACE_BEGIN
 namespace {
 
 // Every field is a uint64_t or a bool followed by padding to 8 bytes, and visited once: a field
@@ -55,4 +55,4 @@ Stats& Stats::operator-=(const Stats& earlier) {
   return *this;
 }
 
-}  // namespace dsm
+DSM_NAMESPACE_END

@@ -74,7 +74,7 @@ absl::Status ValidateTransportOptions(const Options& o) {
                                                    " is not an index into Options.peers (",
                                                    o.peers.size(), " entries)"));
   }
-  if (o.connect_timeout.count() < 0) {
+  if (o.connect_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("Options.connect_timeout is negative");
   }
   if (o.transport == TransportKind::kLoopback) return absl::OkStatus();

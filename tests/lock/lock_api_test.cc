@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <memory>
@@ -13,6 +14,9 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "dsm/node.h"
+#include "dsm/region.h"
+#include "lock/api_internal.h"
 #include "lock/barrier.h"
 #include "lock/lock_client.h"
 #include "lock/lock_table.h"
@@ -147,21 +151,71 @@ class MiniEngine {
   std::thread thread_;
 };
 
-// What the node layer's Region/Node would do (see the integration note).
-class FakeNode : public RegionLocks, public ClusterBarrier {
+// What the node layer's EngineRegion/EngineNode do (see the integration note), over the
+// miniature engine: one region of 4096 bytes, arbitrated by node 0.
+class FakeRegionImpl final : public internal::RegionImpl,
+                             public std::enable_shared_from_this<FakeRegionImpl> {
  public:
-  FakeNode(MiniEngine* e, NodeId self) : e_(e), self_(self) {}
-
+  FakeRegionImpl(MiniEngine* e, NodeId self) : e_(e), self_(self) {}
+  void* data() const override { return nullptr; }
+  size_t size() const override { return 4096; }
+  const std::string& name() const override { return name_; }
+  absl::Status Sync() override { return absl::OkStatus(); }
+  absl::Status Unmap() override {
+    if (unmapped_.exchange(true)) return absl::OkStatus();
+    // As the node layer does: the unmap releases this node's locks in the region.
+    return e_->Call<absl::Status>([this] {
+      for (uint64_t id : granted_) (void)e_->client(self_).Release(id);
+      granted_.clear();
+      return absl::OkStatus();
+    });
+  }
   uint64_t RequestLock(const LockRequest& request, LockCallback done) override {
     const uint64_t id = e_->next_lock_id.fetch_add(1);
-    e_->Post([this, request, done = std::move(done), id]() mutable {
-      e_->client(self_).Acquire(1, 0, 4096, request, absl::Now(), std::move(done), id);
+    // The grant may arrive after the Region is gone: its bookkeeping is reached weakly.
+    std::weak_ptr<FakeRegionImpl> weak = weak_from_this();
+    e_->Post([this, request, done = std::move(done), id, weak]() mutable {
+      e_->client(self_).Acquire(
+          1, 0, 4096, request, absl::Now(),
+          [weak, done = std::move(done)](absl::StatusOr<LockHandle> h) {
+            if (std::shared_ptr<FakeRegionImpl> self = weak.lock(); self && h.ok()) {
+              self->granted_.push_back(h->id());
+            }
+            done(std::move(h));
+          },
+          id);
     });
     return id;
   }
   absl::Status ReleaseLock(uint64_t id) override {
-    return e_->Call<absl::Status>([this, id] { return e_->client(self_).Release(id); });
+    if (unmapped_.load()) return absl::FailedPreconditionError("unmapped");
+    return e_->Call<absl::Status>([this, id] {
+      granted_.erase(std::remove(granted_.begin(), granted_.end(), id), granted_.end());
+      return e_->client(self_).Release(id);
+    });
   }
+
+ private:
+  MiniEngine* const e_;
+  const NodeId self_;
+  const std::string name_ = "fake";
+  std::atomic<bool> unmapped_{false};
+  std::vector<uint64_t> granted_;  // engine thread only
+};
+
+class FakeNodeImpl final : public internal::NodeImpl {
+ public:
+  FakeNodeImpl(MiniEngine* e, NodeId self) : e_(e), self_(self) {}
+  NodeId id() const override { return self_; }
+  size_t cluster_size() const override { return e_->size(); }
+  absl::StatusOr<std::shared_ptr<internal::RegionImpl>> MapRegion(
+      const RegionOptions&) override {
+    return std::make_shared<FakeRegionImpl>(e_, self_);
+  }
+  absl::StatusOr<Stats> GetStats() const override {
+    return absl::UnimplementedError("no stats in the fake");
+  }
+  absl::Status Shutdown() override { return absl::OkStatus(); }
   void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
                     absl::Time deadline, std::function<void(absl::Status)> done) override {
     e_->Post([this, name, members, deadline, done = std::move(done)]() mutable {
@@ -172,8 +226,19 @@ class FakeNode : public RegionLocks, public ClusterBarrier {
   }
 
  private:
-  MiniEngine* e_;
-  NodeId self_;
+  MiniEngine* const e_;
+  const NodeId self_;
+};
+
+// A public Node and one mapped Region over the fakes, as an application holds them.
+struct FakeNode {
+  FakeNode(MiniEngine* e, NodeId self)
+      : node(internal::ApiAccess::MakeNode(std::make_unique<FakeNodeImpl>(e, self))),
+        region(std::move(node->MapRegion(RegionOptions{}).value())) {}
+  Region* operator->() const { return region.get(); }
+
+  std::unique_ptr<Node> node;
+  std::unique_ptr<Region> region;
 };
 
 TEST(LockApi, BlockingLockGivesMutualExclusionAcrossNodesAndThreads) {
@@ -186,7 +251,7 @@ TEST(LockApi, BlockingLockGivesMutualExclusionAcrossNodesAndThreads) {
   for (int t = 0; t < 6; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kIters; ++i) {
-        absl::StatusOr<LockGuard> g = nodes[t % 3]->Lock(0, 8, LockMode::kExclusive);
+        absl::StatusOr<LockGuard> g = (*nodes[t % 3])->Lock(0, 8, LockMode::kExclusive);
         ASSERT_TRUE(g.ok()) << g.status();
         const uint64_t v = counter;
         if (i % 16 == 0) std::this_thread::yield();
@@ -201,27 +266,27 @@ TEST(LockApi, BlockingLockGivesMutualExclusionAcrossNodesAndThreads) {
 TEST(LockApi, TryLockAndDeadline) {
   MiniEngine engine(2);
   FakeNode a(&engine, 0), b(&engine, 1);
-  absl::StatusOr<LockGuard> held = a.Lock(100, 10, LockMode::kShared);
+  absl::StatusOr<LockGuard> held = a->Lock(100, 10, LockMode::kShared);
   ASSERT_TRUE(held.ok()) << held.status();
-  EXPECT_TRUE(b.TryLock(105, 1, LockMode::kShared).ok());
-  EXPECT_EQ(b.TryLock(105, 1, LockMode::kExclusive).status().code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(b->TryLock(105, 1, LockMode::kShared).ok());
+  EXPECT_EQ(b->TryLock(105, 1, LockMode::kExclusive).status().code(), absl::StatusCode::kAborted);
   const absl::Time start = absl::Now();
   absl::StatusOr<LockGuard> late =
-      b.Lock(0, 200, LockMode::kExclusive, absl::Now() + absl::Milliseconds(30));
+      b->Lock(0, 200, LockMode::kExclusive, absl::Now() + absl::Milliseconds(30));
   EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(30));
   EXPECT_TRUE(held->Unlock().ok());
   EXPECT_FALSE(held->owns_lock());
-  EXPECT_TRUE(b.Lock(0, 200, LockMode::kExclusive).ok());  // released by the guard's scope end
-  EXPECT_TRUE(a.TryLock(0, 200, LockMode::kExclusive).ok());
-  EXPECT_EQ(a.Lock(4090, 10, LockMode::kShared).status().code(),
+  EXPECT_TRUE(b->Lock(0, 200, LockMode::kExclusive).ok());  // released by the guard's scope end
+  EXPECT_TRUE(a->TryLock(0, 200, LockMode::kExclusive).ok());
+  EXPECT_EQ(a->Lock(4090, 10, LockMode::kShared).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST(LockApi, GuardMovesAndReleases) {
   MiniEngine engine(1);
   FakeNode a(&engine, 0);
-  absl::StatusOr<LockGuard> g = a.Lock(0, 1, LockMode::kExclusive);
+  absl::StatusOr<LockGuard> g = a->Lock(0, 1, LockMode::kExclusive);
   ASSERT_TRUE(g.ok());
   const uint64_t id = g->handle().id();
   LockGuard moved = std::move(*g);
@@ -230,27 +295,27 @@ TEST(LockApi, GuardMovesAndReleases) {
   LockHandle h = moved.Release();
   EXPECT_EQ(h.id(), id);
   EXPECT_FALSE(moved.owns_lock());
-  EXPECT_EQ(a.TryLock(0, 1, LockMode::kExclusive).status().code(), absl::StatusCode::kAborted);
-  EXPECT_TRUE(a.Unlock(h).ok());
-  EXPECT_EQ(a.Unlock(h).code(), absl::StatusCode::kNotFound);
-  { LockGuard scoped = *a.Lock(0, 1, LockMode::kExclusive); }
-  EXPECT_TRUE(a.TryLock(0, 1, LockMode::kExclusive).ok());
+  EXPECT_EQ(a->TryLock(0, 1, LockMode::kExclusive).status().code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(a->Unlock(h).ok());
+  EXPECT_EQ(a->Unlock(h).code(), absl::StatusCode::kNotFound);
+  { LockGuard scoped = *a->Lock(0, 1, LockMode::kExclusive); }
+  EXPECT_TRUE(a->TryLock(0, 1, LockMode::kExclusive).ok());
 }
 
 TEST(LockApi, AsyncLockCanBeCancelled) {
   MiniEngine engine(2);
   FakeNode a(&engine, 0), b(&engine, 1);
-  absl::StatusOr<LockGuard> held = a.Lock(0, 1, LockMode::kExclusive);
+  absl::StatusOr<LockGuard> held = a->Lock(0, 1, LockMode::kExclusive);
   ASSERT_TRUE(held.ok());
   absl::Notification done;
   absl::Status result;
-  const uint64_t id = b.LockAsync(0, 1, LockMode::kShared, absl::InfiniteFuture(),
+  const uint64_t id = b->LockAsync(0, 1, LockMode::kShared, absl::InfiniteFuture(),
                                   [&](absl::StatusOr<LockHandle> h) {
                                     result = h.status();
                                     done.Notify();
                                   });
   EXPECT_FALSE(done.WaitForNotificationWithTimeout(absl::Milliseconds(20)));
-  EXPECT_TRUE(b.Cancel(id).ok());
+  EXPECT_TRUE(b->Cancel(id).ok());
   done.WaitForNotification();
   EXPECT_EQ(result.code(), absl::StatusCode::kCancelled);
 }
@@ -265,15 +330,125 @@ TEST(LockApi, BarrierReleasesEveryThread) {
     threads.emplace_back([&, i] {
       for (int round = 0; round < 20; ++round) {
         arrived.fetch_add(1);
-        ASSERT_TRUE(nodes[i]->Barrier("round", {}).ok());
+        ASSERT_TRUE(nodes[i]->node->Barrier("round", {}).ok());
         EXPECT_GE(arrived.load(), 3 * (round + 1));  // nobody leaves before all arrived
       }
     });
   }
   for (auto& t : threads) t.join();
-  EXPECT_EQ(nodes[0]->Barrier("pair", {0, 1}, absl::Now() + absl::Milliseconds(10)).code(),
+  EXPECT_EQ(nodes[0]->node->Barrier("pair", {0, 1}, absl::Now() + absl::Milliseconds(10)).code(),
             absl::StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(nodes[2]->Barrier("pair", {0, 1}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(nodes[2]->node->Barrier("pair", {0, 1}).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- LockGuard lifetime ----
+
+TEST(LockGuard, OutlivesItsRegion) {
+  MiniEngine engine(2);
+  FakeNode b(&engine, 1);
+  LockGuard released_by_destructor;
+  LockGuard released_by_unlock;
+  {
+    FakeNode a(&engine, 0);
+    absl::StatusOr<LockGuard> g1 = a->Lock(0, 8, LockMode::kExclusive);
+    ASSERT_TRUE(g1.ok()) << g1.status();
+    absl::StatusOr<LockGuard> g2 = a->Lock(100, 8, LockMode::kExclusive);
+    ASSERT_TRUE(g2.ok()) << g2.status();
+    released_by_destructor = std::move(*g1);
+    released_by_unlock = std::move(*g2);
+    EXPECT_EQ(b->TryLock(0, 8, LockMode::kShared).status().code(), absl::StatusCode::kAborted);
+  }  // a's Region and Node are gone; the unmap released both locks
+  EXPECT_TRUE(b->TryLock(0, 8, LockMode::kExclusive).ok());
+  EXPECT_TRUE(b->TryLock(100, 8, LockMode::kExclusive).ok());
+  EXPECT_TRUE(released_by_unlock.owns_lock());
+  EXPECT_EQ(released_by_unlock.Unlock().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(released_by_unlock.owns_lock());
+  EXPECT_TRUE(released_by_unlock.Unlock().ok());  // owns nothing any more
+  EXPECT_TRUE(released_by_destructor.owns_lock());
+  // released_by_destructor goes out of scope here, after its region (ASan: no use after free).
+}
+
+TEST(LockGuard, OutlivesAnUnmapOfItsRegion) {
+  MiniEngine engine(2);
+  FakeNode a(&engine, 0), b(&engine, 1);
+  absl::StatusOr<LockGuard> g = a->Lock(0, 8, LockMode::kExclusive);
+  ASSERT_TRUE(g.ok()) << g.status();
+  const LockHandle h = g->handle();
+  ASSERT_TRUE(a->Unmap().ok());
+  EXPECT_TRUE(b->TryLock(0, 8, LockMode::kExclusive).ok());
+  EXPECT_EQ(g->Unlock().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(a->Unlock(h).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(a->Unmap().ok());  // idempotent
+}
+
+TEST(LockGuard, MovedFromGuardOwnsNothing) {
+  MiniEngine engine(2);
+  FakeNode a(&engine, 0), b(&engine, 1);
+  absl::StatusOr<LockGuard> g = a->Lock(0, 8, LockMode::kExclusive);
+  ASSERT_TRUE(g.ok()) << g.status();
+  const uint64_t id = g->handle().id();
+  LockGuard to(std::move(*g));
+  EXPECT_FALSE(g->owns_lock());
+  EXPECT_FALSE(g->handle().valid());
+  EXPECT_TRUE(g->Unlock().ok());
+  EXPECT_FALSE(g->Release().valid());
+  EXPECT_TRUE(to.owns_lock());
+  EXPECT_EQ(to.handle().id(), id);
+  // The moved-from guard's Unlock and destruction did not release the lock.
+  *g = LockGuard();
+  EXPECT_EQ(b->TryLock(0, 8, LockMode::kShared).status().code(), absl::StatusCode::kAborted);
+
+  // Move-assignment releases what the target held and takes the source's lock.
+  absl::StatusOr<LockGuard> other = a->Lock(100, 8, LockMode::kExclusive);
+  ASSERT_TRUE(other.ok()) << other.status();
+  to = std::move(*other);
+  EXPECT_FALSE(other->owns_lock());
+  EXPECT_TRUE(b->TryLock(0, 8, LockMode::kExclusive).ok());
+  EXPECT_EQ(b->TryLock(100, 8, LockMode::kShared).status().code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(to.Unlock().ok());
+  EXPECT_TRUE(b->TryLock(100, 8, LockMode::kExclusive).ok());
+}
+
+TEST(LockGuard, SelfMoveKeepsTheLock) {
+  MiniEngine engine(2);
+  FakeNode a(&engine, 0), b(&engine, 1);
+  absl::StatusOr<LockGuard> g = a->Lock(0, 8, LockMode::kExclusive);
+  ASSERT_TRUE(g.ok()) << g.status();
+  const uint64_t id = g->handle().id();
+  LockGuard& alias = *g;
+  *g = std::move(alias);
+  EXPECT_TRUE(g->owns_lock());
+  EXPECT_EQ(g->handle().id(), id);
+  EXPECT_EQ(b->TryLock(0, 8, LockMode::kShared).status().code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(g->Unlock().ok());
+  EXPECT_TRUE(b->TryLock(0, 8, LockMode::kExclusive).ok());
+}
+
+TEST(LockGuard, AdoptsAnAsyncGrant) {
+  MiniEngine engine(2);
+  FakeNode a(&engine, 0), b(&engine, 1);
+  absl::Notification granted;
+  absl::StatusOr<LockHandle> handle;
+  a->LockAsync(0, 8, LockMode::kExclusive, absl::InfiniteFuture(),
+               [&](absl::StatusOr<LockHandle> h) {
+                 handle = std::move(h);
+                 granted.Notify();
+               });
+  granted.WaitForNotification();
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  {
+    LockGuard g = a->Adopt(*handle);
+    EXPECT_TRUE(g.owns_lock());
+    EXPECT_EQ(b->TryLock(0, 8, LockMode::kShared).status().code(), absl::StatusCode::kAborted);
+  }
+  EXPECT_TRUE(b->TryLock(0, 8, LockMode::kExclusive).ok());
+  EXPECT_EQ(a->Unlock(*handle).code(), absl::StatusCode::kNotFound);  // the guard released it
+}
+
+TEST(LockApi, GetStatsReportsTheImplementationsError) {
+  MiniEngine engine(1);
+  FakeNode a(&engine, 0);
+  EXPECT_EQ(a.node->GetStats().status().code(), absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

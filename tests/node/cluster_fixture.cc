@@ -67,8 +67,8 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(
         o.peers = peers;
         o.transport = kind;
         o.loopback_hub = hub;
-        o.connect_timeout = std::chrono::milliseconds(15000);
-        o.peer_timeout = std::chrono::milliseconds(3000);
+        o.connect_timeout = absl::Milliseconds(15000);
+        o.peer_timeout = absl::Milliseconds(3000);
         if (tweak) tweak(o);
         made[static_cast<size_t>(i)] = Node::Create(o);
       });

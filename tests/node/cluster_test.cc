@@ -146,8 +146,8 @@ TEST_P(ClusterTest, EveryNodeReadsWhatTheHomeWrote) {
   Step("home reads again with two sharers");
   bad[0] = CheckPattern(r[0]->data(), 16 * kPage, 1, 0);
   EXPECT_FALSE(bad[0]) << "home: " << *bad[0];
-  EXPECT_GE(node(1)->GetStats().read_faults, 1u);
-  EXPECT_GE(node(2)->GetStats().read_faults, 1u);
+  EXPECT_GE(node(1)->GetStats().value().read_faults, 1u);
+  EXPECT_GE(node(2)->GetStats().value().read_faults, 1u);
 }
 
 TEST_P(ClusterTest, AWriteByOneNodeIsReadByAll) {
@@ -178,12 +178,12 @@ TEST_P(ClusterTest, WritePromotesASharedPageAndOtherSharersSeeTheNewValue) {
     for (int i = 0; i < kNodes; ++i) {
       EXPECT_EQ(*Word(r[static_cast<size_t>(i)], kPage), before) << "node " << i;
     }
-    uint64_t upgrades = node(writer)->GetStats().upgrade_faults;
+    uint64_t upgrades = node(writer)->GetStats().value().upgrade_faults;
     Step(absl::StrCat("node ", writer, " writes the shared page"));
     uint64_t v = 1000 + static_cast<uint64_t>(writer);
     *Word(r[static_cast<size_t>(writer)], kPage) = v;
     *Word(r[static_cast<size_t>(writer)], kPage + 8) = v + 1;
-    EXPECT_GE(node(writer)->GetStats().upgrade_faults, upgrades + 1)
+    EXPECT_GE(node(writer)->GetStats().value().upgrade_faults, upgrades + 1)
         << "a write to a Shared page should be a write-protect (upgrade) fault";
     Step("the other sharers read the new value");
     for (int i = 0; i < kNodes; ++i) {
@@ -419,7 +419,7 @@ TEST_P(ClusterTest, InterleavedHomesSpreadPagesAndStayCoherent) {
     }
   }
   for (int n = 0; n < kNodes; ++n) {
-    EXPECT_GE(node(n)->GetStats().home_requests_served, 1u)
+    EXPECT_GE(node(n)->GetStats().value().home_requests_served, 1u)
         << "node " << n << " is home of 4 pages others wrote; it served none";
   }
 }
@@ -433,7 +433,7 @@ TEST_P(ClusterTest, LargeRegionTouchedSparsely) {
   for (uint64_t mib = 0; mib < 64; ++mib) *Word(r[0], mib << 20) = mib * 7 + 1;
   *Word(r[0], size - 8) = 0xfeed;
   Step("node 2 and the home read them");
-  uint64_t installed_before = node(2)->GetStats().pages_installed;
+  uint64_t installed_before = node(2)->GetStats().value().pages_installed;
   for (int reader : {2, 1}) {
     for (uint64_t mib = 0; mib < 64; ++mib) {
       EXPECT_EQ(*Word(r[static_cast<size_t>(reader)], mib << 20), mib * 7 + 1)
@@ -442,7 +442,7 @@ TEST_P(ClusterTest, LargeRegionTouchedSparsely) {
     EXPECT_EQ(*Word(r[static_cast<size_t>(reader)], size - 8), 0xfeedu);
   }
   EXPECT_EQ(*Word(r[2], (5 << 20) + kPage), 0u);
-  uint64_t installed = node(2)->GetStats().pages_installed - installed_before;
+  uint64_t installed = node(2)->GetStats().value().pages_installed - installed_before;
   EXPECT_GE(installed, 65u);
   EXPECT_LT(installed, size / kPage / 4) << "a sparse touch should not pull in the region";
 }
@@ -450,11 +450,11 @@ TEST_P(ClusterTest, LargeRegionTouchedSparsely) {
 TEST_P(ClusterTest, StatsCountWhatHappened) {
   auto r = Map({.name = "stats", .size = 8 * kPage, .home = 0});
   ASSERT_EQ(r.size(), 3u);
-  Stats h0 = node(0)->GetStats(), s1 = node(1)->GetStats();
+  Stats h0 = node(0)->GetStats().value(), s1 = node(1)->GetStats().value();
   Step("node 1 reads 4 pages, then writes one");
   for (uint64_t pg = 0; pg < 4; ++pg) EXPECT_EQ(*Bytes(r[1], pg * kPage), 0);
   *Bytes(r[1], 2 * kPage) = 1;
-  Stats h1 = node(0)->GetStats(), s2 = node(1)->GetStats();
+  Stats h1 = node(0)->GetStats().value(), s2 = node(1)->GetStats().value();
   EXPECT_GE(s2.read_faults, s1.read_faults + 1);
   EXPECT_GE(s2.write_faults, s1.write_faults + 1);
   EXPECT_GE(s2.upgrade_faults, s1.upgrade_faults + 1);
@@ -466,7 +466,7 @@ TEST_P(ClusterTest, StatsCountWhatHappened) {
   EXPECT_GE(s2.pages_shared + s2.pages_modified, 4u);
   EXPECT_GE(h1.home_requests_served, h0.home_requests_served + 2);
   for (int n = 0; n < kNodes; ++n) {
-    Stats s = node(n)->GetStats();
+    Stats s = node(n)->GetStats().value();
     EXPECT_EQ(s.bad_messages, 0u) << "node " << n;
     EXPECT_EQ(s.peers_down, 0u) << "node " << n;
     EXPECT_EQ(s.pages_lost, 0u) << "node " << n;
@@ -489,7 +489,7 @@ TEST_P(ClusterTest, ManyThreadsFaultingOnePageShareOneRequest) {
   }
   RunParallel(fns);
   EXPECT_EQ(bad.load(), 0);
-  Stats s = node(1)->GetStats();
+  Stats s = node(1)->GetStats().value();
   EXPECT_LE(s.requests_sent, 64u + 8u) << "faults on the same page should share one request\n" << s.ToString();
 }
 
@@ -498,7 +498,7 @@ TEST_P(ClusterTest, APeerThatLeavesEndsInSigbusAndTheOthersKeepWorking) {
   // each node reports lost.
   cluster_.reset();
   Start([this](Options& o) {
-    o.peer_timeout = milliseconds(1500);
+    o.peer_timeout = absl::Milliseconds(1500);
     NodeId id = o.node_id;
     o.on_pages_lost = [this, id](const std::string&, uint64_t, uint64_t n) { lost_[id] += n; };
   });
@@ -561,7 +561,7 @@ TEST_P(ClusterTest, APeerThatLeavesEndsInSigbusAndTheOthersKeepWorking) {
   volatile uint8_t* p = Bytes(doomed[1], (kDoomedPages - 1) * kPage);
   EXPECT_TRUE(RaisesSigbus([&] { (void)*p; })) << "read of a lost page";
   EXPECT_TRUE(RaisesSigbus([&] { *p = 1; })) << "write of a lost page";
-  EXPECT_GE(node(1)->GetStats().pages_lost, 1u);
+  EXPECT_GE(node(1)->GetStats().value().pages_lost, 1u);
   EXPECT_GE(lost_[1].load(), 1u) << "on_pages_lost was not called at node 1";
   EXPECT_GE(lost_[0].load(), 1u) << "on_pages_lost was not called at node 0";
 

@@ -25,7 +25,7 @@ extern "C" const char* __asan_default_options() { return "detect_stack_use_after
 namespace dsm {
 namespace {
 
-Options OneNode(std::chrono::milliseconds peer_timeout = std::chrono::milliseconds(3000)) {
+Options OneNode(absl::Duration peer_timeout = absl::Milliseconds(3000)) {
   static std::atomic<int> seq{0};
   Options o;
   o.node_id = 0;
@@ -33,7 +33,7 @@ Options OneNode(std::chrono::milliseconds peer_timeout = std::chrono::millisecon
   o.transport = TransportKind::kLoopback;
   o.loopback_hub = absl::StrCat("engine-lifetime-", seq.fetch_add(1));
   o.peer_timeout = peer_timeout;
-  o.connect_timeout = std::chrono::milliseconds(5000);
+  o.connect_timeout = absl::Milliseconds(5000);
   return o;
 }
 
@@ -128,7 +128,7 @@ absl::Status StatsWhileStalled(Engine& e) { return e.GetStats().status(); }
 absl::Status MapWhileStalled(Engine& e) { return e.MapRegion(Region("late-map")).status(); }
 
 TEST(EngineLifetime, ClosuresOutliveCallersWhoGaveUp) {
-  START_ENGINE(e, OneNode(std::chrono::milliseconds(100)));
+  START_ENGINE(e, OneNode(absl::Milliseconds(100)));
   const absl::Duration limit = absl::Milliseconds(100) + kEngineSlack;
   // A closure that stalls the engine past the limit (as fdatasync can): its caller gives up,
   // it finishes later and writes its result into state the caller no longer waits on.

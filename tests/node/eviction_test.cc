@@ -146,7 +146,7 @@ TEST_P(EvictionTest, RegionFourTimesTheBudgetStaysWithinItAndLosesNothing) {
   Sampler sampler(regions_[1]->data(), kSize);
   uint64_t max_stats_resident = 0;
   auto sample_stats = [&] {
-    const Stats s = n1->GetStats();
+    const Stats s = n1->GetStats().value();
     max_stats_resident = std::max(max_stats_resident, s.resident_remote_pages);
     EXPECT_LE(s.resident_remote_pages, kBudget);
     EXPECT_EQ(s.pages_shared + s.pages_modified, s.resident_remote_pages);
@@ -162,14 +162,14 @@ TEST_P(EvictionTest, RegionFourTimesTheBudgetStaysWithinItAndLosesNothing) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   Step("node 1 reads every page back");
-  const Stats before_read = n1->GetStats();
+  const Stats before_read = n1->GetStats().value();
   const uint64_t allocs0 = g_allocations.load();
   t0 = std::chrono::steady_clock::now();
   ExpectPages(1, 0, kPages, 1000);
   const double read_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const uint64_t allocs = g_allocations.load() - allocs0;
-  const Stats after_read = n1->GetStats();
+  const Stats after_read = n1->GetStats().value();
   sample_stats();
 
   Step("node 1 syncs; the file holds every page");
@@ -204,7 +204,7 @@ TEST_P(EvictionTest, RegionFourTimesTheBudgetStaysWithinItAndLosesNothing) {
   sample_stats();
   sampler.Stop();
 
-  const Stats s = n1->GetStats();
+  const Stats s = n1->GetStats().value();
   std::printf("node 1 stats:\n%s", s.ToString().c_str());
   const uint64_t faults = after_read.read_faults - before_read.read_faults;
   std::printf("%llu mincore samples, max resident %llu of budget %llu (stats max %llu)\n"
@@ -230,7 +230,7 @@ TEST_P(EvictionTest, RegionFourTimesTheBudgetStaysWithinItAndLosesNothing) {
   EXPECT_GE(s.eviction_writebacks, kPages - kBudget);
   EXPECT_EQ(s.pages_lost, 0u);
   // The other nodes have no budget: node 2 kept what it touched.
-  EXPECT_EQ(cluster_->node(2)->GetStats().evictions, 0u);
+  EXPECT_EQ(cluster_->node(2)->GetStats().value().evictions, 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, EvictionTest,

@@ -243,7 +243,7 @@ TEST_P(LockClusterTest, AsyncRequestPendsWhileTheSameNodeKeepsServingFaults) {
   auto check2 = CheckPattern(static_cast<uint8_t*>(region(2)->data()) + kPage, kPages * kPage,
                              10, kPage);
   EXPECT_FALSE(check2) << "node 2 reading what node 1 wrote: " << *check2;
-  EXPECT_GT(node(1)->GetStats().read_faults, 0u) << "node 1 served no remote faults";
+  EXPECT_GT(node(1)->GetStats().value().read_faults, 0u) << "node 1 served no remote faults";
 
   Step("node 0 releases; node 1's callback runs on its engine thread");
   ASSERT_TRUE(holder->Unlock().ok());
@@ -296,12 +296,60 @@ TEST_P(LockClusterTest, CancelDeadlineAndBadRanges) {
   ASSERT_TRUE(holder->Unlock().ok());
   EXPECT_TRUE(region(1)->TryLock(0, 16, LockMode::kExclusive).ok());
   Step("node 1's Stats count its lock traffic");
-  const Stats s1 = node(1)->GetStats();
+  const Stats s1 = node(1)->GetStats().value();
   EXPECT_EQ(s1.lock_requests, 5u);  // late, two bad ranges, the busy try, the last try
   EXPECT_EQ(s1.locks_granted, 1u);
   EXPECT_GE(s1.locks_queued, 1u);   // `late` waited at the arbiter before its deadline
   EXPECT_EQ(s1.locks_failed, 4u);
   EXPECT_EQ(s1.locks_lost, 0u);
+}
+
+// A guard may outlive its Region (destroyed or unmapped) and its Node: the unmap or the
+// shutdown released the lock, Unlock() says so, and destruction is harmless (ASan-checked).
+TEST_P(LockClusterTest, GuardsOutliveTheirRegionAndTheirNode) {
+  ASSERT_NO_FATAL_FAILURE(Map("outlive", 1));
+  const absl::StatusCode kGone = absl::StatusCode::kFailedPrecondition;
+  absl::StatusOr<LockGuard> g1 =
+      region(1)->Lock(0, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+  ASSERT_TRUE(g1.ok()) << g1.status();
+  absl::StatusOr<LockGuard> g2 =
+      region(2)->Lock(16, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+  ASSERT_TRUE(g2.ok()) << g2.status();
+  absl::StatusOr<LockGuard> g1_dropped_late =
+      region(1)->Lock(64, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+  ASSERT_TRUE(g1_dropped_late.ok()) << g1_dropped_late.status();
+
+  Step("node 1 destroys its Region while holding two locks");
+  regions_[1].reset();
+  for (uint64_t off : {0, 64}) {
+    absl::StatusOr<LockGuard> next =
+        region(0)->Lock(off, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+    ASSERT_TRUE(next.ok()) << "range at " << off << " not released by the unmap: "
+                           << next.status();
+  }
+  EXPECT_TRUE(g1->owns_lock());
+  EXPECT_EQ(g1->Unlock().code(), kGone);
+  EXPECT_FALSE(g1->owns_lock());
+
+  Step("node 2 unmaps its Region (which stays) while holding");
+  ASSERT_TRUE(regions_[2]->Unmap().ok());
+  EXPECT_EQ(g2->Unlock().code(), kGone);
+  absl::StatusOr<LockGuard> after2 =
+      region(0)->Lock(16, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+  ASSERT_TRUE(after2.ok()) << after2.status();
+  ASSERT_TRUE(after2->Unlock().ok());
+
+  Step("the cluster shuts down while node 0 holds two locks");
+  absl::StatusOr<LockGuard> g0 =
+      region(0)->Lock(32, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+  ASSERT_TRUE(g0.ok()) << g0.status();
+  absl::StatusOr<LockGuard> g0_dropped_late =
+      region(0)->Lock(48, 8, LockMode::kShared, absl::Now() + kLockWait);
+  ASSERT_TRUE(g0_dropped_late.ok()) << g0_dropped_late.status();
+  cluster_.reset();
+  EXPECT_EQ(g0->Unlock().code(), absl::StatusCode::kUnavailable);
+  regions_.clear();  // Unmap after the shutdown: nothing left to do, not an error
+  // g1_dropped_late and g0_dropped_late are destroyed here, after their regions and nodes.
 }
 
 TEST_P(LockClusterTest, BarriersOfAllNodesAndOfANamedGroup) {

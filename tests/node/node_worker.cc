@@ -372,7 +372,9 @@ std::string Worker::RunCommand(const std::vector<std::string>& c) {
     return s.ok() ? "ok" : "err " + s.ToString();
   }
   if (cmd == "stats") {
-    dsm::Stats s = node_->GetStats();
+    absl::StatusOr<dsm::Stats> st = node_->GetStats();
+    if (!st.ok()) return "err " + st.status().ToString();
+    const dsm::Stats& s = *st;
     return absl::StrCat("ok read_faults=", s.read_faults, " write_faults=", s.write_faults,
                         " upgrade_faults=", s.upgrade_faults,
                         " pages_installed=", s.pages_installed, " pages_lost=", s.pages_lost,
@@ -400,9 +402,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "node_worker: --transport must be tcp or rdma across processes\n");
     return 2;
   }
-  o.peer_timeout = milliseconds(args.GetU("peer-timeout-ms", 3000));
-  o.lock_release_grace = milliseconds(args.GetU("lock-grace-ms", 1000));
-  o.connect_timeout = milliseconds(args.GetU("connect-timeout-ms", 20000));
+  o.peer_timeout = absl::Milliseconds(args.GetU("peer-timeout-ms", 3000));
+  o.lock_release_grace = absl::Milliseconds(args.GetU("lock-grace-ms", 1000));
+  o.connect_timeout = absl::Milliseconds(args.GetU("connect-timeout-ms", 20000));
   std::atomic<uint64_t> lost{0};
   o.on_pages_lost = [&lost](const std::string&, uint64_t, uint64_t n) { lost += n; };
 

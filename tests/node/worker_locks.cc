@@ -131,7 +131,7 @@ std::string WorkerLocks::Run(const std::vector<std::string>& c) {
     absl::StatusOr<LockHandle> h = std::move(it->second);
     st.async.erase(it);
     if (!h.ok()) return Fail(h.status());
-    st.held.emplace(h->id(), LockGuard(r, *h));
+    st.held.emplace(h->id(), r->Adopt(*h));
     return Granted(*h);
   }
   if (cmd == "lockincr") {

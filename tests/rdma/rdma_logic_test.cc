@@ -183,7 +183,7 @@ class RdmaOverFake : public ::testing::Test {
       o.node_id = static_cast<NodeId>(i);
       o.peers = addrs_;
       o.transport = TransportKind::kRdma;
-      o.connect_timeout = connect_timeout;
+      o.connect_timeout = absl::FromChrono(connect_timeout);
       auto loop = EventLoop::Create();
       ASSERT_TRUE(loop.ok()) << loop.status();
       node->loop = std::move(*loop);
@@ -461,7 +461,7 @@ TEST_F(RdmaOverFake, MismatchedGeometryIsRefusedAtSetUp) {
     Options o;
     o.node_id = static_cast<NodeId>(i);
     o.peers = addrs_;
-    o.connect_timeout = std::chrono::seconds(20);  // the refusal, not a timeout, must end it
+    o.connect_timeout = absl::Seconds(20);  // the refusal, not a timeout, must end it
     RdmaTuning t;
     t.recv_credits = i == 0 ? 64 : 32;
     node->loop = std::move(*EventLoop::Create());

@@ -196,8 +196,8 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Create(
       o.peers = c->peers_;
       o.transport = kind;
       o.loopback_hub = hub;
-      o.connect_timeout = connect_timeout;
-      o.peer_timeout = peer_timeout;
+      o.connect_timeout = absl::FromChrono(connect_timeout);
+      o.peer_timeout = absl::FromChrono(peer_timeout);
       absl::Status s = c->nodes_[i]->Init(o, inject_faults);
       if (s.ok()) s = c->nodes_[i]->Start();
       if (!s.ok()) {

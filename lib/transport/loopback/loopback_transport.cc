@@ -113,7 +113,7 @@ absl::Status LoopbackTransport::Start(EventLoop* loop, Handler* handler) {
   hub_ = std::move(*hub);
   started_ = true;
   peers_[self_].state = PeerState::kUp;
-  connect_timer_ = loop_->RunAfter(absl::FromChrono(options_.connect_timeout),
+  connect_timer_ = loop_->RunAfter(options_.connect_timeout,
                                    [this] { OnConnectTimeout(); });
   return absl::OkStatus();
 }
@@ -241,7 +241,7 @@ void LoopbackTransport::OnConnectTimeout() {
     MarkDown(j,
              absl::DeadlineExceededError(absl::StrCat(
                  "node ", j, " did not join loopback hub '", options_.loopback_hub, "' within ",
-                 absl::FormatDuration(absl::FromChrono(options_.connect_timeout)))),
+                 absl::FormatDuration(options_.connect_timeout))),
              /*tell_peer=*/false, /*notify_now=*/true);
   }
 }

@@ -440,10 +440,11 @@ absl::Status RdmaTransportImpl::Start(EventLoop* loop, Handler* handler) {
   ArmCqPoll();
   accept_op_ = std::make_unique<FnOp>([this](int res) { OnAccept(res); });
   ArmAccept();
-  connect_deadline_ = absl::Now() + absl::FromChrono(options_.connect_timeout);
+  connect_deadline_ = absl::Now() + options_.connect_timeout;
   timeout_op_ = std::make_unique<FnOp>([this](int res) { OnConnectTimeout(res); });
-  timeout_ts_.tv_sec = options_.connect_timeout.count() / 1000;
-  timeout_ts_.tv_nsec = (options_.connect_timeout.count() % 1000) * 1000000;
+  const timespec connect_ts = absl::ToTimespec(options_.connect_timeout);
+  timeout_ts_.tv_sec = connect_ts.tv_sec;
+  timeout_ts_.tv_nsec = connect_ts.tv_nsec;
   io_uring_prep_timeout(Arm(*timeout_op_), &timeout_ts_, 0, 0);
   for (NodeId id = 0; id < self_; ++id) StartConnect(*peers_[id]);
   loop_->Submit();
@@ -692,7 +693,7 @@ void RdmaTransportImpl::OnConnectTimeout(int res) {
     if (p && p->state != ConnState::kUp && p->state != ConnState::kDown) {
       MarkDown(*p, absl::DeadlineExceededError(absl::StrFormat(
                        "rdma: node %d not connected within connect_timeout (%d ms)", p->id,
-                       static_cast<int>(options_.connect_timeout.count()))));
+                       static_cast<int>(absl::ToInt64Milliseconds(options_.connect_timeout)))));
     }
   }
 }

@@ -148,7 +148,7 @@ absl::Status TcpTransport::Start(EventLoop* loop, Handler* handler) {
   listener_ = std::make_shared<Listener>(loop, this, fd);
   listener_->Arm();
   peers_[self_].state = PeerState::kUp;
-  const absl::Duration timeout = absl::FromChrono(options_.connect_timeout);
+  const absl::Duration timeout = options_.connect_timeout;
   connect_deadline_ = absl::Now() + timeout;
   if (cluster_size_ > 1) deadline_timer_ = loop_->RunAfter(timeout, [this] { OnConnectDeadline(); });
   for (NodeId j = 0; j < self_; ++j) Dial(j);
@@ -239,7 +239,7 @@ void TcpTransport::OnAccept(int fd) {
   // A client that connects and never says Hello holds a slot and a receive buffer: like any
   // silent peer, it has peer_timeout to speak.
   std::weak_ptr<TcpConnection> weak = c;
-  loop_->RunAfter(absl::FromChrono(options_.peer_timeout), [a = alive_, weak] {
+  loop_->RunAfter(options_.peer_timeout, [a = alive_, weak] {
     std::shared_ptr<TcpConnection> conn = weak.lock();
     if (a->t == nullptr || conn == nullptr || conn->closed() || conn->hello_done) return;
     a->t->Reject(conn.get(), absl::DeadlineExceededError("no Hello within peer_timeout"),
@@ -389,7 +389,7 @@ void TcpTransport::OnConnectDeadline() {
     PeerDown(j,
              absl::DeadlineExceededError(absl::StrCat(
                  "node ", j, " at ", AddrString(addrs_[j]), " did not connect within ",
-                 absl::FormatDuration(absl::FromChrono(options_.connect_timeout)))),
+                 absl::FormatDuration(options_.connect_timeout))),
              /*notify_now=*/true);
   }
 }
