@@ -71,6 +71,11 @@ class TcpTransport final : public Transport, private TcpConnection::Owner {
   void Shutdown(absl::Time deadline) override;
   Counters counters() const override;
 
+  // Treats `fd` (any connected stream socket, e.g. one end of a socketpair) as a connection
+  // just accepted by the listener: the fuzzers' way into the receive path. Loop thread,
+  // after Start().
+  void AcceptForTesting(int fd) { OnAccept(fd); }
+
  private:
   class Listener;
   struct Alive {  // tasks Posted to the loop run only while `t` is set
