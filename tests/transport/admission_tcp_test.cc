@@ -5,7 +5,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <random>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -277,6 +280,63 @@ TEST(TcpAdmission, KeyNeverAppearsInTheLog) {
   EXPECT_TRUE(absl::StrContains(text, "admission")) << "nothing logged:\n" << text;
   EXPECT_FALSE(absl::StrContains(text, kKey)) << text;
   EXPECT_FALSE(absl::StrContains(text, wrong)) << text;
+}
+
+}  // namespace
+}  // namespace dsm::testing
+
+namespace dsm::testing {
+namespace {
+
+struct UpCounter final : Transport::Handler {
+  void OnMessage(Message&&) override {}
+  void OnPeerUp(NodeId) override { ++ups; }
+  void OnPeerDown(NodeId, const absl::Status&) override { ++downs; }
+  int ups = 0, downs = 0;
+};
+
+// Not a timed assertion: prints the median time from the dialing node's Start() until both
+// nodes report each other up (TCP connect + admission + Hello), with and without a key, both
+// loops polled by this thread without sleeping.
+TEST(TcpAdmission, MeasureConnectionSetupWithAndWithoutKey) {
+  for (const char* key : {"", kKey}) {
+    std::vector<double> us;
+    std::mt19937 rng(std::random_device{}());
+    for (int i = 0; i < 60; ++i) {
+      const int base = 20000 + static_cast<int>(rng() % 12000);
+      auto l0 = EventLoop::Create(), l1 = EventLoop::Create();
+      ASSERT_TRUE(l0.ok() && l1.ok());
+      UpCounter h0, h1;
+      Options o;
+      o.peers = {absl::StrCat("127.0.0.1:", base), absl::StrCat("127.0.0.1:", base + 1)};
+      o.cluster_key = key;
+      o.node_id = 0;
+      auto t0 = CreateTransport(o);
+      o.node_id = 1;
+      auto t1 = CreateTransport(o);
+      ASSERT_TRUE(t0.ok() && t1.ok());
+      if (!(*t0)->Start(l0->get(), &h0).ok()) continue;  // port taken: another sample
+      const auto start = std::chrono::steady_clock::now();
+      if (!(*t1)->Start(l1->get(), &h1).ok()) continue;
+      const absl::Time until = absl::Now() + absl::Seconds(10);
+      while ((h0.ups == 0 || h1.ups == 0) && absl::Now() < until) {
+        (*l0)->Poll(absl::ZeroDuration(), absl::ZeroDuration());
+        (*l1)->Poll(absl::ZeroDuration(), absl::ZeroDuration());
+      }
+      const auto end = std::chrono::steady_clock::now();
+      ASSERT_EQ(h0.ups, 1);
+      ASSERT_EQ(h1.ups, 1);
+      us.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+      (*t1)->Shutdown(absl::Now());
+      (*t0)->Shutdown(absl::Now());
+    }
+    ASSERT_FALSE(us.empty());
+    std::sort(us.begin(), us.end());
+    std::printf("TCP connection set-up (connect, %s, Hello both ways): median %.0f us, p90 %.0f "
+                "us (n=%zu)\n",
+                *key ? "admission with HMAC-SHA256" : "no key", us[us.size() / 2],
+                us[us.size() * 9 / 10], us.size());
+  }
 }
 
 }  // namespace
