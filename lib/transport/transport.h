@@ -84,7 +84,8 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const Options& option
 // are InvalidArgument and name the field ("Options.peers[2]: ...").
 absl::Status ValidateTransportOptions(const Options& options);
 
-// "a.b.c.d:port" (numeric IPv4) or "localhost:port"; port 1..65535. Host byte order.
+// "a.b.c.d:port" (numeric IPv4) or "name:port" (resolved with getaddrinfo to its first IPv4
+// address, once); port 1..65535. Host byte order.
 struct HostPort {
   uint32_t ipv4 = 0;
   uint16_t port = 0;

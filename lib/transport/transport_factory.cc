@@ -1,5 +1,10 @@
 // CreateTransport: picks the backend named by Options::transport after validating Options.
 #include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <string>
 
@@ -27,16 +32,26 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view s) {
   }
   HostPort hp;
   hp.port = static_cast<uint16_t>(port);
-  if (host == "localhost") {
-    hp.ipv4 = INADDR_LOOPBACK;
+  if (host.empty()) return absl::InvalidArgumentError(absl::StrCat("'", s, "': empty host"));
+  in_addr a{};
+  if (inet_pton(AF_INET, host.c_str(), &a) == 1) {
+    hp.ipv4 = ntohl(a.s_addr);
     return hp;
   }
-  in_addr a{};
-  if (inet_pton(AF_INET, host.c_str(), &a) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "'", s, "': host must be a numeric IPv4 address or 'localhost' (no name lookup)"));
+  // A host name: resolved once, here, to its first IPv4 address (the nodes of a cluster
+  // must agree on addresses, so a name is looked up at start and never again).
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int rc = getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", s, "': cannot resolve host '", host, "' to an IPv4 address: ",
+                     rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc)));
   }
-  hp.ipv4 = ntohl(a.s_addr);
+  hp.ipv4 = ntohl(reinterpret_cast<const sockaddr_in*>(res->ai_addr)->sin_addr.s_addr);
+  freeaddrinfo(res);
   return hp;
 }
 

@@ -19,7 +19,10 @@
 // Usage: node_worker --id 1 --peers 127.0.0.1:7000,127.0.0.1:7001 --region r --size 65536
 //                    [--home 0] [--policy fixed|interleaved] [--file PATH] [--transport tcp]
 //                    [--scenario repl|counter] [--threads 2] [--iters 20000]
-//                    [--peer-timeout-ms 3000] [--lock-grace-ms 1000]
+//                    [--peer-timeout-ms 3000] [--lock-grace-ms 1000] [--leave collective]
+//        Without --peers, the node's id and peers come from the environment a launcher sets
+//        (dsm/launch.h: DSM_*, Slurm, Open MPI, PMI). --leave collective: after the scenario
+//        the nodes leave in an agreed order (barriers) instead of waiting for stdin.
 //
 // Lock and barrier commands of the repl: see node/worker_locks.h.
 #include <fcntl.h>
@@ -40,6 +43,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "dsm/launch.h"
 #include "dsm/node.h"
 #include "dsm/options.h"
 #include "dsm/region.h"
@@ -112,6 +118,20 @@ class Worker {
 
   // The "counter" scenario; returns the reply line.
   std::string Counter(uint64_t nodes, uint64_t threads, uint64_t iters, milliseconds timeout);
+
+  // Non-home nodes write back and unmap first, the home last, then every node shuts down.
+  absl::Status LeaveCollectively(dsm::NodeId home, dsm::NodeId self, milliseconds timeout) {
+    locks_.reset();
+    const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
+    absl::Status s = node_->Barrier("leave-1", {}, deadline);
+    if (s.ok() && self != home) {
+      s = region_->Unmap();
+      region_.reset();
+    }
+    if (absl::Status b = node_->Barrier("leave-2", {}, deadline); s.ok()) s = b;
+    absl::Status rest = Leave();
+    return s.ok() ? rest : s;
+  }
 
   absl::Status Leave() {
     locks_.reset();  // releases held locks while the region is still mapped
@@ -386,6 +406,16 @@ int main(int argc, char** argv) {
   std::atomic<uint64_t> lost{0};
   o.on_pages_lost = [&lost](const std::string&, uint64_t, uint64_t n) { lost += n; };
 
+  if (!args.kv.count("peers")) {
+    // Placed by a launcher (dsmrun, srun, mpirun): id and peers from the environment.
+    absl::StatusOr<dsm::Options> from_env = dsm::OptionsFromEnvironment(o);
+    if (!from_env.ok()) {
+      Reply("err environment: " + from_env.status().ToString());
+      return 2;
+    }
+    o = *std::move(from_env);
+  }
+
   absl::StatusOr<std::unique_ptr<dsm::Node>> node = dsm::Node::Create(o);
   if (!node.ok()) {
     std::string msg = node.status().ToString();
@@ -432,9 +462,15 @@ int main(int argc, char** argv) {
     Reply("err unknown scenario " + scenario);
     all_ok = false;
   }
-  // Leave only when the test says so (a line or EOF), so the home outlives the others.
-  if (scenario != "repl") std::getline(std::cin, line);
-  absl::Status s = w.Leave();
+  absl::Status s;
+  if (args.Get("leave") == "collective") {
+    // No test drives the order: the nodes agree on it through barriers.
+    s = w.LeaveCollectively(ro.home, o.node_id, milliseconds(args.GetU("timeout-ms", 60000)));
+  } else {
+    // Leave only when the test says so (a line or EOF), so the home outlives the others.
+    if (scenario != "repl") std::getline(std::cin, line);
+    s = w.Leave();
+  }
   if (!s.ok()) std::fprintf(stderr, "node_worker %u: leave: %s\n", o.node_id, s.ToString().c_str());
   if (lost.load() > 0)
     std::fprintf(stderr, "node_worker %u: %lu pages reported lost\n", o.node_id,

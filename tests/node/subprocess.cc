@@ -26,7 +26,7 @@ int RemainingMs(Clock::time_point deadline) {
 
 // Child side, after fork: only async-signal-safe calls.
 [[noreturn]] void ExecChild(const char* netns_path, int in_fd, int out_fd, int err_fd,
-                            char* const* argv, bool search_path) {
+                            char* const* argv, bool search_path, char* const* envp = nullptr) {
   if (netns_path != nullptr) {
     int fd = open(netns_path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
@@ -44,6 +44,8 @@ int RemainingMs(Clock::time_point deadline) {
   sigprocmask(SIG_SETMASK, &none, nullptr);
   if (search_path) {
     execvp(argv[0], argv);
+  } else if (envp != nullptr) {
+    execve(argv[0], argv, envp);
   } else {
     execv(argv[0], argv);
   }
@@ -133,6 +135,22 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(const Spawn& spawn
   }
   std::vector<char*> cargv = MakeArgv(spawn.argv);
   std::string ns_path = spawn.netns.empty() ? "" : "/run/netns/" + spawn.netns;
+  // The environment: this process's, with spawn.env's NAME=value entries replacing or adding
+  // (built before fork: the child may only make async-signal-safe calls).
+  std::vector<std::string> env_strings;
+  if (!spawn.env.empty()) {
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string entry(*e);
+      const std::string name = entry.substr(0, entry.find('='));
+      bool replaced = false;
+      for (const std::string& mine : spawn.env) {
+        replaced = replaced || mine.substr(0, mine.find('=')) == name;
+      }
+      if (!replaced) env_strings.push_back(entry);
+    }
+    env_strings.insert(env_strings.end(), spawn.env.begin(), spawn.env.end());
+  }
+  std::vector<char*> cenv = MakeArgv(env_strings);
   pid_t pid = fork();
   if (pid < 0) {
     int e = errno;
@@ -141,7 +159,7 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(const Spawn& spawn
   }
   if (pid == 0) {
     ExecChild(ns_path.empty() ? nullptr : ns_path.c_str(), in[0], out[1], -1, cargv.data(),
-              /*search_path=*/false);
+              /*search_path=*/false, spawn.env.empty() ? nullptr : cenv.data());
   }
   close(in[0]);
   close(out[1]);

@@ -33,6 +33,7 @@ class Subprocess {
     std::vector<std::string> argv;  // argv[0] is a path
     std::string netns;              // empty: stay in the caller's network namespace
     std::string label;              // used in messages ("node1")
+    std::vector<std::string> env;   // "NAME=value" added to (or replacing in) the environment
   };
   static absl::StatusOr<std::unique_ptr<Subprocess>> Start(const Spawn& spawn);
 

@@ -218,6 +218,12 @@ TEST(TransportFactory, ValidatesOptions) {
   ASSERT_TRUE(hp.ok());
   EXPECT_EQ(hp->ipv4, 0x0a010203u);
   EXPECT_EQ(hp->port, 65535);
+  // Names resolve (localhost is in every /etc/hosts); an empty host or port does not parse.
+  hp = ParseHostPort("localhost:7000");
+  ASSERT_TRUE(hp.ok()) << hp.status();
+  EXPECT_EQ(hp->ipv4, 0x7f000001u);
+  EXPECT_FALSE(ParseHostPort(":7000").ok());
+  EXPECT_FALSE(ParseHostPort("localhost:").ok());
 }
 
 // Ping-pong between two TCP transports: node 0 sends GetS, node 1 answers from its handler
