@@ -451,6 +451,32 @@ TEST_F(RdmaOverFake, SetUpSocketRevealsNothingWithoutTheKey) {
   }
 }
 
+// Idle set-up connections from one source get a few slots; the rest are refused at once and
+// counted, and the nodes still come up.
+TEST_F(RdmaOverFake, IdleSetUpConnectionsFromOneSourceAreBounded) {
+  MakeCluster(3, RdmaTuning{});
+  const std::string& addr = addrs_[0];
+  const uint16_t port = static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1)));
+  std::vector<int> idle;
+  for (int i = 0; i < 20; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    src.sin_addr.s_addr = htonl(0x7f000063);  // 127.0.0.99
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof(src)), 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    idle.push_back(fd);
+  }
+  ASSERT_TRUE(PumpUntil(nodes_, [&] {
+    return AllUp() && nodes_[0]->transport->counters().connections_refused >= 18;
+  })) << "refused " << nodes_[0]->transport->counters().connections_refused;
+  for (int fd : idle) close(fd);
+}
+
 TEST_F(RdmaOverFake, UnreachablePeerIsReportedDownAfterConnectTimeout) {
   MakeCluster(2, RdmaTuning{}, std::chrono::milliseconds(300), {true, false});
   ASSERT_TRUE(PumpUntil(nodes_, [&] { return nodes_[0]->rec.down.count(1) > 0; },

@@ -1,5 +1,6 @@
 #include "transport/rdma/rdma_transport.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -8,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -24,6 +26,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "transport/admission/admission.h"
+#include "transport/admission/limits.h"
 #include "transport/rdma/flow_control.h"
 #include "transport/rdma/framing.h"
 #include "transport/wire.h"
@@ -279,7 +282,12 @@ class RdmaTransportImpl final : public Transport {
   RdmaTransportImpl(const Options& o, const RdmaTuning& t, std::unique_ptr<VerbsOps> v,
                     std::shared_ptr<const admission::ClusterAuth> auth)
       : options_(o), tuning_(t), verbs_(std::move(v)), auth_(std::move(auth)), self_(o.node_id),
-        cluster_(static_cast<uint32_t>(o.peers.size())) {}
+        cluster_(static_cast<uint32_t>(o.peers.size())) {
+    for (const std::string& s : o.peers) {
+      absl::StatusOr<HostPort> hp = ParseHostPort(s);
+      peer_ipv4_.push_back(hp.ok() ? hp->ipv4 : 0);
+    }
+  }
 
   ~RdmaTransportImpl() override {
     if (started_ && !shut_down_) Shutdown(absl::Now());
@@ -315,6 +323,8 @@ class RdmaTransportImpl final : public Transport {
     size_t io_done = 0;
     std::unique_ptr<FnOp> op;
     AdmitIo admit;  // h set while admission runs
+    uint32_t source = 0;  // the client's IPv4 address (host byte order)
+    uint64_t id = 0;
   };
 
   io_uring_sqe* Arm(FnOp& op) {
@@ -380,7 +390,12 @@ class RdmaTransportImpl final : public Transport {
 
   int listen_fd_ = -1;
   std::unique_ptr<FnOp> accept_op_;
+  // Set-up connections accepted and not yet handed to a Peer: bounded per source address and
+  // in total (admission/limits.h), each closed if it has not finished within kHandshakeLimit.
   std::list<std::unique_ptr<Accepted>> accepted_;
+  uint64_t next_accepted_id_ = 0;
+  std::vector<uint32_t> peer_ipv4_;
+  admission::RateLimitedLog source_log_{absl::Seconds(10)};
   std::unique_ptr<FnOp> cq_op_;
   std::unique_ptr<FnOp> timeout_op_;
   __kernel_timespec timeout_ts_{};
@@ -520,8 +535,45 @@ void RdmaTransportImpl::OnAccept(int res) {
     return;
   }
   if (res >= 0) {
+    sockaddr_in from{};
+    socklen_t from_len = sizeof(from);
+    uint32_t source = 0;
+    if (getpeername(res, reinterpret_cast<sockaddr*>(&from), &from_len) == 0 &&
+        from.sin_family == AF_INET) {
+      source = ntohl(from.sin_addr.s_addr);
+    }
+    size_t from_source = 0;
+    for (const auto& x : accepted_) from_source += x->source == source;
+    const size_t source_limit = admission::PerSourceSlots(peer_ipv4_, self_, source);
+    if (from_source >= source_limit || accepted_.size() >= admission::TotalSlots(cluster_)) {
+      ++counters_.connections_refused;
+      close(res);
+      uint64_t count = 0;
+      if (source_log_.Note(source, absl::Now(), &count)) {
+        DSM_LOG(WARNING) << "rdma node " << self_ << ": refused a set-up connection from "
+                         << admission::Ipv4String(source) << ": " << from_source
+                         << " of its connections (limit " << source_limit << ") and "
+                         << accepted_.size() << " in all are still in their handshake ("
+                         << count << " such events since the last line about it)";
+      }
+      ArmAccept();
+      return;
+    }
     auto a = std::make_unique<Accepted>();
     a->fd = res;
+    a->source = source;
+    a->id = ++next_accepted_id_;
+    // A client that never finishes: shutting its socket down ends the receive in flight,
+    // which closes it through the usual path.
+    std::weak_ptr<int> alive = alive_;
+    loop_->RunAfter(
+        std::min(absl::Seconds(5), absl::FromChrono(options_.peer_timeout)),
+        [this, alive, id = a->id] {
+          if (alive.expired() || shutting_down_) return;
+          for (auto& x : accepted_) {
+            if (x->id == id && x->fd >= 0) shutdown(x->fd, SHUT_RDWR);
+          }
+        });
     Accepted* raw = a.get();
     a->op = std::make_unique<FnOp>([this, raw](int r) { OnAcceptedRecv(raw, r); });
     if (auth_ != nullptr) {
@@ -542,7 +594,14 @@ void RdmaTransportImpl::ArmAcceptedRecv(Accepted* a) {
 
 void RdmaTransportImpl::OnAcceptedRecv(Accepted* a, int res) {
   auto drop = [&](const std::string& why) {
-    if (!why.empty()) DSM_LOG(WARNING) << "rdma: rejected set-up connection: " << why;
+    uint64_t count = 0;
+    if (!why.empty() && source_log_.Note(a->source, absl::Now(), &count)) {
+      DSM_LOG(WARNING) << "rdma node " << self_ << ": rejected a set-up connection from "
+                       << admission::Ipv4String(a->source) << ": " << why
+                       << (count > 1 ? absl::StrCat(" (", count,
+                                                    " such events since the last line about it)")
+                                     : std::string());
+    }
     close(a->fd);
     accepted_.remove_if([a](const std::unique_ptr<Accepted>& x) { return x.get() == a; });
   };
