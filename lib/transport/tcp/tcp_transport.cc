@@ -255,7 +255,9 @@ void TcpTransport::ArmHandshakeTimer(const std::shared_ptr<TcpConnection>& c) {
                 /*bad=*/false);
       return;
     }
-    t->Reject(conn.get(), absl::DeadlineExceededError("no Hello in time"), /*bad=*/true);
+    // An inbound client that says nothing is misbehaving; a node we dialed may just be slow.
+    t->Reject(conn.get(), absl::DeadlineExceededError("no Hello in time"),
+              /*bad=*/!conn->outbound);
   });
 }
 
