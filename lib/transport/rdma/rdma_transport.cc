@@ -1235,8 +1235,11 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateRdmaTransportWithVerbs(
 }
 
 absl::StatusOr<std::unique_ptr<Transport>> CreateRdmaTransport(const Options& options) {
-  // A missing key is reported before the device is opened.
-  if (auto auth = admission::ResolveAdmission(options); !auth.ok()) return auth.status();
+  // A missing key is reported before the device is opened (the opt-out's WARNING is logged
+  // once, by CreateRdmaTransportWithVerbs).
+  if (!options.insecure_no_cluster_key) {
+    if (auto auth = admission::ResolveAdmission(options); !auth.ok()) return auth.status();
+  }
   DSM_ASSIGN_OR_RETURN(std::unique_ptr<rdma::VerbsOps> verbs,
                        rdma::OpenIbvDevice(options.rdma_device, options.rdma_port,
                                            options.rdma_gid_index));
