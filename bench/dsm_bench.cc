@@ -161,6 +161,7 @@ absl::Status Cluster::Build(Net net) {
   o.node_id = 0;
   o.peers = peers;
   o.peer_timeout = absl::Milliseconds(5000);
+  if (ns_) o.cluster_key = testing::kNamespaceClusterKey;  // as its helpers (subprocess.h)
   if (g_cfg.poll_spin_us >= 0) o.poll_spin = absl::Microseconds(g_cfg.poll_spin_us);
   absl::StatusOr<std::unique_ptr<dsm::Node>> node = dsm::Node::Create(o);
   if (!node.ok()) return node.status();

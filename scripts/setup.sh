@@ -12,12 +12,14 @@ packages=(
   pkg-config        # finds liburing and libibverbs; tests/install checks dsm.pc
   liburing-dev      # io_uring TCP transport
   libibverbs-dev    # RDMA transport (builds everywhere; tests skip without a device)
+  libssl-dev        # libcrypto: HMAC-SHA256 / RAND_bytes for the admission handshake
   libabsl-dev       # abseil 20220623: Status, Mutex, containers
   libgtest-dev
   libgmock-dev
   libbenchmark-dev
   iproute2          # `ip netns` / veth for multi-host tests
-  clang             # the clang-tsa preset (-Wthread-safety)
+  clang             # the clang-tsa preset (-Wthread-safety); libFuzzer (scripts/fuzz.sh)
+  libclang-rt-dev   # libFuzzer runtime for DSM_BUILD_FUZZERS
   python3           # scripts/check_layering.py (ctest `layering`), the mutation check
 )
 

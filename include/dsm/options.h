@@ -58,6 +58,21 @@ struct Options {
   // GID holding an IPv4 address. Set it when `show_gids` says otherwise.
   int rdma_gid_index = -1;
 
+  // Admission (kTcp and kRdma; see "Security model" in docs/ARCHITECTURE.md). Before any
+  // other byte, the two nodes of each connection prove to each other that they hold the
+  // cluster key (HMAC-SHA256 challenge-response bound to both node ids, fresh nonces and
+  // the peer list). The key is taken from the first of: cluster_key, the file named by
+  // cluster_key_file, the environment variable DSM_CLUSTER_KEY, the file named by the
+  // environment variable DSM_CLUSTER_KEY_FILE. It is at least 16 bytes (a file's trailing
+  // newline is dropped; `openssl rand -hex 32` makes a good one) and must be the same on
+  // every node. Without a key, a cluster whose peers are all loopback addresses runs
+  // unauthenticated; any other cluster refuses to start unless insecure_no_cluster_key is
+  // set, which logs a WARNING at start: then anyone who can reach a node's port can read
+  // and change the cluster's memory. The key is never logged.
+  std::string cluster_key;
+  std::string cluster_key_file;
+  bool insecure_no_cluster_key = false;
+
   // How long a peer may stay silent on an outstanding request before it is declared down.
   // Faults waiting on a down peer end: the access raises SIGBUS and the page is reported lost.
   absl::Duration peer_timeout = absl::Seconds(10);

@@ -64,6 +64,14 @@ class Transport {
   struct Counters {
     uint64_t messages_sent = 0, messages_received = 0, bytes_sent = 0, bytes_received = 0,
              bad_messages = 0;
+    // Connections closed because the peer failed the admission handshake (wrong or no key,
+    // a replayed handshake, garbage, silence past the handshake bound).
+    uint64_t admission_failures = 0;
+    // Connections refused before admission because the source address or the node had too
+    // many connections still in their handshake.
+    uint64_t connections_refused = 0;
+    // Peers disconnected because they stopped reading while too much was queued for them.
+    uint64_t send_queue_cutoffs = 0;
   };
   virtual Counters counters() const = 0;
 };

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -137,18 +138,25 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(const Spawn& spawn
   std::string ns_path = spawn.netns.empty() ? "" : "/run/netns/" + spawn.netns;
   // The environment: this process's, with spawn.env's NAME=value entries replacing or adding
   // (built before fork: the child may only make async-signal-safe calls).
+  std::vector<std::string> extra_env = spawn.env;
+  if (!spawn.netns.empty() &&
+      std::none_of(extra_env.begin(), extra_env.end(), [](const std::string& e) {
+        return e.rfind("DSM_CLUSTER_KEY=", 0) == 0;
+      })) {
+    extra_env.push_back(std::string("DSM_CLUSTER_KEY=") + kNamespaceClusterKey);
+  }
   std::vector<std::string> env_strings;
-  if (!spawn.env.empty()) {
+  if (!extra_env.empty()) {
     for (char** e = environ; *e != nullptr; ++e) {
       const std::string entry(*e);
       const std::string name = entry.substr(0, entry.find('='));
       bool replaced = false;
-      for (const std::string& mine : spawn.env) {
+      for (const std::string& mine : extra_env) {
         replaced = replaced || mine.substr(0, mine.find('=')) == name;
       }
       if (!replaced) env_strings.push_back(entry);
     }
-    env_strings.insert(env_strings.end(), spawn.env.begin(), spawn.env.end());
+    env_strings.insert(env_strings.end(), extra_env.begin(), extra_env.end());
   }
   std::vector<char*> cenv = MakeArgv(env_strings);
   pid_t pid = fork();
@@ -159,7 +167,7 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(const Spawn& spawn
   }
   if (pid == 0) {
     ExecChild(ns_path.empty() ? nullptr : ns_path.c_str(), in[0], out[1], -1, cargv.data(),
-              /*search_path=*/false, spawn.env.empty() ? nullptr : cenv.data());
+              /*search_path=*/false, extra_env.empty() ? nullptr : cenv.data());
   }
   close(in[0]);
   close(out[1]);

@@ -27,6 +27,12 @@ absl::StatusOr<std::string> RunCommand(
     const std::vector<std::string>& argv,
     std::chrono::milliseconds timeout = std::chrono::milliseconds(20000));
 
+// Processes spawned into a network namespace reach each other over non-loopback addresses,
+// where a cluster refuses to start without a key: Subprocess::Start gives each of them
+// DSM_CLUSTER_KEY=kNamespaceClusterKey unless Spawn::env sets DSM_CLUSTER_KEY itself. A node
+// the test runs in its own process next to them sets Options::cluster_key to the same.
+inline constexpr char kNamespaceClusterKey[] = "dsm-tests-namespace-cluster-key-0123456789";
+
 class Subprocess {
  public:
   struct Spawn {

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -175,7 +176,7 @@ class RdmaOverFake : public ::testing::Test {
  protected:
   void MakeCluster(size_t n, const RdmaTuning& tuning,
                    std::chrono::milliseconds connect_timeout = std::chrono::seconds(10),
-                   std::vector<bool> start = {}) {
+                   std::vector<bool> start = {}, std::vector<std::string> keys = {}) {
     addrs_ = FreeLoopbackAddresses(n);
     for (size_t i = 0; i < n; ++i) {
       auto node = std::make_unique<TestNode>();
@@ -184,6 +185,7 @@ class RdmaOverFake : public ::testing::Test {
       o.peers = addrs_;
       o.transport = TransportKind::kRdma;
       o.connect_timeout = absl::FromChrono(connect_timeout);
+      if (!keys.empty()) o.cluster_key = keys[i];
       auto loop = EventLoop::Create();
       ASSERT_TRUE(loop.ok()) << loop.status();
       node->loop = std::move(*loop);
@@ -401,6 +403,78 @@ TEST_F(RdmaOverFake, CorruptStagedLengthIsRejected) {
   ASSERT_TRUE(PumpUntil(nodes_, [&] { return nodes_[1]->rec.down.count(0) > 0; }));
   EXPECT_EQ(nodes_[1]->transport->counters().bad_messages, 1u);
   EXPECT_TRUE(nodes_[1]->rec.messages.empty());
+}
+
+// With a cluster key, the set-up socket first runs the admission handshake; then everything
+// works as without one.
+TEST_F(RdmaOverFake, ClusterWithAKeyComesUpAndCarriesMessages) {
+  const std::string key = "rdma-test-cluster-key-0123456789";
+  MakeCluster(3, RdmaTuning{}, std::chrono::seconds(10), {}, {key, key, key});
+  ASSERT_TRUE(PumpUntil(nodes_, [&] { return AllUp(); }));
+  nodes_[2]->transport->Send(TestMessage(0, 1, kPageSize));
+  ASSERT_TRUE(PumpUntil(nodes_, [&] { return nodes_[0]->rec.messages.size() == 1; }));
+  EXPECT_TRUE(PayloadIntact(nodes_[0]->rec.messages[0]));
+  for (auto& n : nodes_) EXPECT_EQ(n->transport->counters().admission_failures, 0u);
+}
+
+// A client without the key that sends the old set-up handshake (claiming node 1) gets no
+// byte back (no node id, no QP number, no memory key), is counted, and creates no QP
+// connection; a node with another key never comes up.
+TEST_F(RdmaOverFake, SetUpSocketRevealsNothingWithoutTheKey) {
+  const std::string key = "rdma-test-cluster-key-0123456789";
+  MakeCluster(2, RdmaTuning{}, std::chrono::milliseconds(1500), {true, true},
+              {key, "another-rdma-cluster-key-0123456"});
+  const std::string& addr = addrs_[0];
+  const uint16_t port = static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1)));
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  uint8_t old_handshake[96] = {0x44, 0x53, 0x4d, 0x48, 1, 0, 1, 0, 1, 0, 0, 0, 2, 0, 0, 0};
+  ASSERT_EQ(send(fd, old_handshake, sizeof(old_handshake), MSG_NOSIGNAL), 96);
+  ASSERT_TRUE(PumpUntil(nodes_, [&] {
+    return nodes_[0]->transport->counters().admission_failures >= 2;  // the client, node 1
+  }));
+  ASSERT_TRUE(PumpUntil(nodes_, [&] { return nodes_[1]->rec.down.count(0) > 0; }));
+  uint8_t buf[256];
+  ssize_t got = 0;
+  for (ssize_t r; (r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0;) got += r;
+  EXPECT_EQ(got, 0) << "node 0 answered a client that proved nothing";
+  close(fd);
+  EXPECT_TRUE(nodes_[0]->rec.up.empty());
+  EXPECT_TRUE(nodes_[1]->rec.up.empty());
+  for (uint32_t qpn : fabric_.Qps()) {
+    const std::vector<FakeQpState> h = fabric_.StateHistory(qpn);
+    EXPECT_EQ(std::count(h.begin(), h.end(), FakeQpState::kRtr), 0) << "qp " << qpn;
+  }
+}
+
+// Idle set-up connections from one source get a few slots; the rest are refused at once and
+// counted, and the nodes still come up.
+TEST_F(RdmaOverFake, IdleSetUpConnectionsFromOneSourceAreBounded) {
+  MakeCluster(3, RdmaTuning{});
+  const std::string& addr = addrs_[0];
+  const uint16_t port = static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1)));
+  std::vector<int> idle;
+  for (int i = 0; i < 20; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    src.sin_addr.s_addr = htonl(0x7f000063);  // 127.0.0.99
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof(src)), 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    idle.push_back(fd);
+  }
+  ASSERT_TRUE(PumpUntil(nodes_, [&] {
+    return AllUp() && nodes_[0]->transport->counters().connections_refused >= 18;
+  })) << "refused " << nodes_[0]->transport->counters().connections_refused;
+  for (int fd : idle) close(fd);
 }
 
 TEST_F(RdmaOverFake, UnreachablePeerIsReportedDownAfterConnectTimeout) {

@@ -16,77 +16,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "transport/raw_client.h"
 #include "transport/transport_test_util.h"
 #include "transport/wire.h"
 
 namespace dsm::testing {
 namespace {
-
-// A blocking client socket with a receive timeout, speaking raw bytes to a node.
-class RawClient {
- public:
-  explicit RawClient(uint16_t port) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    timeval tv{0, 200 * 1000};
-    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
-  }
-  ~RawClient() { close(fd_); }
-  bool connected() const { return connected_; }
-  void Write(const std::vector<uint8_t>& b) {
-    ASSERT_EQ(send(fd_, b.data(), b.size(), MSG_NOSIGNAL), static_cast<ssize_t>(b.size()));
-  }
-  void WriteMsg(Message m) {
-    std::vector<uint8_t> b;
-    EncodeMessage(m, b);
-    Write(b);
-  }
-  // Reads one whole frame (bounded wait).
-  absl::StatusOr<Message> ReadMsg(size_t cluster_size) {
-    std::vector<uint8_t> b(kWireHeaderSize);
-    if (!ReadFully(b.data(), b.size())) return absl::DeadlineExceededError("no header");
-    auto len = PeekFrameLength(absl::MakeConstSpan(b), cluster_size);
-    if (!len.ok()) return len.status();
-    b.resize(*len);
-    if (!ReadFully(b.data() + kWireHeaderSize, *len - kWireHeaderSize)) {
-      return absl::DeadlineExceededError("no payload");
-    }
-    return DecodeMessage(absl::MakeConstSpan(b), cluster_size);
-  }
-  // True once the node closed the connection (EOF or reset), within `timeout`.
-  bool WaitClosed(absl::Duration timeout = absl::Seconds(20)) {
-    const absl::Time until = absl::Now() + timeout;
-    char buf[4096];
-    while (absl::Now() < until) {
-      ssize_t n = recv(fd_, buf, sizeof(buf), 0);
-      if (n == 0) return true;
-      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return true;
-    }
-    return false;
-  }
-
- private:
-  bool ReadFully(uint8_t* p, size_t n) {
-    const absl::Time until = absl::Now() + absl::Seconds(20);
-    while (n > 0 && absl::Now() < until) {
-      ssize_t r = recv(fd_, p, n, 0);
-      if (r == 0) return false;
-      if (r < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
-        return false;
-      }
-      p += r;
-      n -= static_cast<size_t>(r);
-    }
-    return n == 0;
-  }
-  int fd_ = -1;
-  bool connected_ = false;
-};
 
 Message Hello(NodeId src, size_t cluster_size) {
   Message m;
@@ -261,7 +196,7 @@ TEST(TransportFactory, ValidatesOptions) {
   EXPECT_TRUE(absl::StrContains(CreateTransport(o).status().message(), "Options.node_id"));
   o.node_id = 1;
   for (const char* bad : {"127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "host.example:7000",
-                          "127.0.0.1:70a", "1.2.3:7000", ":7000", "127.0.0.1:+7"}) {
+                          "127.0.0.1:70a", ":7000", "127.0.0.1:+7"}) {
     o.peers[0] = bad;
     auto t = CreateTransport(o);
     EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << bad;

@@ -173,7 +173,7 @@ void TestNode::Stop() {
 absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Create(
     TransportKind kind, size_t n, std::vector<NodeId> start,
     std::chrono::milliseconds connect_timeout, bool inject_faults,
-    std::chrono::milliseconds peer_timeout) {
+    std::chrono::milliseconds peer_timeout, const std::string& cluster_key) {
   static std::atomic<int> hub_seq{0};
   if (start.empty()) {
     for (NodeId i = 0; i < n; ++i) start.push_back(i);
@@ -190,14 +190,16 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Create(
     }
     bool retry = false;
     for (NodeId i = 0; i < n; ++i) c->nodes_.push_back(std::make_unique<TestNode>());
+    c->base_.peers = c->peers_;
+    c->base_.transport = kind;
+    c->base_.loopback_hub = hub;
+    c->base_.connect_timeout = absl::FromChrono(connect_timeout);
+    c->base_.peer_timeout = absl::FromChrono(peer_timeout);
+    c->base_.cluster_key = cluster_key;
+    c->inject_faults_ = inject_faults;
     for (NodeId i : start) {
-      Options o;
+      Options o = c->base_;
       o.node_id = i;
-      o.peers = c->peers_;
-      o.transport = kind;
-      o.loopback_hub = hub;
-      o.connect_timeout = absl::FromChrono(connect_timeout);
-      o.peer_timeout = absl::FromChrono(peer_timeout);
       absl::Status s = c->nodes_[i]->Init(o, inject_faults);
       if (s.ok()) s = c->nodes_[i]->Start();
       if (!s.ok()) {
@@ -211,6 +213,15 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Create(
     if (!retry) return c;
   }
   return last;
+}
+
+absl::Status TestCluster::StartNode(NodeId i) {
+  Options o = base_;
+  o.node_id = i;
+  absl::Status s = nodes_[i]->Init(o, inject_faults_);
+  if (s.ok()) s = nodes_[i]->Start();
+  if (s.ok()) started_.push_back(i);
+  return s;
 }
 
 bool TestCluster::WaitAllUp(absl::Duration timeout) {

@@ -107,8 +107,11 @@ class TestCluster {
       TransportKind kind, size_t n, std::vector<NodeId> start = {},
       std::chrono::milliseconds connect_timeout = std::chrono::seconds(20),
       bool inject_faults = false,
-      std::chrono::milliseconds peer_timeout = std::chrono::seconds(10));
+      std::chrono::milliseconds peer_timeout = std::chrono::seconds(10),
+      const std::string& cluster_key = "");
   TestNode& node(NodeId i) { return *nodes_[i]; }
+  // Inits and starts node `i` (not in `start`) with the cluster's options.
+  absl::Status StartNode(NodeId i);
   const std::vector<std::string>& peers() const { return peers_; }
   uint16_t port(NodeId i) const { return ports_[i]; }
   // Every started node sees every other started node up.
@@ -120,6 +123,8 @@ class TestCluster {
   std::vector<std::string> peers_;
   std::vector<uint16_t> ports_;
   std::vector<NodeId> started_;
+  Options base_;  // the options every node gets, but node_id
+  bool inject_faults_ = false;
 };
 
 Message MakeMsg(MsgType type, NodeId dst, uint64_t page, size_t payload = 0);

@@ -1,5 +1,6 @@
 #include "transport/rdma/rdma_transport.h"
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -8,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -23,6 +25,8 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "transport/admission/admission.h"
+#include "transport/admission/limits.h"
 #include "transport/rdma/flow_control.h"
 #include "transport/rdma/framing.h"
 #include "transport/wire.h"
@@ -163,6 +167,51 @@ absl::StatusOr<std::pair<sockaddr_storage, socklen_t>> Resolve(const std::string
   return out;
 }
 
+// The admission handshake (admission/admission.h) on a set-up socket, one ring operation at
+// a time: send what the handshake produced, else receive exactly what it wants next (so no
+// byte of the set-up handshake that follows is consumed).
+struct AdmitIo {
+  std::unique_ptr<admission::Handshake> h;
+  std::vector<uint8_t> out;
+  size_t out_done = 0;
+  uint8_t in[admission::kDialerHelloSize] = {};
+  bool receiving = false;
+};
+
+// Arms the next admission operation; false when admission is done and nothing is left to send.
+bool ArmAdmitIo(io_uring_sqe* (*arm)(void*, FnOp&), void* ctx, FnOp& op, int fd, AdmitIo& a) {
+  if (a.out_done < a.out.size()) {
+    a.receiving = false;
+    io_uring_prep_send(arm(ctx, op), fd, a.out.data() + a.out_done, a.out.size() - a.out_done,
+                       MSG_NOSIGNAL);
+    return true;
+  }
+  a.out.clear();
+  a.out_done = 0;
+  if (a.h->done()) return false;
+  a.receiving = true;
+  io_uring_prep_recv(arm(ctx, op), fd, a.in, a.h->wanted(), 0);
+  return true;
+}
+
+// Accounts one completed admission operation. Error: the peer is refused.
+absl::Status OnAdmitIo(AdmitIo& a, int res) {
+  if (res <= 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "admission: ", res == 0 ? "connection closed" : std::strerror(-res),
+        a.receiving ? " (does the peer have the same cluster key?)" : ""));
+  }
+  if (!a.receiving) {
+    a.out_done += static_cast<size_t>(res);
+    return absl::OkStatus();
+  }
+  auto used = a.h->Feed(absl::MakeConstSpan(a.in, static_cast<size_t>(res)));
+  if (!used.ok()) return used.status();
+  a.out.insert(a.out.end(), a.h->output().begin(), a.h->output().end());
+  a.h->output().clear();
+  return absl::OkStatus();
+}
+
 // Connection state of one peer.
 //
 //   kIdle --(connect / accept)--> kHandshake --(QP RTR+RTS, "ready" sent)--> kReadyWait
@@ -170,11 +219,15 @@ absl::StatusOr<std::pair<sockaddr_storage, socklen_t>> Resolve(const std::string
 //   kConnected --(peer's HELLO)--> kUp (OnPeerUp)
 //   any --(error completion, bad message, EOF on the set-up socket, timeout)--> kDown
 //
+// On a cluster with a key, kHandshake begins with the admission handshake (kAdmit) on the
+// set-up socket; the QP handshake (which reveals this node's id and QP) follows only once the
+// peer proved the key, and an acceptor hands the socket to a Peer only after that.
+//
 // Invariants: nothing is posted to the QP before kConnected (the peer may not be RTR yet);
 // no message but HELLO is accepted before kUp; kDown is final and reported once.
 enum class ConnState { kIdle, kHandshake, kReadyWait, kConnected, kUp, kDown };
 
-enum class BootPhase { kNone, kConnect, kRetryWait, kSendHs, kRecvHs, kSendReady, kRecvReady,
+enum class BootPhase { kNone, kConnect, kRetryWait, kAdmit, kSendHs, kRecvHs, kSendReady, kRecvReady,
                        kWatch };
 
 struct SendBufInfo {
@@ -204,6 +257,7 @@ struct Peer {
   uint8_t ready_in[4] = {};
   uint8_t watch_byte = 0;
   size_t io_done = 0;
+  AdmitIo admit;
 
   // RDMA resources.
   uint32_t qpn = 0;
@@ -225,9 +279,15 @@ struct Peer {
 
 class RdmaTransportImpl final : public Transport {
  public:
-  RdmaTransportImpl(const Options& o, const RdmaTuning& t, std::unique_ptr<VerbsOps> v)
-      : options_(o), tuning_(t), verbs_(std::move(v)), self_(o.node_id),
-        cluster_(static_cast<uint32_t>(o.peers.size())) {}
+  RdmaTransportImpl(const Options& o, const RdmaTuning& t, std::unique_ptr<VerbsOps> v,
+                    std::shared_ptr<const admission::ClusterAuth> auth)
+      : options_(o), tuning_(t), verbs_(std::move(v)), auth_(std::move(auth)), self_(o.node_id),
+        cluster_(static_cast<uint32_t>(o.peers.size())) {
+    for (const std::string& s : o.peers) {
+      absl::StatusOr<HostPort> hp = ParseHostPort(s);
+      peer_ipv4_.push_back(hp.ok() ? hp->ipv4 : 0);
+    }
+  }
 
   ~RdmaTransportImpl() override {
     if (started_ && !shut_down_) Shutdown(absl::Now());
@@ -262,12 +322,19 @@ class RdmaTransportImpl final : public Transport {
     uint8_t hs_in[kHandshakeSize] = {};
     size_t io_done = 0;
     std::unique_ptr<FnOp> op;
+    AdmitIo admit;  // h set while admission runs
+    uint32_t source = 0;  // the client's IPv4 address (host byte order)
+    uint64_t id = 0;
   };
 
   io_uring_sqe* Arm(FnOp& op) {
     op.in_flight = true;
     return loop_->Prepare(&op);
   }
+  static io_uring_sqe* ArmThunk(void* self, FnOp& op) {
+    return static_cast<RdmaTransportImpl*>(self)->Arm(op);
+  }
+  bool Admitting(const AdmitIo& a) const { return a.h != nullptr && (!a.h->done() || !a.out.empty()); }
   void Cancel(FnOp& op) {
     if (!op.in_flight) return;
     io_uring_sqe* sqe = loop_->Prepare(nullptr);
@@ -305,6 +372,7 @@ class RdmaTransportImpl final : public Transport {
   const Options options_;
   const RdmaTuning tuning_;
   std::unique_ptr<VerbsOps> verbs_;
+  const std::shared_ptr<const admission::ClusterAuth> auth_;  // null: no admission
   const NodeId self_;
   const uint32_t cluster_;
   EventLoop* loop_ = nullptr;
@@ -322,7 +390,12 @@ class RdmaTransportImpl final : public Transport {
 
   int listen_fd_ = -1;
   std::unique_ptr<FnOp> accept_op_;
+  // Set-up connections accepted and not yet handed to a Peer: bounded per source address and
+  // in total (admission/limits.h), each closed if it has not finished within kHandshakeLimit.
   std::list<std::unique_ptr<Accepted>> accepted_;
+  uint64_t next_accepted_id_ = 0;
+  std::vector<uint32_t> peer_ipv4_;
+  admission::RateLimitedLog source_log_{absl::Seconds(10)};
   std::unique_ptr<FnOp> cq_op_;
   std::unique_ptr<FnOp> timeout_op_;
   __kernel_timespec timeout_ts_{};
@@ -463,10 +536,50 @@ void RdmaTransportImpl::OnAccept(int res) {
     return;
   }
   if (res >= 0) {
+    sockaddr_in from{};
+    socklen_t from_len = sizeof(from);
+    uint32_t source = 0;
+    if (getpeername(res, reinterpret_cast<sockaddr*>(&from), &from_len) == 0 &&
+        from.sin_family == AF_INET) {
+      source = ntohl(from.sin_addr.s_addr);
+    }
+    size_t from_source = 0;
+    for (const auto& x : accepted_) from_source += x->source == source;
+    const size_t source_limit = admission::PerSourceSlots(peer_ipv4_, self_, source);
+    if (from_source >= source_limit || accepted_.size() >= admission::TotalSlots(cluster_)) {
+      ++counters_.connections_refused;
+      close(res);
+      uint64_t count = 0;
+      if (source_log_.Note(source, absl::Now(), &count)) {
+        DSM_LOG(WARNING) << "rdma node " << self_ << ": refused a set-up connection from "
+                         << admission::Ipv4String(source) << ": " << from_source
+                         << " of its connections (limit " << source_limit << ") and "
+                         << accepted_.size() << " in all are still in their handshake ("
+                         << count << " such events since the last line about it)";
+      }
+      ArmAccept();
+      return;
+    }
     auto a = std::make_unique<Accepted>();
     a->fd = res;
+    a->source = source;
+    a->id = ++next_accepted_id_;
+    // A client that never finishes: shutting its socket down ends the receive in flight,
+    // which closes it through the usual path.
+    std::weak_ptr<int> alive = alive_;
+    loop_->RunAfter(
+        std::min(absl::Seconds(5), options_.peer_timeout),
+        [this, alive, id = a->id] {
+          if (alive.expired() || shutting_down_) return;
+          for (auto& x : accepted_) {
+            if (x->id == id && x->fd >= 0) shutdown(x->fd, SHUT_RDWR);
+          }
+        });
     Accepted* raw = a.get();
     a->op = std::make_unique<FnOp>([this, raw](int r) { OnAcceptedRecv(raw, r); });
+    if (auth_ != nullptr) {
+      a->admit.h = std::make_unique<admission::Handshake>(admission::Handshake::Acceptor(auth_));
+    }
     accepted_.push_back(std::move(a));
     ArmAcceptedRecv(raw);
   } else if (res != -EINTR && res != -ECONNABORTED && res != -EAGAIN) {
@@ -476,16 +589,31 @@ void RdmaTransportImpl::OnAccept(int res) {
 }
 
 void RdmaTransportImpl::ArmAcceptedRecv(Accepted* a) {
+  if (Admitting(a->admit) && ArmAdmitIo(&ArmThunk, this, *a->op, a->fd, a->admit)) return;
   io_uring_prep_recv(Arm(*a->op), a->fd, a->hs_in + a->io_done, kHandshakeSize - a->io_done, 0);
 }
 
 void RdmaTransportImpl::OnAcceptedRecv(Accepted* a, int res) {
   auto drop = [&](const std::string& why) {
-    if (!why.empty()) DSM_LOG(WARNING) << "rdma: rejected set-up connection: " << why;
+    uint64_t count = 0;
+    if (!why.empty() && source_log_.Note(a->source, absl::Now(), &count)) {
+      DSM_LOG(WARNING) << "rdma node " << self_ << ": rejected a set-up connection from "
+                       << admission::Ipv4String(a->source) << ": " << why
+                       << (count > 1 ? absl::StrCat(" (", count,
+                                                    " such events since the last line about it)")
+                                     : std::string());
+    }
     close(a->fd);
     accepted_.remove_if([a](const std::unique_ptr<Accepted>& x) { return x.get() == a; });
   };
   if (shutting_down_) return drop("");
+  if (Admitting(a->admit)) {
+    if (absl::Status s = OnAdmitIo(a->admit, res); !s.ok()) {
+      counters_.admission_failures++;
+      return drop(std::string(s.message()));
+    }
+    return ArmAcceptedRecv(a);
+  }
   if (res <= 0) return drop(res == 0 ? "closed before the handshake" : std::strerror(-res));
   a->io_done += static_cast<size_t>(res);
   if (a->io_done < kHandshakeSize) return ArmAcceptedRecv(a);
@@ -493,6 +621,10 @@ void RdmaTransportImpl::OnAcceptedRecv(Accepted* a, int res) {
   if (!h.ok()) return drop(std::string(h.status().message()));
   if (h->node_id <= self_ || h->node_id >= cluster_) {
     return drop(absl::StrFormat("node %d may not connect to node %d", h->node_id, self_));
+  }
+  if (a->admit.h != nullptr && h->node_id != a->admit.h->peer()) {
+    return drop(absl::StrFormat("node %d was admitted but its set-up handshake says node %d",
+                                a->admit.h->peer(), h->node_id));
   }
   Peer& p = *peers_[h->node_id];
   if (p.state != ConnState::kIdle) {
@@ -577,12 +709,35 @@ void RdmaTransportImpl::OnBoot(Peer& p, int res) {
         int one = 1;
         setsockopt(p.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       }
+      if (auth_ != nullptr) {
+        p.admit = AdmitIo{};
+        p.admit.h =
+            std::make_unique<admission::Handshake>(admission::Handshake::Dialer(auth_, p.id));
+        if (p.admit.h->failed()) {
+          return MarkDown(p, absl::InternalError("admission: RAND_bytes failed"));
+        }
+        p.admit.out.swap(p.admit.h->output());
+        p.phase = BootPhase::kAdmit;
+        ArmAdmitIo(&ArmThunk, this, *p.op, p.fd, p.admit);
+        return;
+      }
       EncodeHandshake(MyHandshake(p), p.hs_out);
       p.phase = BootPhase::kSendHs;
       p.io_done = 0;
       return BootIo(p);
     case BootPhase::kRetryWait:
       return StartConnect(p);
+    case BootPhase::kAdmit:
+      if (absl::Status s = OnAdmitIo(p.admit, res); !s.ok()) {
+        counters_.admission_failures++;
+        return MarkDown(p, absl::PermissionDeniedError(absl::StrFormat(
+                               "rdma set-up with node %d: %s", p.id, s.message())));
+      }
+      if (ArmAdmitIo(&ArmThunk, this, *p.op, p.fd, p.admit)) return;
+      EncodeHandshake(MyHandshake(p), p.hs_out);
+      p.phase = BootPhase::kSendHs;
+      p.io_done = 0;
+      return BootIo(p);
     case BootPhase::kSendHs:
       if (res <= 0) return fail("sending the handshake");
       p.io_done += static_cast<size_t>(res);
@@ -1072,12 +1227,20 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateRdmaTransportWithVerbs(
     return absl::InvalidArgumentError("rdma: RdmaTuning out of range");
   }
   DSM_RETURN_IF_ERROR(rdma::CheckMemlock(RdmaRegisteredBytes(tuning, options.peers.size())));
-  auto t = std::make_unique<RdmaTransportImpl>(options, tuning, std::move(verbs));
+  auto auth = admission::ResolveAdmission(options);
+  if (!auth.ok()) return auth.status();
+  auto t = std::make_unique<RdmaTransportImpl>(options, tuning, std::move(verbs),
+                                               std::move(*auth));
   DSM_RETURN_IF_ERROR(t->Init());
   return std::unique_ptr<Transport>(std::move(t));
 }
 
 absl::StatusOr<std::unique_ptr<Transport>> CreateRdmaTransport(const Options& options) {
+  // A missing key is reported before the device is opened (the opt-out's WARNING is logged
+  // once, by CreateRdmaTransportWithVerbs).
+  if (!options.insecure_no_cluster_key) {
+    if (auto auth = admission::ResolveAdmission(options); !auth.ok()) return auth.status();
+  }
   DSM_ASSIGN_OR_RETURN(std::unique_ptr<rdma::VerbsOps> verbs,
                        rdma::OpenIbvDevice(options.rdma_device, options.rdma_port,
                                            options.rdma_gid_index));

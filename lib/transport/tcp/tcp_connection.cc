@@ -118,7 +118,22 @@ void TcpConnection::OnRecv(int res) {
     return;
   }
   rx_tail_ += static_cast<size_t>(res);
-  while (!closed_) {
+  if (!admitted()) {
+    auto used =
+        admission->Feed(absl::MakeConstSpan(rx_.get() + rx_head_, rx_tail_ - rx_head_));
+    if (!used.ok()) {
+      Close();
+      if (owner_ != nullptr) owner_->OnAdmission(this, used.status());
+      return;
+    }
+    rx_head_ += *used;
+    if (!admission->output().empty()) {
+      EnqueueRaw(admission->output());
+      admission->output().clear();
+    }
+    if (admission->done() && owner_ != nullptr) owner_->OnAdmission(this, absl::OkStatus());
+  }
+  while (!closed_ && admitted()) {
     const size_t avail = rx_tail_ - rx_head_;
     auto len = PeekFrameLength(absl::MakeConstSpan(rx_.get() + rx_head_, avail), cluster_size_);
     if (!len.ok()) {
@@ -175,6 +190,23 @@ void TcpConnection::Enqueue(Message&& m) {
   MaybeSend();
 }
 
+void TcpConnection::EnqueueRaw(absl::Span<const uint8_t> bytes) {
+  if (closed_ || bytes.empty()) return;
+  AppendSmall(bytes.data(), bytes.size());
+  queued_bytes_ += bytes.size();
+  MaybeSend();
+}
+
+absl::Duration TcpConnection::StalledOver(size_t limit) {
+  if (queued_bytes_ <= limit) {
+    over_since_ = absl::InfiniteFuture();
+    return absl::ZeroDuration();
+  }
+  const absl::Time now = absl::Now();
+  if (over_since_ > now) over_since_ = now;
+  return now - over_since_;
+}
+
 void TcpConnection::MaybeSend() {
   if (closed_ || send_op_->inflight || tx_.empty()) return;
   const size_t n = std::min(tx_.size(), static_cast<size_t>(kMaxIov));
@@ -208,6 +240,7 @@ void TcpConnection::OnSend(int res) {
   }
   size_t left = static_cast<size_t>(res);
   queued_bytes_ -= left;
+  over_since_ = absl::InfiniteFuture();  // progress: a stall is counted from now on
   while (left > 0) {
     Segment& s = tx_.front();
     const size_t rest = s.bytes.size() - tx_sent_in_first_;

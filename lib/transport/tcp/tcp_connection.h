@@ -23,7 +23,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "transport/admission/admission.h"
 #include "transport/event_loop.h"
 #include "protocol/message.h"
 
@@ -40,6 +42,9 @@ class TcpConnection : public std::enable_shared_from_this<TcpConnection> {
     // The connection failed (EOF, socket error, invalid header). It is already closed.
     // `bad` = the peer sent something invalid.
     virtual void OnFailed(TcpConnection* c, const absl::Status& why, bool bad) = 0;
+    // The admission handshake (`admission` set) finished: OK (the connection is open, the
+    // frame stream follows; may Close()), or failed (the connection is already closed).
+    virtual void OnAdmission(TcpConnection* c, const absl::Status& result) = 0;
 
    protected:
     ~Owner() = default;
@@ -56,6 +61,12 @@ class TcpConnection : public std::enable_shared_from_this<TcpConnection> {
   void StartReceiving();
   // Queues one encoded frame (header now, payload moved out of `m` when large).
   void Enqueue(Message&& m);
+  // Queues raw bytes (the admission handshake's).
+  void EnqueueRaw(absl::Span<const uint8_t> bytes);
+
+  // How long the output queue has been over `limit` bytes with the kernel accepting none of
+  // it (zero while it is under, or moving). Reads the clock only when over the limit.
+  absl::Duration StalledOver(size_t limit);
 
   // Output: bytes queued or in flight.
   size_t queued_bytes() const { return queued_bytes_; }
@@ -76,6 +87,11 @@ class TcpConnection : public std::enable_shared_from_this<TcpConnection> {
   bool peer_known = false;  // outbound: the expected peer; inbound: set by the owner at Hello
   bool outbound = false;
   bool hello_done = false;
+  // Set before StartReceiving() on an authenticated cluster: received bytes go to it until
+  // it is done; frames only after.
+  std::unique_ptr<admission::Handshake> admission;
+  bool admitted() const { return admission == nullptr || admission->done(); }
+  uint32_t source_ipv4 = 0;  // inbound: the peer's address (host byte order)
 
  private:
   class ConnOp;
@@ -117,6 +133,8 @@ class TcpConnection : public std::enable_shared_from_this<TcpConnection> {
   size_t tx_sent_in_first_ = 0;
   size_t tx_frozen_ = 0;
   size_t queued_bytes_ = 0;
+  // When the queue was last seen over a StalledOver() limit without progress since.
+  absl::Time over_since_ = absl::InfiniteFuture();
   std::vector<std::vector<uint8_t>> spare_;  // cleared coalescing buffers for reuse
   static constexpr int kMaxIov = 64;
   iovec iov_[kMaxIov];

@@ -108,16 +108,23 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const Options& opt
   for (const std::string& p : options.peers) addrs.push_back(*ParseHostPort(p));
   HostPort listen = options.listen.empty() ? addrs[options.node_id]
                                            : *ParseHostPort(options.listen);
-  return std::unique_ptr<Transport>(new TcpTransport(options, std::move(addrs), listen));
+  auto auth = admission::ResolveAdmission(options);
+  if (!auth.ok()) return auth.status();
+  return std::unique_ptr<Transport>(
+      new TcpTransport(options, std::move(addrs), listen, std::move(*auth)));
 }
 
-TcpTransport::TcpTransport(const Options& options, std::vector<HostPort> peers, HostPort listen)
+TcpTransport::TcpTransport(const Options& options, std::vector<HostPort> peers, HostPort listen,
+                           std::shared_ptr<const admission::ClusterAuth> auth)
     : options_(options),
       cluster_size_(peers.size()),
       self_(options.node_id),
       addrs_(std::move(peers)),
       listen_addr_(listen),
-      peers_(cluster_size_) {}
+      auth_(std::move(auth)),
+      peers_(cluster_size_) {
+  for (const HostPort& hp : addrs_) peer_ipv4_.push_back(hp.ipv4);
+}
 
 TcpTransport::~TcpTransport() { Shutdown(absl::Now()); }
 
@@ -208,12 +215,60 @@ void TcpTransport::OnConnected(TcpConnection* c, int res) {
     ConnectionGone(c, absl::ErrnoToStatus(-res, "connect"));
     return;
   }
+  ArmHandshakeTimer(c->shared_from_this());
+  if (auth_ != nullptr) {
+    c->admission = std::make_unique<admission::Handshake>(
+        admission::Handshake::Dialer(auth_, c->peer));
+    if (c->admission->failed()) {
+      Reject(c, absl::InternalError("admission: RAND_bytes failed"), /*bad=*/false);
+      return;
+    }
+    c->EnqueueRaw(c->admission->output());
+    c->admission->output().clear();
+  } else {
+    SendHello(c);
+  }
+  c->StartReceiving();
+}
+
+void TcpTransport::SendHello(TcpConnection* c) {
   Message hello;
   hello.type = MsgType::kHello;
   hello.src = self_;
   hello.arg = cluster_size_;
   c->Enqueue(std::move(hello));
-  c->StartReceiving();
+}
+
+void TcpTransport::ArmHandshakeTimer(const std::shared_ptr<TcpConnection>& c) {
+  // A client that connects and never finishes admission and Hello holds a slot and a receive
+  // buffer; a dialed address that never answers would hold the dial.
+  const absl::Duration limit =
+      std::min(kHandshakeLimit, options_.peer_timeout);
+  std::weak_ptr<TcpConnection> weak = c;
+  loop_->RunAfter(limit, [a = alive_, weak] {
+    std::shared_ptr<TcpConnection> conn = weak.lock();
+    if (a->t == nullptr || conn == nullptr || conn->closed() || conn->hello_done) return;
+    TcpTransport* t = a->t;
+    if (!conn->admitted()) {
+      t->admission_failures_.fetch_add(1, std::memory_order_relaxed);
+      t->Reject(conn.get(), absl::DeadlineExceededError("admission not finished in time"),
+                /*bad=*/false);
+      return;
+    }
+    // An inbound client that says nothing is misbehaving; a node we dialed may just be slow.
+    t->Reject(conn.get(), absl::DeadlineExceededError("no Hello in time"),
+              /*bad=*/!conn->outbound);
+  });
+}
+
+void TcpTransport::LogBySource(uint32_t source, const std::string& what) {
+  uint64_t count = 0;
+  if (!source_log_.Note(source, absl::Now(), &count)) return;
+  DSM_LOG(WARNING) << "tcp node " << self_ << ": " << what
+                   << (count > 1 ? absl::StrCat(" (", count, " such events from ",
+                                                admission::Ipv4String(source),
+                                                " since the last line about it)")
+                                 : std::string());
 }
 
 void TcpTransport::OnAccept(int fd) {
@@ -221,30 +276,74 @@ void TcpTransport::OnAccept(int fd) {
     close(fd);
     return;
   }
-  // Bound the connections that have not said Hello yet (each has a receive buffer).
-  size_t anonymous = 0;
-  for (const auto& c : conns_) anonymous += (!c->closed() && !c->outbound && !c->hello_done);
-  if (anonymous >= 2 * cluster_size_ + 8) {
-    DSM_LOG(WARNING) << "tcp node " << self_ << ": too many connections without Hello; refusing";
+  sockaddr_in from{};
+  socklen_t from_len = sizeof(from);
+  uint32_t source = 0;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&from), &from_len) == 0 &&
+      from.sin_family == AF_INET) {
+    source = ntohl(from.sin_addr.s_addr);
+  }
+  // Bound the connections that have not finished admission and Hello (each has a receive
+  // buffer), per source address and in total, so one source cannot keep the nodes out.
+  size_t anonymous = 0, from_source = 0;
+  for (const auto& c : conns_) {
+    if (c->closed() || c->outbound || c->hello_done) continue;
+    ++anonymous;
+    from_source += c->source_ipv4 == source;
+  }
+  const size_t source_limit = admission::PerSourceSlots(peer_ipv4_, self_, source);
+  const size_t total_limit = admission::TotalSlots(cluster_size_);
+  if (from_source >= source_limit || anonymous >= total_limit) {
+    connections_refused_.fetch_add(1, std::memory_order_relaxed);
     close(fd);
+    LogBySource(source, absl::StrCat("refused a connection from ",
+                                     admission::Ipv4String(source), ": ", from_source,
+                                     " of its connections (limit ", source_limit, ") and ",
+                                     anonymous, " in all (limit ", total_limit,
+                                     ") are still in their handshake"));
     return;
   }
   auto c = Adopt(fd);
-  Message hello;
-  hello.type = MsgType::kHello;
-  hello.src = self_;
-  hello.arg = cluster_size_;
-  c->Enqueue(std::move(hello));
+  c->source_ipv4 = source;
+  ArmHandshakeTimer(c);
+  if (auth_ != nullptr) {
+    // Nothing is sent before the dialer has proven the key.
+    c->admission = std::make_unique<admission::Handshake>(admission::Handshake::Acceptor(auth_));
+  } else {
+    SendHello(c.get());
+  }
   c->StartReceiving();
-  // A client that connects and never says Hello holds a slot and a receive buffer: like any
-  // silent peer, it has peer_timeout to speak.
-  std::weak_ptr<TcpConnection> weak = c;
-  loop_->RunAfter(options_.peer_timeout, [a = alive_, weak] {
-    std::shared_ptr<TcpConnection> conn = weak.lock();
-    if (a->t == nullptr || conn == nullptr || conn->closed() || conn->hello_done) return;
-    a->t->Reject(conn.get(), absl::DeadlineExceededError("no Hello within peer_timeout"),
-                 /*bad=*/true);
-  });
+}
+
+void TcpTransport::OnAdmission(TcpConnection* c, const absl::Status& result) {
+  if (stopping_) return;
+  if (!result.ok()) {
+    admission_failures_.fetch_add(1, std::memory_order_relaxed);
+    if (c->outbound) {
+      DSM_LOG(WARNING) << "tcp node " << self_ << ": connection to node " << c->peer << " at "
+                       << AddrString(addrs_[c->peer]) << " closed: " << result;
+    } else {
+      LogBySource(c->source_ipv4, absl::StrCat("closed a connection from ",
+                                               admission::Ipv4String(c->source_ipv4), ": ",
+                                               result.ToString()));
+    }
+    ConnectionGone(c, result);
+    return;
+  }
+  if (!c->outbound) {
+    const NodeId id = c->admission->peer();
+    const Peer& p = peers_[id];
+    if (p.state != PeerState::kWaiting || p.conn != nullptr) {
+      Reject(c,
+             absl::AlreadyExistsError(absl::StrCat(
+                 "second connection from node ", id,
+                 p.state == PeerState::kDown ? " (already declared down)" : " (already up)")),
+             /*bad=*/false);
+      return;
+    }
+    c->peer = id;
+  }
+  SendHello(c);
 }
 
 void TcpTransport::OnFrame(TcpConnection* c, absl::Span<const uint8_t> frame) {
@@ -307,6 +406,13 @@ void TcpTransport::OnHello(TcpConnection* c, const Message& hello) {
              /*bad=*/p.state == PeerState::kUp);
       return;
     }
+    if (auth_ != nullptr && hello.src != c->peer) {
+      Reject(c, absl::InvalidArgumentError(absl::StrCat("node ", c->peer,
+                                                        " was admitted but said Hello as node ",
+                                                        hello.src)),
+             /*bad=*/true);
+      return;
+    }
     c->peer = hello.src;
     c->peer_known = true;
   }
@@ -316,9 +422,15 @@ void TcpTransport::OnHello(TcpConnection* c, const Message& hello) {
 
 void TcpTransport::Reject(TcpConnection* c, const absl::Status& why, bool bad) {
   if (bad) bad_messages_.fetch_add(1, std::memory_order_relaxed);
-  DSM_LOG(WARNING) << "tcp node " << self_ << ": closing connection"
-                   << (c->hello_done ? absl::StrCat(" to node ", c->peer) : std::string())
-                   << ": " << why;
+  if (!c->outbound && !c->hello_done) {
+    LogBySource(c->source_ipv4, absl::StrCat("closing a connection from ",
+                                             admission::Ipv4String(c->source_ipv4), ": ",
+                                             why.ToString()));
+  } else {
+    DSM_LOG(WARNING) << "tcp node " << self_ << ": closing connection"
+                     << (c->peer_known ? absl::StrCat(" to node ", c->peer) : std::string())
+                     << ": " << why;
+  }
   c->Close();
   ConnectionGone(c, why);
 }
@@ -326,7 +438,19 @@ void TcpTransport::Reject(TcpConnection* c, const absl::Status& why, bool bad) {
 void TcpTransport::OnFailed(TcpConnection* c, const absl::Status& why, bool bad) {
   if (stopping_) return;
   if (bad) bad_messages_.fetch_add(1, std::memory_order_relaxed);
-  if (bad || c->hello_done) {
+  if (!c->outbound && !c->admitted()) {
+    // Gone in the middle of admission (an inbound connection that proved nothing).
+    admission_failures_.fetch_add(1, std::memory_order_relaxed);
+    LogBySource(c->source_ipv4, absl::StrCat("connection from ",
+                                             admission::Ipv4String(c->source_ipv4),
+                                             " closed during admission: ", why.ToString()));
+  } else if (!c->outbound && !c->hello_done) {
+    if (bad) {
+      LogBySource(c->source_ipv4, absl::StrCat("connection from ",
+                                               admission::Ipv4String(c->source_ipv4),
+                                               " closed: ", why.ToString()));
+    }
+  } else if (bad || c->hello_done) {
     DSM_LOG(WARNING) << "tcp node " << self_ << ": connection"
                      << (c->peer_known ? absl::StrCat(" to node ", c->peer) : std::string())
                      << " closed: " << why;
@@ -371,6 +495,8 @@ void TcpTransport::PeerDown(NodeId peer, const absl::Status& why, bool notify_no
   p.pending.clear();
   if (p.redial_timer != 0) loop_->CancelTimer(p.redial_timer);
   p.redial_timer = 0;
+  if (p.stall_timer != 0) loop_->CancelTimer(p.stall_timer);
+  p.stall_timer = 0;
   if (p.conn != nullptr) p.conn->Close();
   p.conn.reset();
   if (notify_now) {
@@ -414,7 +540,8 @@ void TcpTransport::Send(Message&& m) {
     });
     return;
   }
-  Peer& p = peers_[m.dst];
+  const NodeId dst = m.dst;
+  Peer& p = peers_[dst];
   switch (p.state) {
     case PeerState::kDown:
       return;
@@ -425,8 +552,33 @@ void TcpTransport::Send(Message&& m) {
       messages_sent_.fetch_add(1, std::memory_order_relaxed);
       bytes_sent_.fetch_add(kWireHeaderSize + m.payload.size(), std::memory_order_relaxed);
       p.conn->Enqueue(std::move(m));
+      if (p.conn->queued_bytes() > kSendQueueLimit) CheckSendQueue(dst);
       return;
   }
+}
+
+void TcpTransport::CheckSendQueue(NodeId peer) {
+  Peer& p = peers_[peer];
+  if (p.state != PeerState::kUp || p.conn == nullptr) return;
+  const absl::Duration limit =
+      std::min(kSendStallLimit, options_.peer_timeout);
+  const size_t queued = p.conn->queued_bytes();
+  const absl::Duration stalled = p.conn->StalledOver(kSendQueueLimit);
+  if (queued <= kSendQueueLimit) return;
+  if (stalled >= limit) {
+    send_queue_cutoffs_.fetch_add(1, std::memory_order_relaxed);
+    PeerDown(peer,
+             absl::ResourceExhaustedError(absl::StrCat(
+                 "node ", peer, " stopped reading: ", queued, " bytes queued for it (limit ",
+                 kSendQueueLimit, "), none taken for ", absl::FormatDuration(stalled))),
+             /*notify_now=*/false);
+    return;
+  }
+  if (p.stall_timer != 0) return;
+  p.stall_timer = loop_->RunAfter(limit - stalled + absl::Milliseconds(1), [this, peer] {
+    peers_[peer].stall_timer = 0;
+    if (!stopping_) CheckSendQueue(peer);
+  });
 }
 
 bool TcpTransport::IsUp(NodeId peer) const {
@@ -454,6 +606,8 @@ void TcpTransport::Shutdown(absl::Time deadline) {
   for (Peer& p : peers_) {
     if (p.redial_timer != 0) loop_->CancelTimer(p.redial_timer);
     p.redial_timer = 0;
+    if (p.stall_timer != 0) loop_->CancelTimer(p.stall_timer);
+    p.stall_timer = 0;
     p.pending.clear();
   }
   listener_->Close();
@@ -505,6 +659,9 @@ Transport::Counters TcpTransport::counters() const {
   c.bytes_sent = bytes_sent_.load(std::memory_order_relaxed);
   c.bytes_received = bytes_received_.load(std::memory_order_relaxed);
   c.bad_messages = bad_messages_.load(std::memory_order_relaxed);
+  c.admission_failures = admission_failures_.load(std::memory_order_relaxed);
+  c.connections_refused = connections_refused_.load(std::memory_order_relaxed);
+  c.send_queue_cutoffs = send_queue_cutoffs_.load(std::memory_order_relaxed);
   return c;
 }
 

@@ -7,9 +7,21 @@
 //
 // Mesh: node i dials every j < i and accepts from every j > i (one connection per pair).
 // Failed dials are retried with backoff (10 ms doubling to 500 ms) until connect_timeout.
-// Each side sends kHello (src = its id, arg = cluster size) first and checks the other's:
-// the expected node id (dialer) or a higher id not yet connected (acceptor), and the same
+// Admission: on a cluster with a key (admission/admission.h), the dialer and the acceptor
+// first run the admission handshake; the acceptor sends nothing but a nonce until the dialer
+// has proven the key, and a connection that fails it is closed and counted
+// (admission_failures). Then, and on a cluster without a key at once, each side sends kHello
+// (src = its id, arg = cluster size) and checks the other's: the expected node id (dialer),
+// or a higher id not yet connected and equal to the admitted one (acceptor), and the same
 // cluster size; otherwise the connection is closed.
+//
+// Bounds: connections that have not finished admission and Hello are limited per source
+// address (admission::PerSourceSlots) and in total (admission::TotalSlots); further ones are
+// closed at once and counted (connections_refused). Each gets kHandshakeLimit (at most
+// peer_timeout) to finish. Refusals and failed admissions are logged at most once per source
+// per 10 s, with a count. A peer whose output queue stays above kSendQueueLimit with the
+// kernel accepting none of it for kSendStallLimit (at most peer_timeout) has stopped reading:
+// it is disconnected (send_queue_cutoffs); a queue that moves is never cut.
 //
 // Peer state: waiting -> up -> down, or waiting -> down after connect_timeout; down is final
 // for this transport instance (a later connection from that node is refused). Messages to a
@@ -33,6 +45,8 @@
 #include <memory>
 #include <vector>
 
+#include "transport/admission/admission.h"
+#include "transport/admission/limits.h"
 #include "transport/tcp/tcp_connection.h"
 #include "transport/transport.h"
 
@@ -42,7 +56,12 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const Options& opt
 
 class TcpTransport final : public Transport, private TcpConnection::Owner {
  public:
-  TcpTransport(const Options& options, std::vector<HostPort> peers, HostPort listen);
+  TcpTransport(const Options& options, std::vector<HostPort> peers, HostPort listen,
+               std::shared_ptr<const admission::ClusterAuth> auth);
+
+  static constexpr absl::Duration kHandshakeLimit = absl::Seconds(5);
+  static constexpr size_t kSendQueueLimit = size_t{64} << 20;
+  static constexpr absl::Duration kSendStallLimit = absl::Seconds(2);
   ~TcpTransport() override;
 
   absl::Status Start(EventLoop* loop, Handler* handler) override;
@@ -51,6 +70,11 @@ class TcpTransport final : public Transport, private TcpConnection::Owner {
   void Disconnect(NodeId peer, const absl::Status& why) override;
   void Shutdown(absl::Time deadline) override;
   Counters counters() const override;
+
+  // Treats `fd` (any connected stream socket, e.g. one end of a socketpair) as a connection
+  // just accepted by the listener: the fuzzers' way into the receive path. Loop thread,
+  // after Start().
+  void AcceptForTesting(int fd) { OnAccept(fd); }
 
  private:
   class Listener;
@@ -63,6 +87,7 @@ class TcpTransport final : public Transport, private TcpConnection::Owner {
     std::shared_ptr<TcpConnection> conn;  // the dial in progress, or the live connection
     std::deque<Message> pending;          // sent while waiting
     EventLoop::TimerId redial_timer = 0;
+    EventLoop::TimerId stall_timer = 0;  // re-checks a queue over kSendQueueLimit
     absl::Duration backoff = absl::Milliseconds(10);
   };
 
@@ -70,11 +95,17 @@ class TcpTransport final : public Transport, private TcpConnection::Owner {
   void OnConnected(TcpConnection* c, int res) override;
   void OnFrame(TcpConnection* c, absl::Span<const uint8_t> frame) override;
   void OnFailed(TcpConnection* c, const absl::Status& why, bool bad) override;
+  void OnAdmission(TcpConnection* c, const absl::Status& result) override;
 
   void OnAccept(int fd);
   void Dial(NodeId peer);
   void ScheduleRedial(NodeId peer);
   void OnHello(TcpConnection* c, const Message& hello);
+  void SendHello(TcpConnection* c);
+  void ArmHandshakeTimer(const std::shared_ptr<TcpConnection>& c);
+  // Logs a line about an unauthenticated connection from `source`, rate-limited per source.
+  void LogBySource(uint32_t source, const std::string& what);
+  void CheckSendQueue(NodeId peer);
   void Reject(TcpConnection* c, const absl::Status& why, bool bad);
   void ConnectionGone(TcpConnection* c, const absl::Status& why);
   void PeerUp(NodeId peer, TcpConnection* c);
@@ -90,6 +121,9 @@ class TcpTransport final : public Transport, private TcpConnection::Owner {
   const NodeId self_;
   const std::vector<HostPort> addrs_;
   const HostPort listen_addr_;
+  const std::shared_ptr<const admission::ClusterAuth> auth_;  // null: no admission
+  std::vector<uint32_t> peer_ipv4_;
+  admission::RateLimitedLog source_log_{absl::Seconds(10)};
   EventLoop* loop_ = nullptr;
   Handler* handler_ = nullptr;
   std::vector<Peer> peers_;
@@ -105,7 +139,8 @@ class TcpTransport final : public Transport, private TcpConnection::Owner {
   bool shut_down_ = false;
 
   std::atomic<uint64_t> messages_sent_{0}, messages_received_{0}, bytes_sent_{0},
-      bytes_received_{0}, bad_messages_{0};
+      bytes_received_{0}, bad_messages_{0}, admission_failures_{0}, connections_refused_{0},
+      send_queue_cutoffs_{0};
 };
 
 }  // namespace dsm
