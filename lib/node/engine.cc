@@ -65,7 +65,10 @@ absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
       e->options_, &e->regions_, raw,
       RegionLifecycle::Hooks{
           [raw](Message&& m) { raw->SendMessage(std::move(m)); },
-          [raw](absl::Duration d, absl::AnyInvocable<void()> fn) { raw->After(d, std::move(fn)); }});
+          [raw](absl::Duration d, absl::AnyInvocable<void()> fn) { raw->After(d, std::move(fn)); },
+          [raw](NodeId peer) {
+            return peer < kMaxNodes ? raw->down_why_[peer] : absl::OkStatus();
+          }});
   e->ArmUffdPoll();
   // The thread does not run yet when this is posted, and Start waits for it without a limit:
   // the references cannot outlive this frame.
@@ -249,13 +252,44 @@ void Engine::Dispatch(Message& m) {
 
 // ---- peers and time ----------------------------------------------------------------------
 
-void Engine::OnPeerUp(NodeId peer) { DSM_LOG(INFO) << "node " << peer << " is up"; }
+void Engine::OnPeerUp(NodeId peer, Incarnation incarnation) {
+  if (peer >= kMaxNodes || peer == options_.node_id) return;
+  const Incarnation previous = incarnations_[peer];
+  if (previous != 0 && previous != incarnation && !InNodeSet(down_mask_, peer)) {
+    // The transport reports the old incarnation down first; never let its copies survive.
+    OnPeerDown(peer, absl::UnavailableError(absl::StrCat("incarnation ", previous,
+                                                         " was replaced by ", incarnation)));
+  }
+  incarnations_[peer] = incarnation;
+  if (!InNodeSet(down_mask_, peer)) {
+    DSM_LOG(INFO) << "node " << peer << " is up (incarnation " << incarnation << ")";
+    return;
+  }
+  // A restarted process with that id: it holds nothing. Its old incarnation's copies were
+  // dropped when it went down (the Directory forgot them; pages it held alone stay lost), so
+  // the homes here serve it from scratch. Pages homed at the old incarnation stay lost in
+  // this node's caches: the new process does not have their data.
+  down_mask_ &= ~NodeBit(peer);
+  down_why_[peer] = absl::OkStatus();
+  DSM_LOG(INFO) << "node " << peer << " rejoined with incarnation " << incarnation
+                << " (incarnation " << previous << " was down)";
+  regions_.ForEach([peer](MappedRegion& r) {
+    if (r.directory() != nullptr) r.directory()->OnPeerRejoined(peer);
+  });
+}
 
 void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
   if (peer >= kMaxNodes || peer == options_.node_id || InNodeSet(down_mask_, peer)) return;
   down_mask_ |= NodeBit(peer);
+  down_why_[peer] = why.ok() ? absl::UnavailableError("declared down") : why;
   ++stats_.peers_down;
-  DSM_LOG(WARNING) << "node " << peer << " is down: " << why;
+  if (absl::IsFailedPrecondition(why) || absl::IsAlreadyExists(why)) {
+    // A refusal (cluster size, duplicate id, stale incarnation): a configuration error, not a
+    // failure of that node; say so first.
+    DSM_LOG(ERROR) << "node " << peer << " cannot be reached: " << why.message();
+  } else {
+    DSM_LOG(WARNING) << "node " << peer << " is down: " << why;
+  }
   const absl::Time now = absl::Now();
   regions_.ForEach([peer, now](MappedRegion& r) {
     if (r.directory() != nullptr) r.directory()->OnPeerDown(peer, now);

@@ -30,6 +30,7 @@
 // never comes back in this version.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -89,7 +90,7 @@ class Engine final : public Transport::Handler, public RegionHost {
 
   // Transport::Handler (engine thread).
   void OnMessage(Message&& m) override;
-  void OnPeerUp(NodeId peer) override;
+  void OnPeerUp(NodeId peer, Incarnation incarnation) override;
   void OnPeerDown(NodeId peer, const absl::Status& why) override;
   // RegionHost (engine thread).
   void SendMessage(Message&& m) override;
@@ -142,6 +143,10 @@ class Engine final : public Transport::Handler, public RegionHost {
   RegionTable regions_;  // after evictor_: regions go first
   std::unique_ptr<RegionLifecycle> lifecycle_;
   uint64_t down_mask_ = 0;  // peers declared down (bit per node id)
+  // The incarnation of each peer last reported up (0: none yet).
+  std::array<Incarnation, kMaxNodes> incarnations_{};
+  // Why each peer in down_mask_ was declared down (OK for the others).
+  std::array<absl::Status, kMaxNodes> down_why_{};
   absl::Time next_tick_ = absl::InfinitePast();
   uint64_t mappings_made_ = 0;  // engine thread; see TakeRequestIdRange
   // How long each Poll() may busy-poll (Options::poll_spin is its cap): fed with this node's

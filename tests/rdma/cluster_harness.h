@@ -42,7 +42,7 @@ inline std::vector<std::string> FreeLoopbackAddresses(size_t n) {
 
 struct Recorder final : Transport::Handler {
   void OnMessage(Message&& m) override { messages.push_back(std::move(m)); }
-  void OnPeerUp(NodeId peer) override { up[peer]++; }
+  void OnPeerUp(NodeId peer, Incarnation) override { up[peer]++; }
   void OnPeerDown(NodeId peer, const absl::Status& why) override {
     down_count[peer]++;
     down[peer] = why;
