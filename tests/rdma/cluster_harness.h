@@ -42,13 +42,17 @@ inline std::vector<std::string> FreeLoopbackAddresses(size_t n) {
 
 struct Recorder final : Transport::Handler {
   void OnMessage(Message&& m) override { messages.push_back(std::move(m)); }
-  void OnPeerUp(NodeId peer, Incarnation) override { up[peer]++; }
+  void OnPeerUp(NodeId peer, Incarnation incarnation) override {
+    up[peer]++;
+    incarnations[peer] = incarnation;
+  }
   void OnPeerDown(NodeId peer, const absl::Status& why) override {
     down_count[peer]++;
     down[peer] = why;
   }
   std::vector<Message> messages;
   std::map<NodeId, int> up;
+  std::map<NodeId, Incarnation> incarnations;  // reported with the last OnPeerUp
   std::map<NodeId, int> down_count;
   std::map<NodeId, absl::Status> down;
 };
@@ -83,15 +87,19 @@ inline void Pump(std::vector<std::unique_ptr<TestNode>>& nodes, absl::Duration d
 // may not hold NUL).
 inline Message TestMessage(NodeId dst, uint64_t seq, size_t payload) {
   Message m;
-  // kGetS: no payload; kRegionOpen: 1..255 bytes (inline); kData: whole pages (staged).
+  // kGetS: no payload; kRegionOpen: 1..255 bytes (inline); kData: one page, kDataRun: whole
+  // pages (staged).
   m.type = payload == 0 ? MsgType::kGetS
            : payload < kPageSize ? MsgType::kRegionOpen
-                                 : MsgType::kData;
+           : payload == kPageSize ? MsgType::kData
+                                  : MsgType::kDataRun;
   m.dst = dst;
   m.region = 7;
   m.page = seq;
   m.req_id = seq;
-  m.arg = m.type == MsgType::kData ? static_cast<uint64_t>(Grant::kShared) : 0;
+  m.arg = m.type == MsgType::kData      ? static_cast<uint64_t>(Grant::kShared)
+          : m.type == MsgType::kDataRun ? payload / kPageSize
+                                        : 0;
   m.payload.resize(payload);
   for (size_t i = 0; i < payload; ++i) m.payload[i] = static_cast<uint8_t>((seq + i) % 255 + 1);
   return m;

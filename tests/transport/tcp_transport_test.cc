@@ -281,6 +281,73 @@ TEST(TcpTransport, ClusterSizeMismatchIsRefusedWithBothSizes) {
   odd.Stop();
 }
 
+// Node 1 dials "node 0", a raw listener. The first answer (incarnation 5) brings node 0 up;
+// once that connection closes, node 1 dials node 0 again to find a restarted process. An
+// answer from the same incarnation 5 is refused by the dialer, which says why in a refusal
+// Hello; a newer incarnation is accepted as a rejoin.
+TEST(TcpTransport, TheDialerRefusesAStaleIncarnationAndAcceptsANewerOne) {
+  auto c = TestCluster::Create(TransportKind::kTcp, 2, {1});
+  ASSERT_TRUE(c.ok()) << c.status();
+  TestCluster& cl = **c;
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(cl.port(0));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(listen(lfd, 4), 0);
+  timeval tv{20, 0};
+  setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  // Accepts node 1's next dial, reads its Hello, answers as node 0 `incarnation`; returns
+  // what node 1 sends back (or an error), then closes.
+  auto answer = [&](Incarnation incarnation, bool keep_open) -> absl::StatusOr<Message> {
+    int fd = accept(lfd, nullptr, nullptr);
+    if (fd < 0) return absl::DeadlineExceededError("node 1 did not dial");
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    std::vector<uint8_t> hdr(kWireHeaderSize);
+    if (recv(fd, hdr.data(), hdr.size(), MSG_WAITALL) != static_cast<ssize_t>(hdr.size())) {
+      close(fd);
+      return absl::DataLossError("no Hello from node 1");
+    }
+    auto theirs = DecodeMessage(absl::MakeConstSpan(hdr), 2);
+    std::vector<uint8_t> b;
+    EncodeMessage(Hello(0, 2, incarnation), b);
+    send(fd, b.data(), b.size(), MSG_NOSIGNAL);
+    absl::StatusOr<Message> back = absl::NotFoundError("nothing sent back");
+    if (!keep_open) {
+      std::vector<uint8_t> r(kWireHeaderSize);
+      if (recv(fd, r.data(), r.size(), MSG_WAITALL) == static_cast<ssize_t>(r.size())) {
+        back = DecodeMessage(absl::MakeConstSpan(r), 2);
+      }
+    } else {
+      back = theirs;
+      cl.node(1).rec().WaitUp(0);
+    }
+    close(fd);
+    return back;
+  };
+  auto first = answer(5, /*keep_open=*/true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->type, MsgType::kHello);
+  EXPECT_EQ(first->req_id, cl.node(1).transport().incarnation());
+  ASSERT_TRUE(cl.node(1).rec().WaitDown(0));
+  EXPECT_EQ(cl.node(1).rec().incarnation(0), 5u);
+  auto stale = answer(5, /*keep_open=*/false);
+  ASSERT_TRUE(stale.ok()) << stale.status();
+  EXPECT_EQ(stale->type, MsgType::kHello);
+  EXPECT_EQ(stale->page, static_cast<uint64_t>(Refusal::kStaleIncarnation));
+  EXPECT_EQ(stale->region, 5u) << "names the incarnation it declared down";
+  EXPECT_EQ(cl.node(1).rec().up_count()[0], 1);
+  EXPECT_GE(cl.node(1).transport().counters().hellos_refused, 1u);
+  auto fresh = answer(6, /*keep_open=*/true);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  ASSERT_TRUE(cl.node(1).rec().WaitUntil([](const Recorder& r) { return r.incarnation(0) == 6; }));
+  EXPECT_EQ(cl.node(1).transport().counters().rejoins, 1u);
+  close(lfd);
+}
+
 TEST(TransportFactory, ValidatesOptions) {
   Options o;
   o.peers = {};

@@ -399,6 +399,17 @@ void TcpTransport::OnFrame(TcpConnection* c, absl::Span<const uint8_t> frame) {
     OnHello(c, *m);
     return;
   }
+  if (m->type == MsgType::kHello && m->src == c->peer && m->page != 0 &&
+      m->page <= kMaxRefusal) {
+    // The dialer refused our answer (it declared this incarnation down): we are not up for it.
+    const absl::Status why =
+        RefusalStatus(static_cast<Refusal>(m->page), c->peer, self_, table_.self_incarnation(),
+                      m->region, cluster_size_);
+    table_.NoteRefusedBy(c->peer, why);
+    LogByPeer(c->peer, absl::StrCat("node ", c->peer, " refused this node: ", why.ToString()));
+    PeerDown(c->peer, why, /*notify_now=*/true);
+    return;
+  }
   if (m->type == MsgType::kHello || m->src != c->peer) {
     Reject(c, absl::InvalidArgumentError(absl::StrCat("unexpected ", DebugString(*m))),
            /*bad=*/true);
