@@ -303,7 +303,14 @@ TEST(TcpTransport, TheDialerRefusesAStaleIncarnationAndAcceptsANewerOne) {
   // Accepts node 1's next dial, reads its Hello, answers as node 0 `incarnation`; returns
   // what node 1 sends back (or an error), then closes.
   auto answer = [&](Incarnation incarnation, bool keep_open) -> absl::StatusOr<Message> {
-    int fd = accept(lfd, nullptr, nullptr);
+    int fd = -1;
+    const absl::Time until = absl::Now() + absl::Seconds(20);
+    while (fd < 0 && absl::Now() < until) {
+      fd = accept(lfd, nullptr, nullptr);
+      if (fd < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+        return absl::ErrnoToStatus(errno, "accept");
+      }
+    }
     if (fd < 0) return absl::DeadlineExceededError("node 1 did not dial");
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     std::vector<uint8_t> hdr(kWireHeaderSize);
