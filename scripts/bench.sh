@@ -86,7 +86,7 @@ for n in "${nets[@]}"; do
     spin_us="${DSM_BENCH_SPIN_US:-0}"
     echo "running: the same key figures over $n with --poll_spin_us=$spin_us"
     nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" --net="$n" --poll_spin_us="$spin_us" \
-      --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt4K|ReadFault/|Upgrade/.*/k:1|Recall|ReadFaultThreads/.*/threads:[14]' \
+      --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt|ReadFault/|WriteMiss/.*/k:0|Upgrade/.*/k:1|Recall|SeqScan|ReadFaultThreads/.*/threads:[14]|LockUnlock|CounterTable/.*/nodes:3' \
       "${common[@]}" --benchmark_out="$build/bench-spin-$n.json" --benchmark_out_format=json \
       2>>"$log" >/dev/null && spin+=(--spin-json "$build/bench-spin-$n.json")
   fi
