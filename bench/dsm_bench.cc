@@ -487,16 +487,21 @@ void BM_WriteFault(benchmark::State& state, const Params& p) {
   ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kCluster);
 }
 
-// Recall: node 2 writes a batch of pages (it holds them Modified), then node 0 reads each
-// (home 1 recalls the page from node 2 and forwards it).
+// Recall (p.a = 2): node 2 writes a batch of pages (it holds them Modified), then node 0 reads
+// each (home 1 recalls the page from node 2 and forwards it). Home-written (p.a = 1): the home
+// itself writes the batch (its own copy is writable), then node 0 reads each: the home
+// write-protects its copy and sends it.
 void BM_Recall(benchmark::State& state, const Params& p) {
   Cluster* c = GetClusterOrSkip(state, p);
   if (c == nullptr) return;
+  const int writer = static_cast<int>(p.a);
   const size_t n = Iters(state);
   const size_t batch = 64;
   const size_t pages = (n + batch - 1) / batch * batch;
+  std::vector<int> participants = {kHome};
+  if (writer != kHome) participants.push_back(writer);
   absl::StatusOr<std::unique_ptr<SharedRegion>> r =
-      SharedRegion::Map(c, pages * kPage, {kHome, 2});
+      SharedRegion::Map(c, pages * kPage, participants);
   BENCH_CHECK_OK(r.status());
   // Loads in a shuffled order inside each batch: a sequential walk would let readahead ask
   // for the pages before they are loaded (it is refused for pages another node holds M, but
@@ -509,8 +514,9 @@ void BM_Recall(benchmark::State& state, const Params& p) {
   CpuMeter cpu(c->node_pids());
   for (auto _ : state) {
     if (i % batch == 0) {
-      cpu.Pause();  // node 2's writes are preparation, not timed
-      BENCH_CHECK_OK(c->Call(2, absl::StrCat("write ", (*r)->name(), " ", i, " ", batch)).status());
+      cpu.Pause();  // the writer's stores are preparation, not timed
+      BENCH_CHECK_OK(
+          c->Call(writer, absl::StrCat("write ", (*r)->name(), " ", i, " ", batch)).status());
       cpu.Resume();
     }
     const size_t at = i / batch * batch + order[i % batch];
@@ -871,7 +877,8 @@ void RegisterClusterBenchmarks(const BenchConfig& cfg) {
       reg(absl::StrCat("WriteMiss", sfx, "/k:", k), BM_WriteFault, {net, k, 0}, wr_iters);
       reg(absl::StrCat("Upgrade", sfx, "/k:", k), BM_WriteFault, {net, k, 1}, wr_iters);
     }
-    reg("Recall" + sfx, BM_Recall, {net}, wr_iters);
+    reg("Recall" + sfx, BM_Recall, {net, 2}, wr_iters);
+    reg("ReadFaultHomeWritten" + sfx, BM_Recall, {net, kHome}, wr_iters);
     reg("PingPong" + sfx, BM_PingPong, {net}, wr_iters);
     reg("SeqScan" + sfx, BM_Scan, {net, scan_pages, 0}, smoke ? 1 : 3);
     reg("RandScan" + sfx, BM_Scan, {net, scan_pages, 1}, smoke ? 1 : 3);

@@ -231,6 +231,14 @@ def main():
                 (lambda m, p, r: r <= 1.3) if k == 1 else None, fc)
         row(f"Recall/{n}", "recall: read a page a third node holds M", s(miss, rtt, rtt),
             "MISSING + 2 raw 4K RTT", floor_cpu=cpu(MISS, RTT, RTT))
+        hw = f"ReadFaultHomeWritten/{n}"
+        rf_med = F.get(f"ReadFault/{n}", "median_us")
+        row(hw, "remote read fault of a page the home has written (home holds it writable; "
+            f"home CPU {fmt(F.get(hw, 'cpu_home_us_per_op'))} µs/op against "
+            f"{fmt(F.get(f'ReadFault/{n}', 'cpu_home_us_per_op'))} for an untouched page)",
+            s(miss, rtt, wp), "MISSING + raw 4K RTT + WP (the home's write-protect)",
+            "≤ 1.3× the untouched read fault" + (f" ({fmt(1.3 * rf_med)} µs)" if rf_med else ""),
+            (lambda m, p, r: rf_med is not None and m <= 1.3 * rf_med), cpu(MISS, RTT, WP))
         pp_floor = s(miss, rtt, rtt, miss, rtt, rtt)
         row(f"PingPong/{n}", "ping-pong round (two hand-offs of one page)", pp_floor,
             "2 × (MISSING + 2 raw 4K RTT)", floor_cpu=cpu(MISS, RTT, RTT, MISS, RTT, RTT))
