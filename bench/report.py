@@ -196,8 +196,8 @@ def main():
         w("|---|---:|---:|---:|---:|---:|---|---:|---|---|")
 
         def row(key, label, floor, floor_is, target=None, check=None, floor_cpu=None,
-                med_counter="median_us"):
-            med = F.get(key, med_counter)
+                med_counter="median_us", med=None):
+            med = F.get(key, med_counter) if med is None else med
             p99 = F.get(key, "p99_us")
             if med is None:
                 w(f"| {label} | error: {F.err(key)} | | | | | | | {target or ''} | |")
@@ -257,9 +257,12 @@ def main():
             rtt64, "raw 64 B RTT", "≤ 1.5× floor", lambda m, p, r: r <= 1.5, F.get(RTT64, "cpu_us_per_op"))
         for nodes in (2, 3):
             key = f"LockHandoff/{n}/nodes:{nodes}"
-            row(key, f"hand-off, {nodes} nodes lock and unlock one range in a loop (per operation "
-                f"of all nodes; node 0's lock + unlock median {fmt(F.get(key, 'median_us'))} µs)",
-                half, "½ raw 64 B RTT (one message)", floor_cpu=half_cpu, med_counter="per_op_us")
+            m0 = F.get(key, "median_us")
+            row(key, f"hand-off, {nodes} nodes lock and unlock one range in a loop: node 0's "
+                f"lock + unlock median ({fmt(m0)} µs) / {nodes}, the hand-offs in one of its "
+                f"rounds (wall time per operation of all nodes: {fmt(F.get(key, 'per_op_us'))} µs)",
+                half, "½ raw 64 B RTT (one message)", floor_cpu=half_cpu,
+                med=(m0 / nodes if m0 is not None else None))
         for nodes in (1, 3):
             key = f"CounterTable/{n}/nodes:{nodes}"
             row(key, f"counter table's lock phase, {nodes} node(s), 256 records of 64 B (per "
@@ -423,7 +426,9 @@ def main():
             c2 = F2.get(key, "cpu_us_per_op") if F2 else None
             if c1 is None and c2 is None:
                 continue
-            base = c2 if c2 is not None else c1
+            # At saturation an engine's spin finds work instead of waiting, and wake-ups are
+            # rarer: the lower of the two is the better estimate of the work itself.
+            base = min(x for x in (c1, c2) if x is not None)
             ceil = [fmt(cores * 1e6 / base) if base else "—" for cores in (4, 16, 64)]
             model.append(f"| {label} | {fmt(c1)} | {fmt(c2)} | {ceil[0]} | {ceil[1]} | "
                          f"{ceil[2]} | {unit}/s |")
@@ -432,7 +437,7 @@ def main():
         w("")
         w("CPU µs per operation of all node processes together (see the tables above), with the "
           "engines' adaptive spin (the main run) and without it (the sensitivity run, when "
-          "there is one). The ceilings are cores × 10⁶ / CPU µs per operation without the spin: "
+          "there is one). The ceilings are cores × 10⁶ / the lower of the two: "
           "the rate at which that many cores would be saturated by this work alone, if enough "
           "operations are in flight (see \"CPU model\" below for what this leaves out).")
         w("")
