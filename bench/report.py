@@ -371,8 +371,9 @@ def main():
         w("")
         col1 = "default spin" if spin1 == "default" else f"adaptive spin ≤ {spin1} µs"
         w(f"| figure | median µs, {col1} | median µs, spin {spin2} µs | "
-          f"p99 µs, spin {spin2} µs | ratio to floor, spin {spin2} µs |")
-        w("|---|---:|---:|---:|---:|")
+          f"p99 µs, spin {spin2} µs | ratio to floor, spin {spin2} µs | CPU µs/op, {col1} | "
+          f"CPU µs/op, spin {spin2} µs |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
         for n in nets:
             miss2 = F2.get("Floor_UffdMissing/busy", "median_us")
             wp2 = F2.get("Floor_UffdWp/busy", "median_us")
@@ -386,7 +387,8 @@ def main():
                 floor2 = None if any(x is None for x in fl) else sum(fl)
                 ratio = m2 / floor2 if (m2 is not None and floor2) else None
                 w(f"| {label} | {fmt(F.get(key, 'median_us'))} | {fmt(m2)} | "
-                  f"{fmt(F2.get(key, 'p99_us'))} | {fmt(ratio)}{'×' if ratio else ''} |")
+                  f"{fmt(F2.get(key, 'p99_us'))} | {fmt(ratio)}{'×' if ratio else ''} | "
+                  f"{fmt(F.get(key, 'cpu_us_per_op'))} | {fmt(F2.get(key, 'cpu_us_per_op'))} |")
         w("")
         # Thread scaling under both settings: spinning makes one thread faster, which lowers
         # the 4-thread ratio even when every thread count got faster.
