@@ -2,7 +2,7 @@
 """Writes docs/PERFORMANCE.md from dsm_bench's JSON output (--benchmark_out).
 
 Every dsm figure is shown beside its floor (composed from floors measured in the same run)
-and the ratio, checked against the targets of issue 3.
+and the ratio, checked against the product's latency targets (docs/PERFORMANCE.md).
 
 Usage: report.py --json out.json [--json more.json ...] --machine machine.txt
                  [--notes bench/PERFORMANCE_notes.md] [--command "scripts/bench.sh"]
@@ -244,7 +244,7 @@ def main():
             "2 × (MISSING + 2 raw 4K RTT)", floor_cpu=cpu(MISS, RTT, RTT, MISS, RTT, RTT))
         w("")
 
-        # Locks: the issue's targets are in raw 64 B round trips.
+        # Locks: the targets are in raw 64 B round trips.
         half = rtt64 / 2 if rtt64 else None
         half_cpu = F.get(RTT64, "cpu_us_per_op")
         half_cpu = half_cpu / 2 if half_cpu else None
@@ -497,10 +497,10 @@ def main():
   UFFDIO_COPY (pages in random order); (2) readahead's receive-and-install: 256 KiB raw replies
   with four requests in flight, each installed with one UFFDIO_COPY of 64 pages into a
   registered region, all on one thread (what one dsm engine does per run). They are not the
-  issue's floors; they show how much of a figure's distance from the issue's floor is this
+  composed floors; they show how much of a figure's distance from the composed floor is this
   machine (the pieces sharing two vCPUs) and how much is the library.
 - Floors for the figures: read fault = MISSING + 4K RTT; write upgrade with one sharer = WP + 2 ×
-  4K RTT (issue 3's formula; the invalidation messages are small, so this floor is generous);
+  4K RTT (the composed-floor formula; the invalidation messages are small, so this floor is generous);
   sequential scan = raw streaming bandwidth, the better of the two send sizes.
 """)
     if args.notes:
