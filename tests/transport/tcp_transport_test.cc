@@ -355,6 +355,31 @@ TEST(TcpTransport, TheDialerRefusesAStaleIncarnationAndAcceptsANewerOne) {
   close(lfd);
 }
 
+// Over loopback the hub knows every registered node: a second transport with a registered id,
+// or a peer list of another length, fails Start with that reason.
+TEST(LoopbackTransport, DuplicateIdAndClusterSizeMismatchFailStartWithTheReason) {
+  auto c = TestCluster::Create(TransportKind::kLoopback, 3);
+  ASSERT_TRUE(c.ok()) << c.status();
+  TestCluster& cl = **c;
+  ASSERT_TRUE(cl.WaitAllUp());
+  Options o = cl.node(1).options;
+  TestNode dup;
+  ASSERT_TRUE(dup.Init(o).ok());
+  absl::Status s = dup.Start();
+  EXPECT_TRUE(absl::IsAlreadyExists(s)) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "duplicate node id")) << s;
+  dup.Stop();
+  o.peers.push_back("d");
+  o.node_id = 3;
+  TestNode odd;
+  ASSERT_TRUE(odd.Init(o).ok());
+  s = odd.Start();
+  EXPECT_TRUE(absl::StrContains(s.message(), "cluster size mismatch")) << s;
+  odd.Stop();
+  EXPECT_TRUE(cl.node(0).rec().down().empty()) << "the cluster was disturbed";
+  ExpectStillServing(cl, 1, 0);
+}
+
 TEST(TransportFactory, ValidatesOptions) {
   Options o;
   o.peers = {};
