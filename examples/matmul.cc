@@ -81,19 +81,11 @@ int main(int argc, char** argv) {
     }
   }
   const absl::Duration timeout = absl::Seconds(120);
-  auto barrier = [&](const char* what) {
-    absl::Status s = node->Barrier("matmul", {}, absl::Now() + timeout);
-    if (!s.ok()) {
-      std::fprintf(stderr, "matmul node %lu: barrier (%s): %s\n",
-                   static_cast<unsigned long>(me), what, s.ToString().c_str());
-      std::exit(1);
-    }
-  };
-  barrier("filled");
+  app::BarrierOrExit(*node, "matmul", "matmul", "filled", timeout);
   const absl::StatusOr<dsm::Stats> before = node->GetStats();
   const absl::Time start = absl::Now();
   Multiply(a->data(), b->data(), c->data(), n, first, end);
-  barrier("multiplied");
+  app::BarrierOrExit(*node, "matmul", "matmul", "multiplied", timeout);
   const absl::Duration took = absl::Now() - start;
   const absl::StatusOr<dsm::Stats> after = node->GetStats();
 
@@ -126,11 +118,5 @@ int main(int argc, char** argv) {
                 (before.ok() ? after.status() : before.status()).ToString().c_str());
   }
   heap = absl::FailedPreconditionError("released");
-  absl::Status left = app::LeaveTogether(*node, *std::move(region), 0, timeout);
-  if (!left.ok()) {
-    std::fprintf(stderr, "matmul node %lu: leaving: %s\n", static_cast<unsigned long>(me),
-                 left.ToString().c_str());
-    return 1;
-  }
-  return result;
+  return app::FinishAndReport(*node, "matmul", result, timeout);
 }
