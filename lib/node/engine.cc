@@ -520,16 +520,24 @@ absl::Status Engine::Finalize(absl::Time deadline) {
     if (wait->done.WaitForNotificationWithDeadline(deadline)) {
       if (result.ok()) result = wait->status;
     } else {
-      absl::StatusOr<uint64_t> missing = RunOnEngine<uint64_t>([this]() -> absl::StatusOr<uint64_t> {
-        finalize_wait_.reset();
-        return FinalizeMissing();
-      });
-      absl::Status late = absl::DeadlineExceededError(
-          missing.ok() && *missing != 0
-              ? absl::StrCat("Finalize: node(s) ", NodeList(*missing),
-                             " did not arrive by the deadline (they did not call Finalize, or "
-                             "had not finished writing back)")
-              : "Finalize: the other nodes did not arrive by the deadline");
+      // Stop waiting on the engine thread, where the wait may also have just finished.
+      absl::StatusOr<uint64_t> missing =
+          RunOnEngine<uint64_t>([this, wait]() -> absl::StatusOr<uint64_t> {
+            if (wait->done.HasBeenNotified()) return 0;
+            finalize_wait_.reset();
+            return FinalizeMissing();
+          });
+      absl::Status late;
+      if (missing.ok() && *missing == 0) {
+        late = wait->status;
+      } else {
+        late = absl::DeadlineExceededError(
+            missing.ok() ? absl::StrCat("Finalize: node(s) ", NodeList(*missing),
+                                        " did not arrive by the deadline (they did not call "
+                                        "Finalize, or had not finished writing back)")
+                         : absl::StrCat("Finalize: the other nodes did not arrive by the "
+                                        "deadline; ", missing.status().message()));
+      }
       if (result.ok()) result = late;
     }
   } else if (result.ok()) {
