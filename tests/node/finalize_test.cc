@@ -2,10 +2,12 @@
 // Node::Finalize with interleaved and fixed homes, repeated, counting every SIGBUS, lost page
 // and WARNING/ERROR log line (each must be zero); a file-backed region read back after
 // Finalize holds every node's writes; a node missing from Finalize ends in a bounded error that
-// names it, and the node left behind sees the others as left (INFO), not failed.
+// names it, and the node left behind sees the others as left (INFO), not failed; a node that
+// fails instead is named at once.
 //
 // DSM_FINALIZE_RUNS sets how many times the repeated tests run (default 8).
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -294,6 +296,27 @@ TEST_F(FinalizeTest, ANodeMissingFromFinalizeIsNamedInABoundedError) {
   // Node 2's own exit: Unmap needs the departed home too; it is not judged here.
   for (auto& w : workers_) (void)w->SendLine("quit");
   for (auto& w : workers_) (void)w->Wait(milliseconds(30000));
+  workers_.clear();
+}
+
+// Node 2 (not a home: with interleaved homes the write-back to it would fail first, naming
+// it too) is killed before it calls Finalize: the others do not wait for their deadline; each
+// ends with Unavailable naming node 2 (a failure, not a departure).
+TEST_F(FinalizeTest, ANodeThatFailsIsNamedWithoutWaitingForTheDeadline) {
+  Start("fixed", 0, "");
+  if (HasFatalFailure() || IsSkipped()) return;
+  FillAll();
+  workers_[2]->Kill(SIGKILL);
+  (void)workers_[2]->Wait(milliseconds(10000));
+  Send(0, "finalize 600000");
+  Send(1, "finalize 600000");
+  for (int i = 0; i < 2; ++i) {
+    const std::string r = Read(i);  // bounded by kReply (60 s), far below the 600 s deadline
+    EXPECT_THAT(r, StartsWith("err UNAVAILABLE")) << "node" << i;
+    EXPECT_THAT(r, HasSubstr("node(s) 2 failed")) << "node" << i;
+  }
+  for (int i = 0; i < 2; ++i) (void)workers_[static_cast<size_t>(i)]->SendLine("quit");
+  for (int i = 0; i < 2; ++i) (void)workers_[static_cast<size_t>(i)]->Wait(milliseconds(30000));
   workers_.clear();
 }
 
