@@ -587,7 +587,7 @@ void TcpTransport::OnFailed(TcpConnection* c, const absl::Status& why, bool bad)
         "'s, or it has too many connections in their handshake"));
     table_.NoteRefusedBy(c->peer, refused);
     LogByPeer(c->peer, refused.ToString());
-  } else if (bad || c->hello_done) {
+  } else if (bad || (c->hello_done && !(c->peer_known && links_[c->peer].close_expected))) {
     DSM_LOG(WARNING) << "tcp node " << self_ << ": connection"
                      << (c->peer_known ? absl::StrCat(" to node ", c->peer) : std::string())
                      << " closed: " << why;
@@ -615,6 +615,7 @@ void TcpTransport::PeerUp(NodeId peer, Incarnation incarnation, TcpConnection* c
   if (l.redial_timer != 0) loop_->CancelTimer(l.redial_timer);
   l.redial_timer = 0;
   l.backoff = absl::Milliseconds(10);
+  l.close_expected = false;  // a new incarnation has said no goodbye
   PeerTable::UpResult up = table_.Up(peer, incarnation);
   // The old incarnation is finished before the new one is reported.
   if (up.owed_down) handler_->OnPeerDown(peer, *up.owed_down);
@@ -633,8 +634,9 @@ void TcpTransport::PeerUp(NodeId peer, Incarnation incarnation, TcpConnection* c
 }
 
 void TcpTransport::PeerDown(NodeId peer, const absl::Status& why, bool notify_now) {
-  if (!table_.Down(peer, why)) return;
   Link& l = links_[peer];
+  // After its goodbye the peer has left (not failed); either way that incarnation is over.
+  if (!(l.close_expected ? table_.Leave(peer, why) : table_.Down(peer, why))) return;
   if (l.redial_timer != 0) loop_->CancelTimer(l.redial_timer);
   l.redial_timer = 0;
   if (l.stall_timer != 0) loop_->CancelTimer(l.stall_timer);
@@ -727,6 +729,10 @@ void TcpTransport::CheckSendQueue(NodeId peer) {
 
 bool TcpTransport::IsUp(NodeId peer) const {
   return started_ && table_.IsUp(peer);
+}
+
+void TcpTransport::ExpectClose(NodeId peer) {
+  if (peer < cluster_size_) links_[peer].close_expected = true;
 }
 
 void TcpTransport::Disconnect(NodeId peer, const absl::Status& why) {
