@@ -2,7 +2,8 @@
 //
 // What it shows: how a launcher hands a dsm program its place in the cluster through the
 // environment (dsm/launch.h): each child gets DSM_NODE_ID, DSM_NUM_NODES and DSM_PEERS (free
-// loopback ports picked at start, or --port P, P+1, ...), and a program that builds its
+// loopback ports picked at start, or --port P, P+1, ...) and DSM_WAIT_FOR_CLUSTER=1 (unless
+// set already: Node::Create waits until every node is up), and a program that builds its
 // Options with dsm::OptionsFromEnvironment() needs no flags. Across machines use srun or
 // mpirun instead; the same program reads their variables (docs/APPLICATIONS.md).
 //
@@ -135,6 +136,8 @@ int main(int argc, char** argv) {
       setenv("DSM_NODE_ID", std::to_string(id).c_str(), 1);
       setenv("DSM_NUM_NODES", std::to_string(n).c_str(), 1);
       setenv("DSM_PEERS", peers.c_str(), 1);
+      // Node::Create returns once every node is connected (unless the caller chose otherwise).
+      setenv("DSM_WAIT_FOR_CLUSTER", "1", 0);
       signal(SIGINT, SIG_DFL);
       signal(SIGTERM, SIG_DFL);
       execvp(argv[i], argv + i);
