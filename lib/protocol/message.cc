@@ -32,6 +32,7 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kBarrierCancel: return "BarrierCancel";
     case MsgType::kStatsRequest: return "StatsRequest";
     case MsgType::kStatsReply: return "StatsReply";
+    case MsgType::kGoodbye: return "Goodbye";
   }
   return "Unknown";
 }
