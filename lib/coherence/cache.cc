@@ -519,10 +519,20 @@ void Cache::Impl::OnRecall(const Message& m) {
 
 void Cache::OnPeerDown(NodeId peer) {
   Impl& s = *impl_;
+  if (peer >= kMaxNodes || (s.down & NodeBit(peer)) != 0) return;
   s.down |= NodeBit(peer);
   std::vector<PageIndex> failed;
   for (const auto& [page, r] : s.pending) {
     if (r.home == peer) failed.push_back(page);
+  }
+  // Fencing: the home may reassign the copies this node holds (a writer elsewhere, a lost
+  // page) once it has stopped hearing from us, so none of them may be read or written here
+  // again. A full scan: rare, and a page without a copy costs one byte read.
+  for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
+    if (s.State(p) != PageState::kInvalid && (s.pages[p] & kPendingBit) == 0 &&
+        s.cfg.home(p) == peer) {
+      failed.push_back(p);
+    }
   }
   // Hash-map order varies per process: sort so runs repeat exactly.
   std::sort(failed.begin(), failed.end());

@@ -165,7 +165,10 @@ class Cache {
   // kRecall.
   void OnMessage(const Message& m, absl::Time now);
 
-  // `peer` is gone: requests outstanding at it fail (their pages are reported lost).
+  // `peer` is declared down: requests outstanding at it fail, and this node fences itself for
+  // it: every copy (S or M) of a page homed at `peer` is poisoned (SIGBUS from now on; reported
+  // lost), because the home may hand the page to another node once it stops hearing from this
+  // one. Idempotent.
   void OnPeerDown(NodeId peer);
 
   // Homes that have had a request outstanding longer than `timeout` (to be declared down).

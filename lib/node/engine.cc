@@ -20,7 +20,7 @@
 namespace dsm {
 namespace {
 
-constexpr absl::Duration kTickPeriod = absl::Milliseconds(50);
+constexpr absl::Duration kTickPeriod = kLivenessTick;
 // The transport's own shutdown (flushing what is queued) is given this long.
 constexpr absl::Duration kTransportShutdown = absl::Seconds(2);
 
@@ -46,9 +46,12 @@ class Engine::UffdPollOp final : public EventLoop::Op {
 };
 
 Engine::Engine(const Options& options)
-    : options_(options), spin_(SpinPolicy::Config{options.poll_spin}) {}
+    : options_(options),
+      leases_(options.node_id, DeriveLivenessTimes(options.peer_timeout, options.lease_duration)),
+      spin_(SpinPolicy::Config{options.poll_spin}) {}
 
 absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
+  DSM_RETURN_IF_ERROR(ValidateLiveness(options.peer_timeout, options.lease_duration));
   std::shared_ptr<Engine> e(new Engine(options));
   // Options first (CreateTransport validates them): a bad option is reported as such, before
   // any kernel facility is touched.
@@ -179,8 +182,15 @@ static bool ExpectsAnswer(MsgType t) {
 
 void Engine::SendMessage(Message&& m) {
   m.src = options_.node_id;
-  if (ExpectsAnswer(m.type)) spin_.OnSend(absl::Now());
+  const absl::Time now = absl::Now();
+  if (ExpectsAnswer(m.type)) spin_.OnSend(now);
+  leases_.OnSent(m.dst, now);
   if (InNodeSet(down_mask_, m.dst)) {
+    // Not fenced yet: the directory waits for its ReassignAt instead of an answer.
+    if (InNodeSet(silenced_mask_, m.dst) &&
+        (m.type == MsgType::kInv || m.type == MsgType::kRecall)) {
+      return;
+    }
     // The peer is gone: a request would never be answered. Answer it on the peer's behalf,
     // after the current event (the sender is in the middle of a call).
     if (std::optional<Message> reply = coherence::Refusal(m, ErrorCode::kPeerDown)) {
@@ -196,7 +206,12 @@ void Engine::Refuse(const Message& m, ErrorCode why) {
 }
 
 void Engine::OnMessage(Message&& m) {
-  spin_.OnInput(absl::Now(), /*message=*/true);
+  const absl::Time now = absl::Now();
+  spin_.OnInput(now, /*message=*/true);
+  // A message that arrives after this node heard nothing from its sender for a whole lease
+  // (this node was stalled) renews nothing: the sender may have reassigned our copies.
+  if (leases_.Expired(m.src, now)) OnLeaseExpired(m.src);
+  leases_.OnReceived(m.src, now);
   if (!InNodeSet(down_mask_, m.src) || m.src == options_.node_id) Dispatch(m);
   // The handlers copy what they keep: a page run's buffer serves the next run.
   if (!m.payload.empty()) RecyclePayloadBuffer(std::move(m.payload));
@@ -206,6 +221,7 @@ void Engine::Dispatch(Message& m) {
   if (LockService::Handles(m.type)) return locks_->OnMessage(std::move(m));
   switch (m.type) {
     case MsgType::kHello:
+    case MsgType::kHeartbeat:  // renewed the lease in OnMessage
       return;
     case MsgType::kRegionOpen:
       return lifecycle_->OnRegionOpen(m);
@@ -249,7 +265,10 @@ void Engine::Dispatch(Message& m) {
 
 // ---- peers and time ----------------------------------------------------------------------
 
-void Engine::OnPeerUp(NodeId peer) { DSM_LOG(INFO) << "node " << peer << " is up"; }
+void Engine::OnPeerUp(NodeId peer) {
+  DSM_LOG(INFO) << "node " << peer << " is up";
+  if (!InNodeSet(down_mask_, peer)) leases_.OnPeerUp(peer, absl::Now());
+}
 
 void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
   if (peer >= kMaxNodes || peer == options_.node_id || InNodeSet(down_mask_, peer)) return;
@@ -257,10 +276,9 @@ void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
   ++stats_.peers_down;
   DSM_LOG(WARNING) << "node " << peer << " is down: " << why;
   const absl::Time now = absl::Now();
-  regions_.ForEach([peer, now](MappedRegion& r) {
-    if (r.directory() != nullptr) r.directory()->OnPeerDown(peer, now);
-    r.cache().OnPeerDown(peer);
-  });
+  leases_.OnPeerDown(peer);
+  regions_.ForEach([peer](MappedRegion& r) { r.cache().OnPeerDown(peer); });  // fences
+  SilenceThenReassign(peer, now);
   locks_->OnPeerDown(peer);
   lifecycle_->OnPeerDown(peer, why);
 }
@@ -275,23 +293,29 @@ void Engine::After(absl::Duration delay, absl::AnyInvocable<void()> fn) {
 }
 
 void Engine::Tick(absl::Time now) {
-  // Peers owing protocol answers for too long are declared down.
+  CheckLeases(now);
+  // Peers owing protocol answers for too long are declared down: a home owing a requester
+  // gets longer than a holder owing its home (see LivenessTimes), so a home waiting on a slow
+  // holder answers before its requesters give up on it.
   std::vector<NodeId> overdue;
-  const absl::Duration timeout = options_.peer_timeout;
+  const LivenessTimes& times = leases_.times();
   regions_.ForEach([&](MappedRegion& r) {
-    r.cache().CollectOverdue(now, timeout, &overdue);
-    if (r.directory() != nullptr) r.directory()->CollectOverdue(now, timeout, &overdue);
+    r.cache().CollectOverdue(now, times.requester, &overdue);
+    if (r.directory() != nullptr) r.directory()->CollectOverdue(now, times.holder, &overdue);
   });
+  const absl::Duration timeout = options_.peer_timeout;
   locks_->CollectOverdue(now, timeout, &overdue);
   std::sort(overdue.begin(), overdue.end());
   overdue.erase(std::unique(overdue.begin(), overdue.end()), overdue.end());
   for (NodeId peer : overdue) {
-    if (peer == options_.node_id) continue;
-    transport_->Disconnect(peer, absl::DeadlineExceededError(absl::StrCat(
-                                     "no answer within peer_timeout (",
-                                     absl::FormatDuration(timeout), ")")));
+    // A silenced peer still owes acks until its ReassignAt: it is down already.
+    if (peer == options_.node_id || InNodeSet(down_mask_, peer)) continue;
+    const absl::Status why = absl::DeadlineExceededError(
+        "owes an answer past its timeout (requests to a home: the `requester` limit, "
+        "invalidations and recalls: peer_timeout; see docs/ARCHITECTURE.md)");
+    transport_->Disconnect(peer, why);
     // The transport reports it through OnPeerDown; make sure it happened.
-    OnPeerDown(peer, absl::DeadlineExceededError("no answer within peer_timeout"));
+    OnPeerDown(peer, why);
   }
   evictor_->Maintain();
   lifecycle_->OnTick(now);  // application threads waiting past their deadline get an error

@@ -71,6 +71,10 @@ enum class MsgType : uint8_t {
                         // other bits 0; region = 0.
   kBarrierCancel = 46,  // as kBarrierEnter: the member stopped waiting (deadline); no reply.
   // 47..49 reserved for locks. RDMA control at 60.
+  // Liveness: any message renews the sender's lease at the receiver; this one is sent only
+  // when nothing else went to the peer for an eighth of the lease. region, page, req_id and
+  // arg are 0; no payload; no reply.
+  kHeartbeat = 50,
 };
 
 // Numbers carried in `arg` of kNack / kRegionOpenReply / kSyncAck.

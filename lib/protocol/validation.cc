@@ -139,6 +139,7 @@ constexpr Rule kRules[] = {
     {MsgType::kBarrierEnter, PayloadRule::kName, kZeroRegion, MemberMaskArg},
     {MsgType::kBarrierReply, PayloadRule::kEmpty, kZeroRegion, BarrierReplyArg},
     {MsgType::kBarrierCancel, PayloadRule::kName, kZeroRegion, MemberMaskArg},
+    {MsgType::kHeartbeat, PayloadRule::kEmpty, kZeroRegion | kZeroPage | kZeroArg, nullptr},
 };
 
 // Type byte -> 1 + its row in kRules; 0 for a type without a row.
