@@ -266,12 +266,15 @@ TEST(Cache, WriteBackAllWriteProtectsEachRunOfModifiedPagesInOneCall) {
   port.sent.clear();
   std::vector<NodeId> homes;
   EXPECT_EQ(c.WriteBackAll(&homes).value_or(99), 6u);
-  // Runs split where a page is not M or its home is down (6, 7 stay M: the only copies).
+  // Runs split where a page is not M (6, 7 were fenced when their home went down: lost).
   EXPECT_EQ(port.downgrades,
             (std::vector<std::pair<PageIndex, uint64_t>>{{2, 3}, {8, 2}, {12, 1}}));
   EXPECT_TRUE(port.accesses.empty());  // no page-by-page protection
   for (PageIndex p : {2, 3, 4, 8, 9, 12}) EXPECT_EQ(c.state(p), PageState::kShared) << p;
-  EXPECT_EQ(c.state(6), PageState::kModified);
+  for (PageIndex p : {6, 7}) {
+    EXPECT_EQ(c.state(p), PageState::kInvalid) << p;
+    EXPECT_TRUE(c.lost(p)) << p;
+  }
   // One write-back per run, each carrying its pages in order.
   ASSERT_EQ(port.sent.size(), 3u);
   const std::vector<std::pair<PageIndex, size_t>> puts = {{2, 3}, {8, 2}, {12, 1}};
