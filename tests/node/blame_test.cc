@@ -1,4 +1,6 @@
-// Blame when a third node stalls: three engines over loopback in one process. Node 2 holds
+// Leases and blame with three engines over loopback in one process.
+//
+// Blame when a third node stalls: Node 2 holds
 // pages homed at node 0 Modified; its engine thread is then blocked (a slow node: no answer,
 // no heartbeat) while one or three reader threads of node 1 wait on home 0 for those pages.
 // The home, not the readers, must give up on node 2: it answers each reader (the page is lost:
@@ -155,6 +157,67 @@ void RunMany(int readers) {
   EXPECT_EQ(false_blame, 0);
   // Only node 2 had the pages: each read ends with the page reported lost, never a value.
   EXPECT_EQ(lost, kRuns * readers);
+}
+
+// Nodes with nothing to say to each other stay alive through heartbeats alone, and an idle
+// peer that goes silent is detected (within a bounded wait that ends in a failure).
+TEST(Leases, AnIdlePeerThatGoesSilentIsDetectedAndIdleHealthyPeersAreNot) {
+  static std::atomic<int> seq{0};
+  const std::string hub = absl::StrCat("idle-", getpid(), "-", seq.fetch_add(1));
+  std::vector<std::shared_ptr<Engine>> e(kNodes);
+  std::vector<std::thread> starters;
+  std::vector<absl::Status> started(kNodes);
+  for (int i = 0; i < kNodes; ++i) {
+    starters.emplace_back([&, i] {
+      auto s = Engine::Start(Make(static_cast<NodeId>(i), hub));
+      started[i] = s.status();
+      if (s.ok()) e[i] = *s;
+    });
+  }
+  for (auto& t : starters) t.join();
+  for (int i = 0; i < kNodes; ++i) ASSERT_TRUE(started[i].ok()) << started[i];
+  // Idle for three leases: no region, no request, only heartbeats.
+  const Stats before = e[0]->GetStats().value();
+  absl::SleepFor(3 * absl::Milliseconds(800));
+  const Stats after = e[0]->GetStats().value();
+  EXPECT_GT(after.messages_sent, before.messages_sent) << "no heartbeat while idle";
+  for (int i = 0; i < kNodes; ++i) {
+    EXPECT_EQ(e[i]->PeersDeclaredDown().value(), 0u) << "node " << i << " blamed an idle peer";
+  }
+  absl::Notification stalled, release;
+  std::thread staller([&] {
+    (void)e[kSlow]->RunOnEngine([&] {
+      stalled.Notify();
+      release.WaitForNotification();
+      return absl::OkStatus();
+    });
+  });
+  stalled.WaitForNotification();
+  const absl::Time limit = absl::Now() + absl::Seconds(20);
+  uint64_t down0 = 0, down1 = 0;
+  while (absl::Now() < limit) {
+    down0 = e[kHome]->PeersDeclaredDown().value_or(0);
+    down1 = e[kReaderNode]->PeersDeclaredDown().value_or(0);
+    if (InNodeSet(down0, kSlow) && InNodeSet(down1, kSlow)) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(down0, NodeBit(kSlow)) << "node 0 did not detect the silent idle peer, or blamed another";
+  EXPECT_EQ(down1, NodeBit(kSlow)) << "node 1 did not detect the silent idle peer, or blamed another";
+  release.Notify();
+  staller.join();
+  // Node 2 ran again: it heard nothing for longer than a lease, so it fenced itself for both.
+  EXPECT_EQ(e[kSlow]->PeersDeclaredDown().value_or(0), NodeBit(kHome) | NodeBit(kReaderNode));
+  for (int i = kNodes - 1; i >= 0; --i) (void)e[i]->Shutdown();
+}
+
+TEST(Leases, AShortLeaseIsRefusedAtStart) {
+  Options o = Make(0, "short-lease");
+  o.peers = {"local:0"};
+  o.lease_duration = absl::Milliseconds(100);
+  absl::StatusOr<std::shared_ptr<Engine>> e = Engine::Start(o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(e.status())) << e.status();
+  EXPECT_NE(e.status().message().find("lease_duration"), std::string::npos) << e.status();
 }
 
 TEST(Blame, OneReaderNeverBlamesTheHomeForAStalledOwner) { RunMany(1); }
