@@ -25,8 +25,10 @@ void Engine::OnLeaseExpired(NodeId peer) {
   const absl::Status why = absl::UnavailableError(absl::StrCat(
       "lease expired: nothing heard from node ", peer, " for ",
       absl::FormatDuration(leases_.times().fence), "; this node fenced itself for it"));
-  transport_->Disconnect(peer, why);
-  OnPeerDown(peer, why);  // the transport may have reported it already; idempotent
+  OnPeerDown(peer, why);
+  // Closed after the current event: this may run inside the transport's receive path (a
+  // message judged by an expired lease), where the connection must not go away under it.
+  loop_->Post([this, peer, why] { transport_->Disconnect(peer, why); });
 }
 
 // The peer is down here, but until ReassignAt it may still be using copies of pages homed here
