@@ -525,18 +525,20 @@ void Cache::OnPeerDown(NodeId peer) {
   for (const auto& [page, r] : s.pending) {
     if (r.home == peer) failed.push_back(page);
   }
-  // Fencing: the home may reassign the copies this node holds (a writer elsewhere, a lost
-  // page) once it has stopped hearing from us, so none of them may be read or written here
-  // again. A full scan: rare, and a page without a copy costs one byte read.
-  for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
-    if (s.State(p) != PageState::kInvalid && (s.pages[p] & kPendingBit) == 0 &&
-        s.cfg.home(p) == peer) {
-      failed.push_back(p);
-    }
-  }
   // Hash-map order varies per process: sort so runs repeat exactly.
   std::sort(failed.begin(), failed.end());
   for (PageIndex page : failed) s.MarkLost(page, ErrorCode::kPageLost);
+}
+
+void Cache::FenceHome(NodeId home) {
+  Impl& s = *impl_;
+  OnPeerDown(home);
+  // A full scan: rare, and a page without a copy costs one byte read.
+  std::vector<PageIndex> fenced;
+  for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
+    if (s.State(p) != PageState::kInvalid && s.cfg.home(p) == home) fenced.push_back(p);
+  }
+  for (PageIndex page : fenced) s.MarkLost(page, ErrorCode::kPageLost);
 }
 
 void Cache::CollectOverdue(absl::Time now, absl::Duration timeout,

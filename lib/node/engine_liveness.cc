@@ -31,6 +31,23 @@ void Engine::OnLeaseExpired(NodeId peer) {
   loop_->Post([this, peer, why] { transport_->Disconnect(peer, why); });
 }
 
+// A peer that left in order gave back every copy it held and, as a home, no page of it can
+// change any more: copies of its pages stay readable and nothing waits. A failed peer may
+// still be running: this node fences itself for it, and its copies are reassigned only once
+// its own lease with this node has run out.
+void Engine::ForgetCopies(NodeId peer, absl::Time now) {
+  leases_.OnPeerDown(peer);
+  if (InNodeSet(left_mask_, peer)) {
+    regions_.ForEach([peer, now](MappedRegion& r) {
+      r.cache().OnPeerDown(peer);
+      if (r.directory() != nullptr) r.directory()->OnPeerDown(peer, now);
+    });
+    return;
+  }
+  regions_.ForEach([peer](MappedRegion& r) { r.cache().FenceHome(peer); });
+  SilenceThenReassign(peer, now);
+}
+
 // The peer is down here, but until ReassignAt it may still be using copies of pages homed here
 // (its own lease with this node has not run out): stop serving it now, forget its copies then.
 void Engine::SilenceThenReassign(NodeId peer, absl::Time now) {

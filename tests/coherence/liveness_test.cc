@@ -127,7 +127,7 @@ class Driver {
     down_[i] |= NodeBit(p);
     declared_.push_back({i, p});
     leases_[i].OnPeerDown(p);
-    sim_.cache(i).OnPeerDown(p);
+    sim_.cache(i).FenceHome(p);
     sim_.directory(i).OnPeerSilenced(p, sim_.now());
     reassign_at_[i][p] = std::max(leases_[i].ReassignAt(p), sim_.now());
     // The connection closes: a peer that can still hear it learns at once.
