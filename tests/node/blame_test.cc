@@ -110,7 +110,8 @@ Outcome RunOnce(int run, int readers) {
   for (int p = 1; p <= readers; ++p) {
     threads.emplace_back([&, p] {
       uint64_t v = 0;
-      if (testing::RaisesSigbus([&] { v = __atomic_load_n(word(kReaderNode, p), __ATOMIC_ACQUIRE); })) {
+      const uint64_t* w = word(kReaderNode, p);
+      if (testing::RaisesSigbus([&] { v = __atomic_load_n(w, __ATOMIC_ACQUIRE); })) {
         ++lost;
       } else {
         ++granted;
@@ -201,8 +202,8 @@ TEST(Leases, AnIdlePeerThatGoesSilentIsDetectedAndIdleHealthyPeersAreNot) {
     if (InNodeSet(down0, kSlow) && InNodeSet(down1, kSlow)) break;
     absl::SleepFor(absl::Milliseconds(50));
   }
-  EXPECT_EQ(down0, NodeBit(kSlow)) << "node 0 did not detect the silent idle peer, or blamed another";
-  EXPECT_EQ(down1, NodeBit(kSlow)) << "node 1 did not detect the silent idle peer, or blamed another";
+  EXPECT_EQ(down0, NodeBit(kSlow)) << "node 0 missed the silent idle peer or blamed another";
+  EXPECT_EQ(down1, NodeBit(kSlow)) << "node 1 missed the silent idle peer or blamed another";
   release.Notify();
   staller.join();
   // Node 2 ran again: it heard nothing for longer than a lease, so it fenced itself for both.
