@@ -85,6 +85,14 @@ struct Options {
   // How long a peer may stay silent on an outstanding request before it is declared down.
   // Faults waiting on a down peer end: the access raises SIGBUS and the page is reported lost.
   absl::Duration peer_timeout = absl::Seconds(10);
+  // Lease with each peer: 0 means peer_timeout (at least 800 ms); otherwise at least 800 ms.
+  // Nodes send each other a small heartbeat when nothing else went to a peer for
+  // lease_duration / 8. A node that hears nothing from a peer for lease_duration declares it
+  // down and fences itself: its copies of pages homed there raise SIGBUS and are reported lost.
+  // A home reassigns the pages of a silent node only lease_duration * 3/2 after its last
+  // message, so the node has fenced itself first. See "Liveness, leases and blame" in
+  // docs/ARCHITECTURE.md.
+  absl::Duration lease_duration = absl::ZeroDuration();
   // How long the locks of a node declared down stay held before its waiters are granted in
   // order (on top of the time it takes to declare it down: at once when its connection breaks,
   // after peer_timeout when it just goes silent). Grants over bytes it held exclusively then

@@ -545,6 +545,7 @@ void Cache::Impl::OnRecall(const Message& m) {
 
 void Cache::OnPeerDown(NodeId peer) {
   Impl& s = *impl_;
+  if (peer >= kMaxNodes || (s.down & NodeBit(peer)) != 0) return;
   s.down |= NodeBit(peer);
   std::vector<PageIndex> failed;
   for (const auto& [page, r] : s.pending) {
@@ -553,6 +554,17 @@ void Cache::OnPeerDown(NodeId peer) {
   // Hash-map order varies per process: sort so runs repeat exactly.
   std::sort(failed.begin(), failed.end());
   for (PageIndex page : failed) s.MarkLost(page, ErrorCode::kPageLost);
+}
+
+void Cache::FenceHome(NodeId home) {
+  Impl& s = *impl_;
+  OnPeerDown(home);
+  // A full scan: rare, and a page without a copy costs one byte read.
+  std::vector<PageIndex> fenced;
+  for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
+    if (s.State(p) != PageState::kInvalid && s.cfg.home(p) == home) fenced.push_back(p);
+  }
+  for (PageIndex page : fenced) s.MarkLost(page, ErrorCode::kPageLost);
 }
 
 void Cache::CollectOverdue(absl::Time now, absl::Duration timeout,

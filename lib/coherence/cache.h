@@ -169,8 +169,14 @@ class Cache {
   // kRecall.
   void OnMessage(const Message& m, absl::Time now);
 
-  // `peer` is gone: requests outstanding at it fail (their pages are reported lost).
+  // `peer` is gone: requests outstanding at it fail (their pages are reported lost). Copies of
+  // pages homed there stay (right for a home that left in order: nobody can change them).
   void OnPeerDown(NodeId peer);
+  // `home` is declared down while it may still be running (failed, stalled, cut off): as
+  // OnPeerDown, and this node fences itself for it: every copy (S or M) of a page homed there
+  // is poisoned (SIGBUS from now on; reported lost), because the home may hand the page to
+  // another node once it stops hearing from this one. Idempotent.
+  void FenceHome(NodeId home);
 
   // Homes that have had a request outstanding longer than `timeout` (to be declared down).
   void CollectOverdue(absl::Time now, absl::Duration timeout, std::vector<NodeId>* peers) const;

@@ -52,7 +52,8 @@ struct Directory::Impl {
   LazyArray<uint64_t> words;
   LazyArray<uint8_t> flags;
   absl::flat_hash_map<PageIndex, Txn> txns;
-  uint64_t down = 0;
+  uint64_t down = 0;       // silenced or gone: requests dropped, messages ignored
+  uint64_t forgotten = 0;  // gone: copies forgotten (OnPeerDown)
   bool closing = false;
   // ReclaimModified: recall transactions not yet finished, and who waits for them.
   uint64_t reclaims_outstanding = 0;
@@ -491,10 +492,25 @@ void Directory::Impl::OnRecallAck(const Message& m) {
   }
 }
 
-void Directory::OnPeerDown(NodeId peer, absl::Time now) {
+void Directory::OnPeerSilenced(NodeId peer, absl::Time now) {
   Impl& s = *impl_;
   if (peer >= kMaxNodes || (s.down & NodeBit(peer)) != 0) return;
   s.down |= NodeBit(peer);
+  std::vector<PageIndex> touched;
+  for (auto& [page, t] : s.txns) {
+    // An active request of its own ends without a grant (Begin/Finish skip a down requester).
+    std::erase_if(t.queue, [peer](const Impl::Request& r) { return r.src == peer; });
+    if (t.active && t.req.src == peer) touched.push_back(page);
+  }
+  std::sort(touched.begin(), touched.end());
+  for (PageIndex page : touched) s.Drain(page, now);
+}
+
+void Directory::OnPeerDown(NodeId peer, absl::Time now) {
+  Impl& s = *impl_;
+  if (peer >= kMaxNodes || (s.forgotten & NodeBit(peer)) != 0) return;
+  s.down |= NodeBit(peer);
+  s.forgotten |= NodeBit(peer);
   // Forget its copies. A full scan: rare, and non-home entries are all zero.
   for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
     const EntryState st = s.State(p);
@@ -524,7 +540,9 @@ void Directory::OnPeerDown(NodeId peer, absl::Time now) {
 void Directory::OnPeerRejoined(NodeId peer) {
   Impl& s = *impl_;
   if (peer >= kMaxNodes) return;
+  // The new incarnation starts with no copies; a later failure of it is forgotten again.
   s.down &= ~NodeBit(peer);
+  s.forgotten &= ~NodeBit(peer);
 }
 
 void Directory::SetClosing() { impl_->closing = true; }

@@ -134,9 +134,16 @@ class Directory {
   // Modified elsewhere again.
   void ReclaimModified(absl::Time now, absl::AnyInvocable<void()> done);
 
-  // `peer` is gone: its copies are forgotten, acks it owed count as given, pages it held
-  // Modified are lost (requests for them are answered kNack/kPageLost). `now` starts the
-  // transactions this unblocks, as in OnMessage.
+  // `peer` is declared down but may still hold copies it has not fenced yet (its lease has not
+  // run out at the peer): its requests, queued or later, are dropped and its messages ignored,
+  // but its copies stay recorded and the acks it owes are still awaited, so no transaction
+  // that needs them completes. OnPeerDown, once the peer has fenced itself, forgets them.
+  void OnPeerSilenced(NodeId peer, absl::Time now);
+
+  // `peer` is gone and holds no usable copy (it has fenced itself, or died): its copies are
+  // forgotten, acks it owed count as given, pages it held Modified are lost (requests for them
+  // are answered kNack/kPageLost). Implies OnPeerSilenced. `now` starts the transactions this
+  // unblocks, as in OnMessage.
   void OnPeerDown(NodeId peer, absl::Time now);
   // `peer` came back as a new incarnation (a restarted process) after OnPeerDown: its
   // messages are served again. It holds no copy (OnPeerDown forgot them); pages lost then

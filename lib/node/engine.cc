@@ -21,7 +21,7 @@
 namespace dsm {
 namespace {
 
-constexpr absl::Duration kTickPeriod = absl::Milliseconds(50);
+constexpr absl::Duration kTickPeriod = kLivenessTick;
 // The transport's own shutdown (flushing what is queued) is given this long.
 constexpr absl::Duration kTransportShutdown = absl::Seconds(2);
 
@@ -62,9 +62,12 @@ class Engine::UffdPollOp final : public EventLoop::Op {
 };
 
 Engine::Engine(const Options& options)
-    : options_(options), spin_(SpinPolicy::Config{options.poll_spin}) {}
+    : options_(options),
+      leases_(options.node_id, DeriveLivenessTimes(options.peer_timeout, options.lease_duration)),
+      spin_(SpinPolicy::Config{options.poll_spin}) {}
 
 absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
+  DSM_RETURN_IF_ERROR(ValidateLiveness(options.peer_timeout, options.lease_duration));
   std::shared_ptr<Engine> e(new Engine(options));
   e->ApplyLogOptions();
   // Options first (CreateTransport validates them): a bad option is reported as such, before
@@ -199,8 +202,15 @@ static bool ExpectsAnswer(MsgType t) {
 
 void Engine::SendMessage(Message&& m) {
   m.src = options_.node_id;
-  if (ExpectsAnswer(m.type)) spin_.OnSend(absl::Now());
+  const absl::Time now = absl::Now();
+  if (ExpectsAnswer(m.type)) spin_.OnSend(now);
+  leases_.OnSent(m.dst, now);
   if (InNodeSet(down_mask_, m.dst)) {
+    // Not fenced yet: the directory waits for its ReassignAt instead of an answer.
+    if (InNodeSet(silenced_mask_, m.dst) &&
+        (m.type == MsgType::kInv || m.type == MsgType::kRecall)) {
+      return;
+    }
     // The peer is gone: a request would never be answered. Answer it on the peer's behalf,
     // after the current event (the sender is in the middle of a call).
     const ErrorCode why =
@@ -218,7 +228,12 @@ void Engine::Refuse(const Message& m, ErrorCode why) {
 }
 
 void Engine::OnMessage(Message&& m) {
-  spin_.OnInput(absl::Now(), /*message=*/true);
+  const absl::Time now = absl::Now();
+  spin_.OnInput(now, /*message=*/true);
+  // A message that arrives after this node heard nothing from its sender for a whole lease
+  // (this node was stalled) renews nothing: the sender may have reassigned our copies.
+  if (leases_.Expired(m.src, now)) OnLeaseExpired(m.src);
+  leases_.OnReceived(m.src, now);
   if (!InNodeSet(down_mask_, m.src) || m.src == options_.node_id) Dispatch(m);
   // The handlers copy what they keep: a page run's buffer serves the next run.
   if (!m.payload.empty()) RecyclePayloadBuffer(std::move(m.payload));
@@ -228,6 +243,7 @@ void Engine::Dispatch(Message& m) {
   if (LockService::Handles(m.type)) return locks_->OnMessage(std::move(m));
   switch (m.type) {
     case MsgType::kHello:
+    case MsgType::kHeartbeat:  // renewed the lease in OnMessage
       return;
     case MsgType::kGoodbye:
       return OnGoodbye(m);
@@ -287,12 +303,16 @@ void Engine::OnPeerUp(NodeId peer, Incarnation incarnation) {
   incarnations_[peer] = incarnation;
   if (!InNodeSet(down_mask_, peer)) {
     DSM_LOG(INFO) << "node " << peer << " is up (incarnation " << incarnation << ")";
+    leases_.OnPeerUp(peer, absl::Now());
     return;
   }
   // A restarted process with that id: it holds nothing. Its old incarnation's copies were
   // dropped when it went down (the Directory forgot them; pages it held alone stay lost), so
   // the homes here serve it from scratch. Pages homed at the old incarnation stay lost in
   // this node's caches: the new process does not have their data.
+  // Copies the old incarnation held here are forgotten now rather than at ReassignAt: the
+  // transport refuses the old incarnation, so nothing it holds can reach this node again.
+  Reassign(peer, /*now_or_never=*/true);
   down_mask_ &= ~NodeBit(peer);
   left_mask_ &= ~NodeBit(peer);   // the new incarnation has neither left
   ready_mask_ &= ~NodeBit(peer);  // nor finished Finalize's first phase
@@ -302,6 +322,7 @@ void Engine::OnPeerUp(NodeId peer, Incarnation incarnation) {
   regions_.ForEach([peer](MappedRegion& r) {
     if (r.directory() != nullptr) r.directory()->OnPeerRejoined(peer);
   });
+  leases_.OnPeerUp(peer, absl::Now());
 }
 
 void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
@@ -327,10 +348,7 @@ void Engine::ForgetPeer(NodeId peer, const absl::Status& why) {
   down_mask_ |= NodeBit(peer);
   down_why_[peer] = why;
   const absl::Time now = absl::Now();
-  regions_.ForEach([peer, now](MappedRegion& r) {
-    if (r.directory() != nullptr) r.directory()->OnPeerDown(peer, now);
-    r.cache().OnPeerDown(peer);
-  });
+  ForgetCopies(peer, now);
   locks_->OnPeerDown(peer);
   lifecycle_->OnPeerDown(peer, why);
 }
@@ -390,23 +408,29 @@ void Engine::After(absl::Duration delay, absl::AnyInvocable<void()> fn) {
 }
 
 void Engine::Tick(absl::Time now) {
-  // Peers owing protocol answers for too long are declared down.
+  CheckLeases(now);
+  // Peers owing protocol answers for too long are declared down: a home owing a requester
+  // gets longer than a holder owing its home (see LivenessTimes), so a home waiting on a slow
+  // holder answers before its requesters give up on it.
   std::vector<NodeId> overdue;
-  const absl::Duration timeout = options_.peer_timeout;
+  const LivenessTimes& times = leases_.times();
   regions_.ForEach([&](MappedRegion& r) {
-    r.cache().CollectOverdue(now, timeout, &overdue);
-    if (r.directory() != nullptr) r.directory()->CollectOverdue(now, timeout, &overdue);
+    r.cache().CollectOverdue(now, times.requester, &overdue);
+    if (r.directory() != nullptr) r.directory()->CollectOverdue(now, times.holder, &overdue);
   });
+  const absl::Duration timeout = options_.peer_timeout;
   locks_->CollectOverdue(now, timeout, &overdue);
   std::sort(overdue.begin(), overdue.end());
   overdue.erase(std::unique(overdue.begin(), overdue.end()), overdue.end());
   for (NodeId peer : overdue) {
+    // A silenced peer still owes acks until its ReassignAt: it is down already.
     if (peer == options_.node_id || InNodeSet(down_mask_, peer)) continue;
-    transport_->Disconnect(peer, absl::DeadlineExceededError(absl::StrCat(
-                                     "no answer within peer_timeout (",
-                                     absl::FormatDuration(timeout), ")")));
+    const absl::Status why = absl::DeadlineExceededError(
+        "owes an answer past its timeout (requests to a home: the `requester` limit, "
+        "invalidations and recalls: peer_timeout; see docs/ARCHITECTURE.md)");
+    transport_->Disconnect(peer, why);
     // The transport reports it through OnPeerDown; make sure it happened.
-    OnPeerDown(peer, absl::DeadlineExceededError("no answer within peer_timeout"));
+    OnPeerDown(peer, why);
   }
   evictor_->Maintain();
   lifecycle_->OnTick(now);  // application threads waiting past their deadline get an error

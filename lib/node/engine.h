@@ -29,12 +29,17 @@
 // the pages homed here --, (3) Shutdown with final unmaps (only this node persists: nobody
 // else holds a copy, and other homes may already be gone).
 //
-// Failure handling: a peer is declared down when its connection breaks, when it sends an
-// invalid message, or when it owes an answer for longer than Options::peer_timeout. Requests
-// to a down home fail (the faulting access raises SIGBUS, the page is reported lost); the
-// directory forgets a down node's copies (and loses the pages it held Modified). A down peer
-// comes back only as a new incarnation (a restarted process, transport.h): OnPeerUp clears
-// its bits and the directories serve it again, from no copies.
+// Failure handling (engine_liveness.cc; the timeout hierarchy is LivenessTimes in
+// common/timeouts.h): a peer is declared down when its connection breaks, when it sends an
+// invalid message, when its lease expires (nothing heard from it for lease_duration; every
+// node sends heartbeats to its peers when idle), or when it owes an answer for too long (a home
+// owing one to a requester: `requester`; a holder owing an ack to a home: `holder`). Declaring
+// a peer down fences this node for it at once: requests to it fail and copies of pages homed
+// there are poisoned (SIGBUS, reported lost). The directory stops serving the peer at once but
+// forgets its copies (losing the pages it held Modified) only at ReassignAt, when the peer has
+// fenced itself too. A down peer comes back only as a new incarnation (a restarted process,
+// transport.h): OnPeerUp forgets the old incarnation's copies at once, clears its bits, and
+// the directories serve it again, from no copies.
 //
 // Leaving: a peer that sent kGoodbye kLeaving has left (logged at INFO): it is handled as down
 // (its copies forgotten -- it held none --, requests to it answered locally with kPeerLeft),
@@ -59,7 +64,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "coherence/liveness.h"
 #include "common/log.h"
 #include "dsm/node.h"
 #include "dsm/options.h"
@@ -94,6 +101,8 @@ class Engine final : public Transport::Handler, public RegionHost {
   absl::Status UnmapRegion(RegionId region);
   // The node's counters; an error if the engine does not answer (or is stopped).
   absl::StatusOr<Stats> GetStats();
+  // The peers this node has declared down (bit per node id); for tests and diagnostics.
+  absl::StatusOr<uint64_t> PeersDeclaredDown();
   absl::Status Shutdown();
   // Until every peer is connected (the transport's IsUp), or `deadline`: then
   // kDeadlineExceeded naming each missing node and its address (node/cluster_wait.cc).
@@ -152,6 +161,16 @@ class Engine final : public Transport::Handler, public RegionHost {
   void ArmUffdPoll();
   void OnUffdReadable();
   void Tick(absl::Time now);
+  // Liveness (engine_liveness.cc): heartbeats due and expired leases; a peer whose lease
+  // expired is declared down; the directories forget a down peer's copies at its ReassignAt.
+  void CheckLeases(absl::Time now);
+  void OnLeaseExpired(NodeId peer);
+  // `peer` is down or left (left_mask_): the caches and directories let go of it.
+  void ForgetCopies(NodeId peer, absl::Time now);
+  void SilenceThenReassign(NodeId peer, absl::Time now);
+  // now_or_never: forget the copies now (rejoin, or ReassignAt already passed); otherwise
+  // only once ReassignAt has come.
+  void Reassign(NodeId peer, bool now_or_never);
   void After(absl::Duration delay, absl::AnyInvocable<void()> fn);
 
   // Routes `m` (from a peer not declared down, or answered locally on behalf of one).
@@ -196,6 +215,10 @@ class Engine final : public Transport::Handler, public RegionHost {
   RegionTable regions_;  // after evictor_: regions go first
   std::unique_ptr<RegionLifecycle> lifecycle_;
   uint64_t down_mask_ = 0;   // peers declared down or left (bit per node id)
+  // Peers declared down whose copies the directories have not forgotten yet (before their
+  // ReassignAt): invalidations and recalls to them are held back, not answered locally.
+  uint64_t silenced_mask_ = 0;
+  coherence::PeerLeases leases_;
   uint64_t left_mask_ = 0;   // peers that said goodbye (kLeaving)
   uint64_t ready_mask_ = 0;  // peers done with Finalize's first phase (or left)
   std::shared_ptr<FinalizeWait> finalize_wait_;  // while Finalize waits for the others
@@ -238,12 +261,15 @@ absl::StatusOr<T> Engine::RunOnEngine(absl::AnyInvocable<absl::StatusOr<T>()> fn
     return absl::FailedPreconditionError("the node is shut down");
   }
   auto call = std::make_shared<internal::EngineCall<T>>();
-  loop_->Post([call, fn = std::move(fn)]() mutable {
+  loop_->Post([this, call, fn = std::move(fn)]() mutable {
     {
       absl::MutexLock l(&call->mu);
       if (call->abandoned) return;
       call->started = true;
     }
+    // After a stall of this process, leases are judged before the call is served: a call
+    // that returns has seen this node fenced for every peer it could not hear from.
+    CheckLeases(absl::Now());
     call->result.emplace(fn());
     call->done.Notify();
   });

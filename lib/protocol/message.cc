@@ -33,6 +33,7 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kStatsRequest: return "StatsRequest";
     case MsgType::kStatsReply: return "StatsReply";
     case MsgType::kGoodbye: return "Goodbye";
+    case MsgType::kHeartbeat: return "Heartbeat";
   }
   return "Unknown";
 }

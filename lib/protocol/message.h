@@ -77,6 +77,10 @@ enum class MsgType : uint8_t {
   // Membership: a node leaving in order (node.h: Shutdown, Finalize). No reply.
   kGoodbye = 50,  // arg = GoodbyeKind; region = 0, page = 0, payload empty. Per-pair FIFO: it
                   // follows every message the sender sent to this peer before it.
+  // Liveness: any message renews the sender's lease at the receiver; this one is sent only
+  // when nothing else went to the peer for an eighth of the lease. region, page, req_id and
+  // arg are 0; no payload; no reply.
+  kHeartbeat = 51,
   // Statistics (Node::GatherStats): any node <-> any node.
   kStatsRequest = 80,  // req_id = gather id (non-zero); region, page, arg = 0; no payload.
   kStatsReply = 81,    // req_id = the gather id; arg = number of counters (1..kMaxStatsFields);

@@ -162,6 +162,7 @@ constexpr Rule kRules[] = {
     {MsgType::kStatsReply, PayloadRule::kArgWords, kZeroRegion | kZeroPage | kNonZeroReqId,
      StatsFieldsArg},
     {MsgType::kGoodbye, PayloadRule::kEmpty, kZeroRegion | kZeroPage, GoodbyeKindArg},
+    {MsgType::kHeartbeat, PayloadRule::kEmpty, kZeroRegion | kZeroPage | kZeroArg, nullptr},
 };
 
 // Type byte -> 1 + its row in kRules; 0 for a type without a row.

@@ -254,6 +254,31 @@ TEST(Cache, ReleaseAndWriteBackAll) {
   EXPECT_EQ(c.WriteBackAll(&homes).value_or(99), 0u);
 }
 
+TEST(Cache, FencingAHomePoisonsEveryCopyOfItsPagesAndNothingElse) {
+  RecordingPort port;
+  // Pages 4..7 are homed at node 2, the rest at node 0.
+  Cache c({1, 1, 12, [](PageIndex p) -> NodeId { return p >= 4 && p < 8 ? 2 : 0; }}, &port);
+  for (PageIndex p : {3, 4, 5}) {  // 4: S, 5: M, 3: S at another home
+    c.OnFault(p, p == 5, kT0);
+    c.OnMessage(Reply(MsgType::kData, port.sent.back(),
+                      uint64_t(p == 5 ? Grant::kModified : Grant::kShared)), kT0);
+  }
+  c.OnFault(6, false, kT0);  // pending at node 2
+  port.fails.clear();
+  c.FenceHome(2);
+  for (PageIndex p : {4, 5, 6}) {
+    EXPECT_TRUE(c.lost(p)) << p;
+    EXPECT_EQ(c.state(p), PageState::kInvalid) << p;
+  }
+  EXPECT_EQ(port.fails.size(), 3u);
+  EXPECT_EQ(c.state(3), PageState::kShared) << "a copy from another home was fenced";
+  EXPECT_FALSE(c.lost(7));  // never held: lost at its first fault (home down)
+  c.OnFault(7, false, kT0);
+  EXPECT_TRUE(c.lost(7));
+  EXPECT_EQ(c.counters().shared, 1u);
+  EXPECT_EQ(c.counters().modified, 0u);
+}
+
 TEST(Cache, WriteBackAllWriteProtectsEachRunOfModifiedPagesInOneCall) {
   RecordingPort port;
   // Pages 6 and 7 are homed at node 2, which goes down; the rest at node 0.

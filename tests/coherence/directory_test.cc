@@ -129,6 +129,61 @@ TEST(Directory, RunReplyInARecycledBufferCarriesOnlyTheGrantedPages) {
   EXPECT_TRUE(port.sent[0].payload.empty());
 }
 
+TEST(Directory, ASilencedPeerKeepsItsCopiesRecordedUntilItIsDown) {
+  HomePort port;
+  Directory d(HomeConfig(2), &port);
+  d.OnMessage(Msg(MsgType::kGetS, 2, 0), kT0);  // node 2: a Shared copy of page 0
+  d.OnMessage(Msg(MsgType::kGetM, 3, 1), kT0);  // node 3: page 1 Modified
+  d.OnMessage(Msg(MsgType::kGetS, 2, 1, 0, 7), kT0);  // recall from 3 on behalf of node 2
+  d.OnMessage(Msg(MsgType::kGetS, 3, 0, 0, 8), kT0);  // node 3 queued nothing yet: granted
+  port.sent.clear();
+  // Node 3 goes silent: stop serving it, but it may still read its copies.
+  d.OnPeerSilenced(3, kT0);
+  d.OnMessage(Msg(MsgType::kGetM, 1, 0), kT0);  // must invalidate node 2 and node 3
+  std::vector<NodeId> inv;
+  for (const Message& m : port.sent) {
+    if (m.type == MsgType::kInv) inv.push_back(m.dst);
+  }
+  std::sort(inv.begin(), inv.end());
+  EXPECT_EQ(inv, (std::vector<NodeId>{2, 3}));
+  d.OnMessage(Msg(MsgType::kInvAck, 2, 0), kT0);
+  EXPECT_TRUE(d.entry(0).busy) << "granted M while a silenced sharer may still read its copy";
+  EXPECT_EQ(d.entry(1).state, ES::kModified) << "its Modified page was lost before it fenced";
+  EXPECT_FALSE(d.entry(1).lost);
+  const size_t before = port.sent.size();
+  d.OnMessage(Msg(MsgType::kGetS, 3, 0, 0, 9), kT0);  // ignored: it is not served any more
+  EXPECT_EQ(port.sent.size(), before);
+  // It has fenced itself: its copies are forgotten, the write is granted, its page lost.
+  d.OnPeerDown(3, kT0);
+  EXPECT_FALSE(d.entry(0).busy);
+  EXPECT_EQ(d.entry(0).state, ES::kModified);
+  EXPECT_EQ(d.entry(0).owner, 1u);
+  EXPECT_TRUE(d.entry(1).lost);
+  ASSERT_FALSE(port.sent.empty());
+  EXPECT_EQ(port.sent.back().dst, 2u);  // the queued read of page 1 by node 2 gets its answer
+  EXPECT_EQ(port.sent.back().type, MsgType::kNack);
+}
+
+// A restarted node (a new incarnation) is served again from no copies, and when the new
+// incarnation fails too, its copies are forgotten again.
+TEST(Directory, ARejoinedPeerIsServedAndItsNextFailureForgetsItsCopiesAgain) {
+  HomePort port;
+  Directory d(HomeConfig(2), &port);
+  d.OnMessage(Msg(MsgType::kGetS, 3, 0), kT0);
+  d.OnPeerDown(3, kT0);
+  EXPECT_EQ(d.entry(0).state, ES::kUncached);
+  d.OnPeerRejoined(3);
+  port.sent.clear();
+  d.OnMessage(Msg(MsgType::kGetM, 3, 1), kT0);  // the new incarnation is served
+  ASSERT_EQ(port.sent.size(), 1u);
+  EXPECT_EQ(port.sent[0].type, MsgType::kData);
+  EXPECT_EQ(d.entry(1).state, ES::kModified);
+  EXPECT_EQ(d.entry(1).owner, 3u);
+  d.OnPeerDown(3, kT0);  // and its failure is handled again: the page it held alone is lost
+  EXPECT_TRUE(d.entry(1).lost);
+  EXPECT_EQ(d.entry(1).state, ES::kUncached);
+}
+
 TEST(Directory, RunStopsAtBusyLostUnreadableAndForeignPagesAndNeverNacks) {
   HomePort port;
   // Pages 0..9 homed here, 10.. at node 3.

@@ -103,6 +103,9 @@ class Sim {
   uint64_t last_write(PageIndex p) const { return last_write_[p]; }
   bool alive(NodeId n) const { return alive_[n]; }
   uint64_t steps() const { return steps_; }
+  // The simulated clock (each step advances it by 1 us); liveness tests move it on by hand.
+  absl::Time now() const { return now_; }
+  void AdvanceTime(absl::Duration d) { now_ += d; }
   // Counts of port calls, for tests that care how a result was reached.
   struct PortCalls {
     int install = 0, set_access = 0, read_page = 0, drop = 0, fail = 0, wake = 0;

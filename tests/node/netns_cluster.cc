@@ -108,6 +108,12 @@ std::string NetnsCluster::address(int i) const {
   return absl::StrCat("10.77.", subnet_, ".", i + 1);
 }
 
+// The bridge's end of the host's veth: the host keeps its address and route, and what it sends
+// is silently lost, as on a cut cable (rather than failing at once with "network unreachable").
+absl::Status NetnsCluster::SetLinkUp(int i, bool up) {
+  return Ip({"-n", bridge_ns_, "link", "set", absl::StrCat("p", i), up ? "up" : "down"});
+}
+
 void NetnsCluster::Destroy() {
   for (const std::string& h : hosts_) (void)Ip({"netns", "del", h});
   hosts_.clear();

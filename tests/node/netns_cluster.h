@@ -45,6 +45,8 @@ class NetnsCluster {
   int size() const { return static_cast<int>(hosts_.size()); }
   const std::string& ns(int i) const { return hosts_[static_cast<size_t>(i)]; }
   std::string address(int i) const;
+  // Takes host i's interface down (cut off from every other host) or up again.
+  absl::Status SetLinkUp(int i, bool up);
 
  private:
   NetnsCluster() = default;

@@ -19,7 +19,7 @@
 // Usage: node_worker --id 1 --peers 127.0.0.1:7000,127.0.0.1:7001 --region r --size 65536
 //                    [--home 0] [--policy fixed|interleaved] [--file PATH] [--transport tcp]
 //                    [--scenario repl|counter] [--threads 2] [--iters 20000]
-//                    [--peer-timeout-ms 3000] [--lock-grace-ms 1000]
+//                    [--peer-timeout-ms 3000] [--lease-ms 0] [--lock-grace-ms 1000]
 //                    [--leave collective] [--log-file PATH]
 //        Without --peers, the node's id and peers come from the environment a launcher sets
 //        (dsm/launch.h: DSM_*, Slurm, Open MPI, PMI). --leave collective: after the scenario
@@ -219,6 +219,27 @@ std::string Worker::RunCommand(const std::vector<std::string>& c) {
     if (bus) return "sigbus";
     return cmd == "write64" ? "ok" : absl::StrCat("ok ", out);
   }
+  if (cmd == "readn") {
+    // <off> <n> <want>: n loads of the word, each on its own (a SIGBUS ends only that load).
+    // Replies "ok fresh=<loads that saw want> lost=<loads that raised SIGBUS> stale=<others>
+    // [first_stale=<value>]".
+    uint64_t off = num(1), n = num(2, 1), want = num(3);
+    if (off % 8 != 0 || !InRange(off, 8)) return "err bad offset";
+    uint64_t fresh = 0, lost = 0, stale = 0, first_stale = 0;
+    for (uint64_t i = 0; i < n; ++i) {
+      uint64_t v = 0;
+      if (dsm::testing::RaisesSigbus([&] { v = __atomic_load_n(word(off), __ATOMIC_ACQUIRE); })) {
+        ++lost;
+      } else if (v == want) {
+        ++fresh;
+      } else if (stale++ == 0) {
+        first_stale = v;
+      }
+    }
+    std::string r = absl::StrCat("ok fresh=", fresh, " lost=", lost, " stale=", stale);
+    if (stale != 0) absl::StrAppend(&r, " first_stale=", first_stale);
+    return r;
+  }
   if (cmd == "wait64") {  // <off> <value> <timeout_ms>: until the word equals value
     uint64_t off = num(1), v = num(2), ms = num(3, 10000);
     if (off % 8 != 0 || !InRange(off, 8)) return "err bad offset";
@@ -402,6 +423,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.peer_timeout = absl::Milliseconds(args.GetU("peer-timeout-ms", 3000));
+  o.lease_duration = absl::Milliseconds(args.GetU("lease-ms", 0));
   o.lock_release_grace = absl::Milliseconds(args.GetU("lock-grace-ms", 1000));
   o.connect_timeout = absl::Milliseconds(args.GetU("connect-timeout-ms", 20000));
   std::atomic<uint64_t> lost{0};

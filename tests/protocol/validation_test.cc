@@ -158,6 +158,22 @@ std::vector<Case> Cases() {
     c.push_back({V::kArgNotZero, cancel, bad});
   }
   {
+    // A heartbeat carries nothing but its sender.
+    Frame beat{T(MsgType::kHeartbeat), 1, 0, 0, 0, 0, ""};
+    Frame bad = beat;
+    bad.arg = 1;
+    c.push_back({V::kArgNotZero, beat, bad});
+    bad = beat;
+    bad.page = 1;
+    c.push_back({V::kPageNotZero, beat, bad});
+    bad = beat;
+    bad.region = 1;
+    c.push_back({V::kRegionNotZero, beat, bad});
+    bad = beat;
+    bad.payload = "x";
+    c.push_back({V::kPayloadSize, beat, bad});
+  }
+  {
     Frame bad = LockAcquire(Acquire(1, 1, 0));
     bad.req_id = 0;
     c.push_back({V::kReqIdZero, LockAcquire(Acquire(1, 1, 0)), bad});
