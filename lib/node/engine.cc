@@ -249,7 +249,10 @@ void Engine::Dispatch(Message& m) {
 
 // ---- peers and time ----------------------------------------------------------------------
 
-void Engine::OnPeerUp(NodeId peer) { DSM_LOG(INFO) << "node " << peer << " is up"; }
+void Engine::OnPeerUp(NodeId peer) {
+  DSM_LOG(INFO) << "node " << peer << " is up";
+  lifecycle_->OnPeerUp(peer);
+}
 
 void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
   if (peer >= kMaxNodes || peer == options_.node_id || InNodeSet(down_mask_, peer)) return;
@@ -268,6 +271,12 @@ void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
 void Engine::ReportLost(const std::string& region, PageIndex first, uint64_t count) {
   stats_.pages_lost += count;
   if (options_.on_pages_lost) options_.on_pages_lost(region, first, count);
+}
+
+void Engine::FlushLostSoon(RegionId id) {
+  loop_->Post([this, id] {
+    if (MappedRegion* r = regions_.Find(id)) r->FlushLost();
+  });
 }
 
 void Engine::After(absl::Duration delay, absl::AnyInvocable<void()> fn) {
