@@ -18,12 +18,17 @@ void AddPage(std::vector<PageRange>* ranges, uint64_t page) {
 
 void LogLostRanges(absl::string_view what, const std::vector<PageRange>& ranges,
                    absl::string_view why) {
+  LogLostRanges(what, ranges, [why](const PageRange&) { return std::string(why); });
+}
+
+void LogLostRanges(absl::string_view what, const std::vector<PageRange>& ranges,
+                   absl::FunctionRef<std::string(const PageRange&)> why) {
   uint64_t rest_pages = 0;
   for (size_t i = 0; i < ranges.size(); ++i) {
     const PageRange& r = ranges[i];
     if (i < kMaxLostRangeLines) {
       DSM_LOG(WARNING) << what << ": pages [" << r.first << ", " << r.end() << ") lost ("
-                       << r.count << (r.count == 1 ? " page): " : " pages): ") << why;
+                       << r.count << (r.count == 1 ? " page): " : " pages): ") << why(r);
     } else {
       rest_pages += r.count;
     }
@@ -31,7 +36,8 @@ void LogLostRanges(absl::string_view what, const std::vector<PageRange>& ranges,
   if (ranges.size() > kMaxLostRangeLines) {
     DSM_LOG(WARNING) << what << ": " << ranges.size() - kMaxLostRangeLines
                      << " more ranges lost (" << rest_pages << " pages, from page "
-                     << ranges[kMaxLostRangeLines].first << "): " << why;
+                     << ranges[kMaxLostRangeLines].first << "): "
+                     << why(ranges[kMaxLostRangeLines]);
   }
 }
 

@@ -10,8 +10,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/string_view.h"
 
 namespace dsm {
@@ -33,5 +35,8 @@ inline constexpr size_t kMaxLostRangeLines = 8;
 // past kMaxLostRangeLines ranges, one line summing up the rest.
 void LogLostRanges(absl::string_view what, const std::vector<PageRange>& ranges,
                    absl::string_view why);
+// The same with a reason per range (the summary line takes the first summed-up range's).
+void LogLostRanges(absl::string_view what, const std::vector<PageRange>& ranges,
+                   absl::FunctionRef<std::string(const PageRange&)> why);
 
 }  // namespace dsm

@@ -218,23 +218,23 @@ void MappedRegion::FlushLost() {
   if (lost_.empty()) return;
   std::vector<PageRange> ranges;
   ranges.swap(lost_);  // the callbacks below may fail further pages
-  std::string why;
+  std::string cause;
   switch (lost_why_) {
     case ErrorCode::kPageLost:
-      why = "the home or the only current copy is on a node that is down";
-      if (options_.home_policy == HomePolicy::kFixed) {
-        absl::StrAppend(&why, " (home: node ", options_.home, ")");
-      }
-      break;
     case ErrorCode::kPeerDown:
-      why = absl::StrCat("the home node ", options_.home, " is down");
+      cause = "the home or the only current copy is on a node that is down";
       break;
     default:
-      why = coherence::CodeToStatus(lost_why_, "the page could not be served").ToString();
+      cause = coherence::CodeToStatus(lost_why_, "the page could not be served").ToString();
       break;
   }
-  absl::StrAppend(&why, "; accesses raise SIGBUS");
-  LogLostRanges(absl::StrCat("region ", options_.name), ranges, why);
+  LogLostRanges(absl::StrCat("region ", options_.name), ranges, [&](const PageRange& r) {
+    // Name the home when the range has one (the usual cause: that node is down).
+    const bool one_home = options_.home_policy == HomePolicy::kFixed || r.count == 1;
+    return absl::StrCat(cause, one_home ? absl::StrCat(" (home: node ", HomeOf(r.first), ")")
+                                        : std::string(),
+                        "; accesses raise SIGBUS");
+  });
   for (const PageRange& r : ranges) host_->ReportLost(options_.name, r.first, r.count);
   Userfaultfd& uffd = host_->uffd();
   for (const PageRange& r : ranges) {
