@@ -45,12 +45,13 @@ std::string Name(const ::testing::TestParamInfo<TransportKind>& info) {
 
 class RegionIdentityTest : public ::testing::TestWithParam<TransportKind> {
  protected:
-  void SetUp() override { Start(3); }
+  void SetUp() override { Start(kLongTimeout); }
 
-  void Start(int n) {
+  void Start(absl::Duration connect_timeout) {
+    cluster_.reset();
     absl::StatusOr<std::unique_ptr<LocalCluster>> c =
-        LocalCluster::Start(GetParam(), n, [](Options& o) {
-          o.connect_timeout = kLongTimeout;
+        LocalCluster::Start(GetParam(), 3, [connect_timeout](Options& o) {
+          o.connect_timeout = connect_timeout;
           o.peer_timeout = kLongTimeout;
         });
     if (!c.ok() && absl::IsPermissionDenied(c.status()) && geteuid() != 0) {
@@ -212,6 +213,50 @@ TEST_P(RegionIdentityTest, TheSameOptionsMapEverywhere) {
     for (auto& r : *all) EXPECT_TRUE(r->Unmap().ok());
   }
   std::remove(path.c_str());
+}
+
+// A witness that stays silent (its engine busy) does not fail the map: once the homes have
+// confirmed, the map stands at its deadline. A silent home would fail it (DeadlineExceeded).
+TEST_P(RegionIdentityTest, ASilentWitnessDoesNotFailTheMap) {
+  Watchdog w("ASilentWitnessDoesNotFailTheMap", kWatchdog);
+  Start(absl::Seconds(3));
+  if (!cluster_) return;
+  // Every connection up first (a barrier of all nodes), so that silence is the only cause.
+  std::vector<absl::Status> up(3);
+  RunParallel({[&] { up[0] = cluster_->node(0)->Barrier("up", {}); },
+               [&] { up[1] = cluster_->node(1)->Barrier("up", {}); },
+               [&] { up[2] = cluster_->node(2)->Barrier("up", {}); }});
+  for (const absl::Status& s : up) ASSERT_TRUE(s.ok()) << s;
+  std::atomic<bool> stalled{false};
+  std::atomic<bool> release{false};
+  // Node 2's engine thread runs this callback and so answers nothing until it returns.
+  cluster_->node(2)->BarrierAsync("stall", {2}, absl::InfiniteFuture(), [&](absl::Status) {
+    stalled = true;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!release && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  while (!stalled) std::this_thread::yield();
+  w.Step("node 0 maps while node 2 is silent");
+  RegionOptions ro{.name = "quiet", .size = kPage, .home = 0};
+  absl::StatusOr<std::unique_ptr<Region>> r0 = cluster_->node(0)->MapRegion(ro);
+  EXPECT_TRUE(r0.ok()) << r0.status();
+  w.Step("a region homed at the silent node cannot be mapped");
+  RegionOptions at_two{.name = "quiet-2", .size = kPage, .home = 2};
+  absl::StatusOr<std::unique_ptr<Region>> r1 = cluster_->node(1)->MapRegion(at_two);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(r1.status())) << r1.status();
+  EXPECT_THAT(std::string(r1.status().message()), HasSubstr("node 2"));
+  release = true;
+  w.Step("node 2 maps the region once it runs again");
+  absl::StatusOr<std::unique_ptr<Region>> r2 = cluster_->node(2)->MapRegion(ro);
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  if (r0.ok()) {
+    static_cast<volatile uint64_t*>((*r0)->data())[0] = 5;
+    EXPECT_EQ(static_cast<volatile uint64_t*>((*r2)->data())[0], 5u);
+    EXPECT_TRUE((*r0)->Unmap().ok());
+  }
+  EXPECT_TRUE((*r2)->Unmap().ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, RegionIdentityTest,
