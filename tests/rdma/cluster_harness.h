@@ -84,15 +84,15 @@ inline void Pump(std::vector<std::unique_ptr<TestNode>>& nodes, absl::Duration d
 // may not hold NUL).
 inline Message TestMessage(NodeId dst, uint64_t seq, size_t payload) {
   Message m;
-  // kGetS: no payload; kRegionOpen: 1..255 bytes (inline); kData: whole pages (staged).
+  // kGetS: no payload; kRegionOpen: 1..255 bytes (inline); kDataRun: whole pages (staged).
   m.type = payload == 0 ? MsgType::kGetS
            : payload < kPageSize ? MsgType::kRegionOpen
-                                 : MsgType::kData;
+                                 : MsgType::kDataRun;
   m.dst = dst;
   m.region = 7;
   m.page = seq;
   m.req_id = seq;
-  m.arg = m.type == MsgType::kData ? static_cast<uint64_t>(Grant::kShared) : 0;
+  m.arg = m.type == MsgType::kDataRun ? payload / kPageSize : 0;  // pages asked for = sent
   if (m.type == MsgType::kRegionOpen) {  // a legal identity (protocol/region_identity.h)
     m.arg = kPageSize;
     m.page = PackIdentityWord({kPageSize, 0, HomePolicy::kFixed, Backing::kAnonymous});
