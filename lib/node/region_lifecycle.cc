@@ -364,13 +364,14 @@ void RegionLifecycle::OnTick(absl::Time now) {
   }
   for (auto& op : expired) {
     const uint64_t owed = op->pending_mask_ & ~op->witness_mask_;
-    if (owed == 0) {
+    if (op->open_size_ != 0 && op->pending_mask_ != 0 && owed == 0) {
       // Only witnesses are silent: the homes confirmed, the map stands without them.
       DSM_LOG(WARNING) << op->what_ << ": " << NodeSetString(op->pending_mask_)
                        << " did not answer the identity check in time; mapped without it";
     } else {
-      op->Fail(absl::DeadlineExceededError(absl::StrCat(
-          op->what_, ": no answer in time from ", NodeSetString(owed))));
+      op->Fail(absl::DeadlineExceededError(
+          owed == 0 ? absl::StrCat(op->what_, ": no answer in time")
+                    : absl::StrCat(op->what_, ": no answer in time from ", NodeSetString(owed))));
     }
     Finish(op);
   }
