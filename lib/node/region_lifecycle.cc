@@ -160,7 +160,8 @@ absl::Status RegionLifecycle::StartSync(RegionId region, std::shared_ptr<RegionO
 }
 
 void RegionLifecycle::AskHomesToPersist(MappedRegion& r, const std::shared_ptr<RegionOp>& op) {
-  std::vector<NodeId> homes = r.RemoteHomes();
+  std::vector<NodeId> homes;
+  if (!op->persist_here_only_) homes = r.RemoteHomes();
   if (r.directory() != nullptr) homes.push_back(options_.node_id);
   Track(op);
   // A home known down is not asked (it could not answer): the op fails naming it, and still
@@ -199,7 +200,8 @@ void RegionLifecycle::OnSyncReq(const Message& m) {
 
 // ---- unmap ---------------------------------------------------------------------------------
 
-absl::Status RegionLifecycle::StartUnmap(RegionId region, std::shared_ptr<RegionOp> op) {
+absl::Status RegionLifecycle::StartUnmap(RegionId region, std::shared_ptr<RegionOp> op,
+                                         UnmapScope scope) {
   MappedRegion* r = table_->Find(region);
   if (r == nullptr) return absl::NotFoundError("region is not mapped");
   if (closing_.contains(region)) {
@@ -209,6 +211,7 @@ absl::Status RegionLifecycle::StartUnmap(RegionId region, std::shared_ptr<Region
   closing_.insert(region);
   op->what_ = absl::StrCat("unmapping region ", r->name());
   op->region_ = region;
+  op->persist_here_only_ = scope == UnmapScope::kFinal;
   op->deadline_ = absl::Now() + options_.peer_timeout;
   Track(op);  // from now on OnTick bounds it, the reclaim included
   coherence::Directory* dir = r->directory();
@@ -233,24 +236,44 @@ void RegionLifecycle::ReleaseAndPersist(const std::shared_ptr<RegionOp>& op) {
     op->Fail(absl::NotFoundError("region vanished while unmapping"));
     return Finish(op);
   }
+  ReleaseAll(*r);
+  // Homes persist what they received (file-backed regions); the mapping goes when they answer.
+  AskHomesToPersist(*r, op);
+}
+
+void RegionLifecycle::ReleaseAll(MappedRegion& r) {
   // Give every copy back: Modified pages are written back, Shared ones dropped with notice.
   // Released in the region's batch mode, so the unmaps go in runs (one madvise per run, not per
   // page); flushed every kUnmapBatch releases to bound the messages held back.
   constexpr int kUnmapBatch = 1024;
-  coherence::Cache& cache = r->cache();
+  coherence::Cache& cache = r.cache();
   int in_batch = 0;
-  r->BeginBatch();
-  for (PageIndex p = 0; p < r->num_pages(); ++p) {
+  r.BeginBatch();
+  for (PageIndex p = 0; p < r.num_pages(); ++p) {
     if (cache.state(p) == coherence::PageState::kInvalid || cache.pending(p)) continue;
     if (cache.Release(p) && ++in_batch == kUnmapBatch) {
-      r->EndBatch();
-      r->BeginBatch();
+      r.EndBatch();
+      r.BeginBatch();
       in_batch = 0;
     }
   }
-  r->EndBatch();
-  // Homes persist what they received (file-backed regions); the mapping goes when they answer.
+  r.EndBatch();
+}
+
+absl::Status RegionLifecycle::StartFlush(RegionId region, std::shared_ptr<RegionOp> op) {
+  MappedRegion* r = table_->Find(region);
+  if (r == nullptr) return absl::NotFoundError("region is not mapped");
+  if (closing_.contains(region)) {
+    return absl::FailedPreconditionError(absl::StrCat("region ", r->name(),
+                                                      " is being unmapped"));
+  }
+  op->what_ = absl::StrCat("writing back region ", r->name());
+  op->region_ = region;
+  op->deadline_ = absl::Now() + options_.peer_timeout;
+  ReleaseAll(*r);
+  // Per-pair FIFO: each home applies the write-backs above before it answers this request.
   AskHomesToPersist(*r, op);
+  return absl::OkStatus();
 }
 
 void RegionLifecycle::Remove(RegionId region) {
@@ -296,13 +319,15 @@ void RegionLifecycle::OnOpenReply(const Message& m) {
     }
     return Complete(m.req_id, from, code);
   }
-  if (witness && (code == ErrorCode::kNoSuchRegion || code == ErrorCode::kPeerDown)) {
+  const bool gone = code == ErrorCode::kPeerDown || code == ErrorCode::kPeerLeft;
+  if (witness && (code == ErrorCode::kNoSuchRegion || gone)) {
     // Nothing to compare there (not mapped, or the node just went down): fine for a witness.
     return Complete(m.req_id, from, ErrorCode::kOk);
   }
-  if (code == ErrorCode::kPeerDown) {
-    op->Fail(absl::UnavailableError(absl::StrCat(op->what_, ": its home node ", from,
-                                                 " is down")));
+  if (gone) {
+    op->Fail(absl::UnavailableError(absl::StrCat(
+        op->what_, ": node ", from,
+        code == ErrorCode::kPeerLeft ? " has left the cluster" : " is down", " (its home)")));
     return Complete(m.req_id, from, ErrorCode::kOk);
   }
   Complete(m.req_id, from, code);
@@ -335,8 +360,9 @@ absl::Status RegionLifecycle::DownError(absl::string_view what, NodeId peer,
                                         absl::string_view role) const {
   auto it = down_.find(peer);
   if (it == down_.end()) return absl::OkStatus();
-  return absl::UnavailableError(absl::StrCat(what, ": node ", peer, " (", role,
-                                             ") is down: ", it->second.message()));
+  // The reason names the node ("node 2 is down: ...", "node 2 has left the cluster").
+  return absl::UnavailableError(
+      absl::StrCat(what, ": ", it->second.message(), " (", role, ")"));
 }
 
 void RegionLifecycle::OnPeerUp(NodeId peer) { down_.erase(peer); }
@@ -350,8 +376,7 @@ void RegionLifecycle::OnPeerDown(NodeId peer, const absl::Status& why) {
   for (auto& op : waiting) {
     // A witness of a map owes nothing: without it the map just has one comparison less.
     if (!InNodeSet(op->witness_mask_, peer)) {
-      op->Fail(absl::UnavailableError(
-          absl::StrCat(op->what_, ": node ", peer, " is down: ", why.message())));
+      op->Fail(absl::UnavailableError(absl::StrCat(op->what_, ": ", why.message())));
     }
     Complete(op->req_id_, peer, ErrorCode::kOk);
   }

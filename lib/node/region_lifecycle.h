@@ -21,6 +21,11 @@
 //           holds is released (Modified pages written back) and every home is asked to persist.
 //           The caller then drops the region (Remove). A home known down is not asked: the
 //           unmap fails with Unavailable naming it once the live homes have answered.
+//   Flush:  (Finalize, first phase) every copy this node holds is released (Modified pages
+//           written back) and every home is asked to persist; the region stays mapped and
+//           this node keeps serving the pages homed here.
+//   Final unmap: (Finalize, second phase: every node has flushed) as Unmap, but only this
+//           node persists: no other node holds a copy, and the other homes may be gone.
 //
 // Thread safety: every method runs on the engine thread. The only object shared with another
 // thread is a RegionOp, through its Notification (see RegionOp).
@@ -82,6 +87,7 @@ class RegionOp {
   uint64_t open_size_ = 0;  // a map's region size (non-zero: kNoSuchRegion is retried)
   std::string region_name_;  // a map's region name and identity, as this node maps it
   RegionIdentity identity_;
+  bool persist_here_only_ = false;  // a final unmap: no kSyncReq to other homes
   absl::Notification done_;
 };
 
@@ -100,7 +106,14 @@ class RegionLifecycle {
   absl::StatusOr<MappedRegion*> StartMap(const RegionOptions& options,
                                          std::shared_ptr<RegionOp> op);
   absl::Status StartSync(RegionId region, std::shared_ptr<RegionOp> op);
-  absl::Status StartUnmap(RegionId region, std::shared_ptr<RegionOp> op);
+  // kCluster: the other nodes go on (homes here reclaim, every home persists). kFinal: after
+  // every node flushed (Finalize): this node's home pages are reclaimed and persisted here;
+  // no message needs another node.
+  enum class UnmapScope { kCluster, kFinal };
+  absl::Status StartUnmap(RegionId region, std::shared_ptr<RegionOp> op,
+                          UnmapScope scope = UnmapScope::kCluster);
+  // Finalize's first phase for one region (see Flush above).
+  absl::Status StartFlush(RegionId region, std::shared_ptr<RegionOp> op);
   // Drops the region (after a failed map or a finished unmap): ops still running on it fail.
   void Remove(RegionId region);
 
@@ -108,7 +121,8 @@ class RegionLifecycle {
   void OnRegionOpen(const Message& m);
   void OnSyncReq(const Message& m);
   void OnReply(const Message& m);  // kRegionOpenReply, kSyncAck
-  // Peer events and time. A peer is known down from OnPeerDown until OnPeerUp.
+  // Peer events and time. `why` names the peer ("node 2 is down: ...", "node 2 has left").
+  // A peer is known down from OnPeerDown until OnPeerUp.
   void OnPeerUp(NodeId peer);
   void OnPeerDown(NodeId peer, const absl::Status& why);
   void OnTick(absl::Time now);  // ops past their deadline fail
@@ -125,7 +139,10 @@ class RegionLifecycle {
   void SendRegionOpen(const RegionOp& op, const MappedRegion& r, NodeId home);
   // Unmap, once no page is held Modified elsewhere: give every copy back, then persist.
   void ReleaseAndPersist(const std::shared_ptr<RegionOp>& op);
-  // kSyncReq to every home of `r` (this node included); `op` waits for their acks.
+  // Gives back every copy of `r` this node holds (Modified pages written back), in batches.
+  void ReleaseAll(MappedRegion& r);
+  // kSyncReq to every home of `r` (this node included; only this node if the op persists
+  // here only); `op` waits for their acks.
   void AskHomesToPersist(MappedRegion& r, const std::shared_ptr<RegionOp>& op);
 
   const Options& options_;

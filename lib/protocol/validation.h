@@ -61,6 +61,7 @@ enum class Violation : uint8_t {
   kNodeWithoutNodeDown,  // kBarrierReply: a node id with a code other than kNodeDown
   kDownNodeOutsideCluster,  // kBarrierReply: kNodeDown names a node >= cluster size
   kNameHasNul,          // kRegionOpen / kBarrierEnter / kBarrierCancel: a NUL in the name
+  kBadGoodbyeKind,      // kGoodbye: arg is not a GoodbyeKind
   kBadRegionIdentity,   // kRegionOpen(Reply): page is not an identity word (region_identity.h)
   kBadRegionSize,       // kRegionOpen arg / kRegionOpenReply payload: not a whole number of
                         // pages, or zero
