@@ -53,6 +53,7 @@ class RegionIdentityTest : public ::testing::TestWithParam<TransportKind> {
         LocalCluster::Start(GetParam(), 3, [connect_timeout](Options& o) {
           o.connect_timeout = connect_timeout;
           o.peer_timeout = kLongTimeout;
+          o.wait_for_cluster = true;  // every connection up: silence is the only cause
         });
     if (!c.ok() && absl::IsPermissionDenied(c.status()) && geteuid() != 0) {
       GTEST_SKIP() << "userfaultfd unavailable to this user: " << c.status();
@@ -221,12 +222,6 @@ TEST_P(RegionIdentityTest, ASilentWitnessDoesNotFailTheMap) {
   Watchdog w("ASilentWitnessDoesNotFailTheMap", kWatchdog);
   Start(absl::Seconds(3));
   if (!cluster_) return;
-  // Every connection up first (a barrier of all nodes), so that silence is the only cause.
-  std::vector<absl::Status> up(3);
-  RunParallel({[&] { up[0] = cluster_->node(0)->Barrier("up", {}); },
-               [&] { up[1] = cluster_->node(1)->Barrier("up", {}); },
-               [&] { up[2] = cluster_->node(2)->Barrier("up", {}); }});
-  for (const absl::Status& s : up) ASSERT_TRUE(s.ok()) << s;
   std::atomic<bool> stalled{false};
   std::atomic<bool> release{false};
   // Node 2's engine thread runs this callback and so answers nothing until it returns.
