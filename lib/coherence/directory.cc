@@ -525,6 +525,12 @@ void Directory::OnPeerDown(NodeId peer, absl::Time now) {
   for (PageIndex page : touched) s.Drain(page, now);
 }
 
+void Directory::OnPeerRejoined(NodeId peer) {
+  Impl& s = *impl_;
+  if (peer >= kMaxNodes) return;
+  s.down &= ~NodeBit(peer);
+}
+
 void Directory::SetClosing() { impl_->closing = true; }
 
 bool Directory::closing() const { return impl_->closing; }
