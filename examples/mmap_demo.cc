@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
   fro.name = "demo-file";
   fro.size = kFileSize;
   fro.home = 0;
-  if (id == 0) fro.file_path = file;
+  fro.file_path = id == 0 ? file : "the home's file";  // every node says it is file-backed
   absl::StatusOr<std::unique_ptr<dsm::Region>> fr = (*node)->MapRegion(fro);
   if (!fr.ok()) return Fail(id, "MapRegion(demo-file): " + fr.status().ToString());
   dsm::RegionOptions cro;

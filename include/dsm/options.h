@@ -160,6 +160,9 @@ enum class HomePolicy {
   kInterleaved,  // page i lives at node (i % cluster size); anonymous regions only
 };
 
+// Every node that maps a region gives the same name, size (in pages), home_policy, home
+// (under kFixed) and backing (file_path empty or not): MapRegion compares them with the
+// other nodes and fails with InvalidArgument naming the field that differs.
 struct RegionOptions {
   // Cluster-wide name: every node maps the region under the same name and size.
   std::string name;
@@ -167,9 +170,10 @@ struct RegionOptions {
   size_t size = 0;
   NodeId home = 0;
   HomePolicy home_policy = HomePolicy::kFixed;
-  // At the home node only: a file that backs the region. Empty = anonymous (zero-filled).
+  // A file that backs the region, opened at the home node. Empty = anonymous (zero-filled).
   // Pages are read from the file on first use; Sync() writes dirty pages back.
-  // The file is extended to `size` if shorter.
+  // The file is extended to `size` if shorter. At the other nodes it only states that the
+  // region is file-backed (pass the home's path; it is not opened there).
   std::string file_path;
 };
 

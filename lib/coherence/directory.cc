@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/page_ranges.h"
 #include "common/node_set.h"
 #include "coherence/refusal.h"
 #include "common/payload_pool.h"
@@ -512,6 +513,7 @@ void Directory::OnPeerDown(NodeId peer, absl::Time now) {
   s.down |= NodeBit(peer);
   s.forgotten |= NodeBit(peer);
   // Forget its copies. A full scan: rare, and non-home entries are all zero.
+  std::vector<PageRange> lost;  // logged as ranges: one line per run, not per page
   for (PageIndex p = 0; p < s.cfg.num_pages; ++p) {
     const EntryState st = s.State(p);
     if (st == EntryState::kShared && (s.words[p] & NodeBit(peer)) != 0) {
@@ -520,9 +522,11 @@ void Directory::OnPeerDown(NodeId peer, absl::Time now) {
       s.SetUncached(p);
       s.flags[p] |= kLostBit;
       ++s.c.lost_pages;
-      DSM_LOG(WARNING) << "page " << p << " lost: its only copy was on node " << peer;
+      AddPage(&lost, p);
     }
   }
+  LogLostRanges(absl::StrCat("directory of region ", s.cfg.region), lost,
+                absl::StrCat("the only current copy was on node ", peer, ", which is down"));
   std::vector<PageIndex> touched;
   for (auto& [page, t] : s.txns) {
     std::erase_if(t.queue, [peer](const Impl::Request& r) { return r.src == peer; });

@@ -28,6 +28,7 @@ std::optional<Message> Refusal(const Message& request, ErrorCode why) {
       return reply;
     case MsgType::kRegionOpen:
       reply.type = MsgType::kRegionOpenReply;
+      reply.page = 0;  // no identity: the refusing node does not map the region
       return reply;
     case MsgType::kSyncReq:
       reply.type = MsgType::kSyncAck;

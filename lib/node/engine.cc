@@ -317,6 +317,7 @@ void Engine::OnPeerUp(NodeId peer, Incarnation incarnation) {
   left_mask_ &= ~NodeBit(peer);   // the new incarnation has neither left
   ready_mask_ &= ~NodeBit(peer);  // nor finished Finalize's first phase
   down_why_[peer] = absl::OkStatus();
+  lifecycle_->OnPeerUp(peer);  // calls that need it are no longer refused at once
   DSM_LOG(INFO) << "node " << peer << " rejoined with incarnation " << incarnation
                 << " (incarnation " << previous << " was down)";
   regions_.ForEach([peer](MappedRegion& r) {
@@ -401,6 +402,12 @@ void Engine::CheckFinalize() {
 void Engine::ReportLost(const std::string& region, PageIndex first, uint64_t count) {
   stats_.pages_lost += count;
   if (options_.on_pages_lost) options_.on_pages_lost(region, first, count);
+}
+
+void Engine::FlushLostSoon(RegionId id) {
+  loop_->Post([this, id] {
+    if (MappedRegion* r = regions_.Find(id)) r->FlushLost();
+  });
 }
 
 void Engine::After(absl::Duration delay, absl::AnyInvocable<void()> fn) {

@@ -139,6 +139,7 @@ class Engine final : public Transport::Handler, public RegionHost {
   // 2^40 request ids per mapping, 2^24 mappings per node lifetime before ids could repeat.
   uint64_t TakeRequestIdRange() override { return (++mappings_made_ << 40) | 1; }
   void ReportLost(const std::string& region, PageIndex first, uint64_t count) override;
+  void FlushLostSoon(RegionId id) override;
 
  private:
   class UffdPollOp;

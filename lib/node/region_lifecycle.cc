@@ -1,5 +1,6 @@
 #include "node/region_lifecycle.h"
 
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -14,6 +15,17 @@ namespace dsm {
 namespace {
 
 constexpr absl::Duration kRegionOpenRetry = absl::Milliseconds(20);
+
+// "node 2", "nodes 1, 3".
+std::string NodeSetString(uint64_t mask) {
+  std::string ids;
+  int count = 0;
+  for (NodeId n = 0; n < kMaxNodes; ++n) {
+    if (!InNodeSet(mask, n)) continue;
+    absl::StrAppend(&ids, count++ == 0 ? "" : ", ", n);
+  }
+  return absl::StrCat(count == 1 ? "node " : "nodes ", ids);
+}
 
 }  // namespace
 
@@ -52,16 +64,32 @@ absl::StatusOr<MappedRegion*> RegionLifecycle::StartMap(const RegionOptions& opt
   DSM_ASSIGN_OR_RETURN(std::unique_ptr<MappedRegion> created,
                        MappedRegion::Create(options, options_.node_id, options_.peers.size(),
                                             host_));
+  const std::string what = absl::StrCat("mapping region '", options.name, "'");
+  uint64_t homes = 0;
+  for (NodeId h : created->RemoteHomes()) {
+    // A home known down can never confirm: fail now rather than at the deadline.
+    DSM_RETURN_IF_ERROR(DownError(what, h, "its home"));
+    homes |= NodeBit(h);
+  }
   MappedRegion* r = table_->Insert(std::move(created));
-  op->what_ = absl::StrCat("mapping region ", options.name);
+  op->what_ = what;
   op->region_ = id;
   op->open_size_ = r->size();
+  op->region_name_ = options.name;
+  op->identity_ = IdentityOf(options, r->size());
   op->deadline_ = absl::Now() + options_.connect_timeout;
   Track(op);
-  const std::vector<NodeId> homes = r->RemoteHomes();
-  for (NodeId h : homes) op->pending_mask_ |= NodeBit(h);
-  if (homes.empty()) Finish(op);
-  for (NodeId h : homes) SendRegionOpen(*op, *r, h);
+  // Every other node not known down compares identities; the homes must also confirm.
+  for (NodeId n = 0; n < options_.peers.size(); ++n) {
+    if (n == options_.node_id || down_.contains(n)) continue;
+    op->pending_mask_ |= NodeBit(n);
+    if (!InNodeSet(homes, n)) op->witness_mask_ |= NodeBit(n);
+  }
+  const uint64_t asked = op->pending_mask_;
+  if (asked == 0) Finish(op);
+  for (NodeId n = 0; n < options_.peers.size(); ++n) {
+    if (InNodeSet(asked, n)) SendRegionOpen(*op, *r, n);
+  }
   return r;
 }
 
@@ -72,6 +100,7 @@ void RegionLifecycle::SendRegionOpen(const RegionOp& op, const MappedRegion& r, 
   m.region = r.id();
   m.req_id = op.req_id_;
   m.arg = r.size();
+  m.page = PackIdentityWord(op.identity_);
   m.payload.assign(r.name().begin(), r.name().end());
   hooks_.send(std::move(m));
 }
@@ -79,15 +108,31 @@ void RegionLifecycle::SendRegionOpen(const RegionOp& op, const MappedRegion& r, 
 void RegionLifecycle::OnRegionOpen(const Message& m) {
   MappedRegion* r = table_->Find(m.region);
   const std::string name(m.payload.begin(), m.payload.end());
-  ErrorCode code = ErrorCode::kOk;
   if (r == nullptr || r->name() != name) {
-    code = ErrorCode::kNoSuchRegion;
-  } else if (r->size() != m.arg) {
-    code = ErrorCode::kSizeMismatch;
-  } else if (r->directory() == nullptr) {
-    code = ErrorCode::kNotHome;
+    // Not mapped here (yet): a home is asked again, a witness has nothing to compare.
+    hooks_.send(*coherence::Refusal(m, ErrorCode::kNoSuchRegion));
+    return;
   }
-  hooks_.send(*coherence::Refusal(m, code));  // kRegionOpenReply; kOk is the acceptance
+  // The validation table checked the word against the cluster size.
+  const std::optional<RegionIdentity> theirs =
+      UnpackIdentityWord(m.page, m.arg, options_.peers.size());
+  const RegionIdentity mine = IdentityOf(r->options(), r->size());
+  ErrorCode code = ErrorCode::kInvalidRequest;
+  if (theirs.has_value()) {
+    const absl::Status same = CompareIdentity(name, mine, *theirs, m.src);
+    if (same.ok()) {
+      code = ErrorCode::kOk;
+    } else {
+      code = mine.size != theirs->size ? ErrorCode::kSizeMismatch : ErrorCode::kInvalidRequest;
+      DSM_LOG(WARNING) << "refused node " << m.src << "'s open of a region mapped here: "
+                       << same.message();
+    }
+  }
+  // kRegionOpenReply with this node's identity: the opener names the difference itself.
+  Message reply = *coherence::Refusal(m, code);
+  reply.page = PackIdentityWord(mine);
+  reply.payload = EncodeRegionSize(mine.size);
+  hooks_.send(std::move(reply));
 }
 
 // ---- sync ----------------------------------------------------------------------------------
@@ -95,6 +140,11 @@ void RegionLifecycle::OnRegionOpen(const Message& m) {
 absl::Status RegionLifecycle::StartSync(RegionId region, std::shared_ptr<RegionOp> op) {
   MappedRegion* r = table_->Find(region);
   if (r == nullptr) return absl::NotFoundError("region is not mapped");
+  // A home known down cannot persist: fail before writing anything back.
+  for (NodeId h : r->RemoteHomes()) {
+    DSM_RETURN_IF_ERROR(DownError(absl::StrCat("syncing region '", r->name(), "'"), h,
+                                  "a home of the region"));
+  }
   std::vector<NodeId> written_to;  // counted in the cache's writebacks
   // A page this node could not write-protect stays Modified and unwritten: Sync fails.
   if (absl::StatusOr<size_t> written = r->cache().WriteBackAll(&written_to); !written.ok()) {
@@ -114,6 +164,13 @@ void RegionLifecycle::AskHomesToPersist(MappedRegion& r, const std::shared_ptr<R
   if (!op->persist_here_only_) homes = r.RemoteHomes();
   if (r.directory() != nullptr) homes.push_back(options_.node_id);
   Track(op);
+  // A home known down is not asked (it could not answer): the op fails naming it, and still
+  // waits for the live homes so that what they hold is persisted.
+  std::erase_if(homes, [&](NodeId h) {
+    absl::Status down = DownError(op->what_, h, "a home of the region");
+    op->Fail(down);
+    return !down.ok();
+  });
   for (NodeId h : homes) op->pending_mask_ |= NodeBit(h);
   if (homes.empty()) return Finish(op);
   for (NodeId h : homes) {
@@ -235,7 +292,45 @@ void RegionLifecycle::Remove(RegionId region) {
 // ---- answers, peers, time ------------------------------------------------------------------
 
 void RegionLifecycle::OnReply(const Message& m) {
+  if (m.type == MsgType::kRegionOpenReply) return OnOpenReply(m);
   Complete(m.req_id, m.src, static_cast<ErrorCode>(m.arg));
+}
+
+void RegionLifecycle::OnOpenReply(const Message& m) {
+  auto it = ops_.find(m.req_id);
+  if (it == ops_.end()) return;
+  std::shared_ptr<RegionOp> op = it->second;
+  const NodeId from = m.src;
+  if (op->open_size_ == 0 || !InNodeSet(op->pending_mask_, from)) return;
+  const auto code = static_cast<ErrorCode>(m.arg);
+  const bool witness = InNodeSet(op->witness_mask_, from);
+  if (!m.payload.empty()) {
+    // The answering node maps the region: its identity must be this node's.
+    const std::optional<RegionIdentity> theirs =
+        UnpackIdentityWord(m.page, DecodeRegionSize(m.payload), options_.peers.size());
+    absl::Status same =
+        theirs.has_value()
+            ? CompareIdentity(op->region_name_, op->identity_, *theirs, from)
+            : absl::InvalidArgumentError(absl::StrCat(op->what_, ": node ", from,
+                                                      " answered with a malformed identity"));
+    if (!same.ok()) {
+      op->Fail(same);
+      return Complete(m.req_id, from, ErrorCode::kOk);
+    }
+    return Complete(m.req_id, from, code);
+  }
+  const bool gone = code == ErrorCode::kPeerDown || code == ErrorCode::kPeerLeft;
+  if (witness && (code == ErrorCode::kNoSuchRegion || gone)) {
+    // Nothing to compare there (not mapped, or the node just went down): fine for a witness.
+    return Complete(m.req_id, from, ErrorCode::kOk);
+  }
+  if (gone) {
+    op->Fail(absl::UnavailableError(absl::StrCat(
+        op->what_, ": node ", from,
+        code == ErrorCode::kPeerLeft ? " has left the cluster" : " is down", " (its home)")));
+    return Complete(m.req_id, from, ErrorCode::kOk);
+  }
+  Complete(m.req_id, from, code);
 }
 
 void RegionLifecycle::Complete(uint64_t req_id, NodeId from, ErrorCode code) {
@@ -261,16 +356,33 @@ void RegionLifecycle::Complete(uint64_t req_id, NodeId from, ErrorCode code) {
     op->Fail(coherence::CodeToStatus(code, absl::StrCat(op->what_, " (node ", from, ")")));
   }
   op->pending_mask_ &= ~NodeBit(from);
-  if (op->pending_mask_ == 0) Finish(op);
+  // A failed map ends at once: nothing another node answers can save it. Sync and unmap
+  // still wait for the others (what the live homes hold gets persisted).
+  if (op->pending_mask_ == 0 || (op->open_size_ != 0 && !op->status_.ok())) Finish(op);
 }
 
+absl::Status RegionLifecycle::DownError(absl::string_view what, NodeId peer,
+                                        absl::string_view role) const {
+  auto it = down_.find(peer);
+  if (it == down_.end()) return absl::OkStatus();
+  // The reason names the node ("node 2 is down: ...", "node 2 has left the cluster").
+  return absl::UnavailableError(
+      absl::StrCat(what, ": ", it->second.message(), " (", role, ")"));
+}
+
+void RegionLifecycle::OnPeerUp(NodeId peer) { down_.erase(peer); }
+
 void RegionLifecycle::OnPeerDown(NodeId peer, const absl::Status& why) {
+  down_[peer] = why;
   std::vector<std::shared_ptr<RegionOp>> waiting;
   for (auto& [id, op] : ops_) {
     if (InNodeSet(op->pending_mask_, peer)) waiting.push_back(op);
   }
   for (auto& op : waiting) {
-    op->Fail(absl::UnavailableError(absl::StrCat(op->what_, ": ", why.message())));
+    // A witness of a map owes nothing: without it the map just has one comparison less.
+    if (!InNodeSet(op->witness_mask_, peer)) {
+      op->Fail(absl::UnavailableError(absl::StrCat(op->what_, ": ", why.message())));
+    }
     Complete(op->req_id_, peer, ErrorCode::kOk);
   }
 }
@@ -281,7 +393,16 @@ void RegionLifecycle::OnTick(absl::Time now) {
     if (now >= op->deadline_) expired.push_back(op);
   }
   for (auto& op : expired) {
-    op->Fail(absl::DeadlineExceededError(absl::StrCat(op->what_, ": no answer in time")));
+    const uint64_t owed = op->pending_mask_ & ~op->witness_mask_;
+    if (op->open_size_ != 0 && op->pending_mask_ != 0 && owed == 0) {
+      // Only witnesses are silent: the homes confirmed, the map stands without them.
+      DSM_LOG(WARNING) << op->what_ << ": " << NodeSetString(op->pending_mask_)
+                       << " did not answer the identity check in time; mapped without it";
+    } else {
+      op->Fail(absl::DeadlineExceededError(
+          owed == 0 ? absl::StrCat(op->what_, ": no answer in time")
+                    : absl::StrCat(op->what_, ": no answer in time from ", NodeSetString(owed))));
+    }
     Finish(op);
   }
 }

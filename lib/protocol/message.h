@@ -24,8 +24,11 @@ enum class MsgType : uint8_t {
   // Connection set-up.
   kHello = 1,         // arg = cluster size; first message on every connection
   // Region membership (requester -> home).
-  kRegionOpen = 2,    // arg = size in bytes, payload = region name (a name)
-  kRegionOpenReply = 3,  // arg = ErrorCode
+  kRegionOpen = 2,    // arg = size in bytes (whole pages, > 0), page = the opener's identity
+                      // word (protocol/region_identity.h), payload = region name (a name)
+  kRegionOpenReply = 3,  // arg = ErrorCode; when the answerer maps the region: page = its
+                         // identity word, payload = its size (8 bytes LE, whole pages, > 0);
+                         // otherwise page = 0 and no payload
   // Coherence: requester -> home.
   kGetS = 10,         // read miss
   kGetM = 11,         // write miss or upgrade
@@ -103,7 +106,8 @@ enum class ErrorCode : uint64_t {
   kTimedOut = 8,          // the home gave up waiting (a deadline passed there)
   kNoSpace = 9,           // the home ran out of disk space or memory
   kPermissionDenied = 10, // the home may not read or write its file
-  kInvalidRequest = 11,   // the home judged the request malformed
+  kInvalidRequest = 11,   // the home judged the request malformed, or (kRegionOpenReply)
+                          // its region's identity other than the opener's
   kInternal = 12,         // a bug at the home
   kUnavailable = 13,      // the home cannot serve it now; a later retry may succeed
   kPeerLeft = 14,         // the node that should answer has left the cluster (answered locally)

@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "common/node_set.h"
 #include "protocol/lock_fields.h"
+#include "protocol/region_identity.h"
 
 namespace dsm {
 namespace {
@@ -20,6 +21,7 @@ enum class PayloadRule : uint8_t {
   kRunPrefix,       // whole pages, at most arg of them (kDataRun)
   kByPutKind,       // kDropClean: nothing; write-backs: a page run
   kArgWords,        // exactly arg 8-byte words (kStatsReply)
+  kEmptyOrSize,     // nothing, or one little-endian uint64 (kRegionOpenReply: the size)
 };
 
 // Fields a type requires to be zero, or non-zero.
@@ -130,12 +132,32 @@ Violation BarrierReplyArg(const MessageFields& f, size_t cluster_size) {
                                                        : Violation::kDownNodeOutsideCluster;
 }
 
+bool IsRegionSize(uint64_t size) { return size != 0 && size % kPageSize == 0; }
+
+// kRegionOpen: arg = the size in bytes, page = the opener's identity word.
+Violation RegionOpenArg(const MessageFields& f, size_t cluster_size) {
+  if (!IsRegionSize(f.arg)) return Violation::kBadRegionSize;
+  if (!UnpackIdentityWord(f.page, f.arg, cluster_size)) return Violation::kBadRegionIdentity;
+  return Violation::kNone;
+}
+
+// kRegionOpenReply: with the answerer's size (payload), page is its identity word; without,
+// page is 0.
+Violation RegionOpenReplyArg(const MessageFields& f, size_t cluster_size) {
+  if (f.payload_len == 0) return f.page == 0 ? Violation::kNone : Violation::kPageNotZero;
+  if (f.payload_len == sizeof(uint64_t)) {
+    return UnpackIdentityWord(f.page, kPageSize, cluster_size) ? Violation::kNone
+                                                               : Violation::kBadRegionIdentity;
+  }
+  return Violation::kNone;  // the payload rule rejects any other length
+}
+
 // The table: one row per declared MsgType (message.h states each rule in words). A type
 // without a row is rejected as unknown, so a new MsgType must be added here to be sent.
 constexpr Rule kRules[] = {
     {MsgType::kHello, PayloadRule::kEmpty, kAnyFields, nullptr},
-    {MsgType::kRegionOpen, PayloadRule::kName, kAnyFields, nullptr},
-    {MsgType::kRegionOpenReply, PayloadRule::kEmpty, kAnyFields, nullptr},
+    {MsgType::kRegionOpen, PayloadRule::kName, kAnyFields, RegionOpenArg},
+    {MsgType::kRegionOpenReply, PayloadRule::kEmptyOrSize, kAnyFields, RegionOpenReplyArg},
     {MsgType::kGetS, PayloadRule::kEmpty, kAnyFields, nullptr},
     {MsgType::kGetM, PayloadRule::kEmpty, kAnyFields, nullptr},
     {MsgType::kPut, PayloadRule::kByPutKind, kAnyFields, PutKindArg},
@@ -201,6 +223,7 @@ bool PayloadSizeOk(PayloadRule rule, const MessageFields& f) {
       return f.arg == static_cast<uint64_t>(PutKind::kDropClean) ? len == 0 : IsPageRun(len);
     case PayloadRule::kArgWords:
       return f.arg <= kMaxStatsFields && len == f.arg * 8;
+    case PayloadRule::kEmptyOrSize: return len == 0 || len == sizeof(uint64_t);
   }
   return false;
 }
@@ -239,6 +262,8 @@ const char* ViolationName(Violation v) {
     case Violation::kDownNodeOutsideCluster: return "down node >= cluster size";
     case Violation::kNameHasNul: return "name holds a NUL byte";
     case Violation::kBadGoodbyeKind: return "arg is not a GoodbyeKind";
+    case Violation::kBadRegionIdentity: return "not a region identity word";
+    case Violation::kBadRegionSize: return "region size not a positive whole number of pages";
     case Violation::kCount: break;
   }
   return "unknown violation";
@@ -264,9 +289,14 @@ Violation FindViolation(const MessageFields& f, size_t cluster_size) {
 
 Violation FindPayloadViolation(MsgType type, absl::Span<const uint8_t> payload) {
   const uint8_t row = kRuleIndex.row[static_cast<uint8_t>(type)];
-  if (row != 0 && kRules[row - 1].payload == PayloadRule::kName &&
-      std::memchr(payload.data(), 0, payload.size()) != nullptr) {
+  if (row == 0) return Violation::kNone;
+  const PayloadRule rule = kRules[row - 1].payload;
+  if (rule == PayloadRule::kName && std::memchr(payload.data(), 0, payload.size()) != nullptr) {
     return Violation::kNameHasNul;
+  }
+  if (rule == PayloadRule::kEmptyOrSize && payload.size() == sizeof(uint64_t) &&
+      !IsRegionSize(DecodeRegionSize(payload))) {
+    return Violation::kBadRegionSize;
   }
   return Violation::kNone;
 }

@@ -63,6 +63,9 @@ enum class Violation : uint8_t {
   kDownNodeOutsideCluster,  // kBarrierReply: kNodeDown names a node >= cluster size
   kNameHasNul,          // kRegionOpen / kBarrierEnter / kBarrierCancel: a NUL in the name
   kBadGoodbyeKind,      // kGoodbye: arg is not a GoodbyeKind
+  kBadRegionIdentity,   // kRegionOpen(Reply): page is not an identity word (region_identity.h)
+  kBadRegionSize,       // kRegionOpen arg / kRegionOpenReply payload: not a whole number of
+                        // pages, or zero
   kCount,               // not a rule: the number of values
 };
 
@@ -71,7 +74,8 @@ const char* ViolationName(Violation v);
 // The first rule of the table `f` breaks, or kNone. Never allocates.
 Violation FindViolation(const MessageFields& f, size_t cluster_size);
 
-// The payload content rules (names hold no NUL byte); the size was checked by FindViolation.
+// The payload content rules (names hold no NUL byte; a kRegionOpenReply size is whole pages);
+// the size was checked by FindViolation.
 Violation FindPayloadViolation(MsgType type, absl::Span<const uint8_t> payload);
 
 // InvalidArgument naming the violated rule and the message's fields; OK for kNone.

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "coherence/refusal.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "region/eviction.h"
@@ -46,10 +47,6 @@ absl::StatusOr<std::unique_ptr<MappedRegion>> MappedRegion::Create(const RegionO
   if (options.home_policy == HomePolicy::kInterleaved && !options.file_path.empty()) {
     return absl::InvalidArgumentError("interleaved homes are for anonymous regions only");
   }
-  if (!options.file_path.empty() && options.home != self) {
-    return absl::InvalidArgumentError(
-        "RegionOptions.file_path is given only at the home node (the file lives there)");
-  }
   std::unique_ptr<MappedRegion> r(new MappedRegion(options, self, cluster_size, host));
   r->num_pages_ = (options.size + kPageSize - 1) / kPageSize;
   r->size_ = r->num_pages_ * kPageSize;
@@ -70,6 +67,7 @@ absl::StatusOr<std::unique_ptr<MappedRegion>> MappedRegion::Create(const RegionO
   coherence::HomeFn home = [raw](PageIndex p) { return raw->HomeOf(p); };
   bool homes_any = options.home_policy == HomePolicy::kInterleaved || options.home == self;
   if (homes_any) {
+    // Elsewhere file_path only declares the backing (compared in the open handshake).
     auto storage = HomeStorage::Create(options.file_path, r->size_);
     if (!storage.ok()) return storage.status();
     r->storage_ = std::move(*storage);
@@ -91,6 +89,7 @@ absl::StatusOr<std::unique_ptr<MappedRegion>> MappedRegion::Create(const RegionO
 }
 
 MappedRegion::~MappedRegion() {
+  FlushLost();  // no thread stays blocked on a page lost in the region's last event
   if (evictor_ != nullptr) evictor_->RemoveRegion(space_);
   if (base_ != nullptr) {
     if (registered_) {
@@ -195,6 +194,8 @@ absl::Status MappedRegion::Drop(PageIndex page) {
 // The page is poisoned first (any access from now on raises SIGBUS, so the loss callback may
 // touch it without deadlocking this thread), then the loss is reported, and only then are the
 // blocked threads woken: a SIGBUS handler can rely on Stats / on_pages_lost having seen it.
+// Reporting and waking wait for the end of the event (FlushLost), so pages lost together are
+// reported as ranges.
 void MappedRegion::Fail(PageIndex page, ErrorCode why) {
   Userfaultfd& uffd = host_->uffd();
   (void)uffd.Zap(PageAddr(page), kPageSize);
@@ -207,10 +208,38 @@ void MappedRegion::Fail(PageIndex page, ErrorCode why) {
     }
   }
   if (evictor_ != nullptr) evictor_->replacer().OnFail(space_, page);
-  DSM_LOG(WARNING) << "region " << options_.name << " page " << page << " lost (code "
-                   << static_cast<uint64_t>(why) << "); accesses raise SIGBUS";
-  host_->ReportLost(options_.name, page, 1);
-  (void)uffd.Wake(PageAddr(page), kPageSize);  // no thread stays blocked on a lost page
+  if (!lost_.empty() && why != lost_why_) FlushLost();
+  if (lost_.empty()) host_->FlushLostSoon(id_);
+  lost_why_ = why;
+  AddPage(&lost_, page);
+}
+
+void MappedRegion::FlushLost() {
+  if (lost_.empty()) return;
+  std::vector<PageRange> ranges;
+  ranges.swap(lost_);  // the callbacks below may fail further pages
+  std::string cause;
+  switch (lost_why_) {
+    case ErrorCode::kPageLost:
+    case ErrorCode::kPeerDown:
+      cause = "the home or the only current copy is on a node that is down";
+      break;
+    default:
+      cause = coherence::CodeToStatus(lost_why_, "the page could not be served").ToString();
+      break;
+  }
+  LogLostRanges(absl::StrCat("region ", options_.name), ranges, [&](const PageRange& r) {
+    // Name the home when the range has one (the usual cause: that node is down).
+    const bool one_home = options_.home_policy == HomePolicy::kFixed || r.count == 1;
+    return absl::StrCat(cause, one_home ? absl::StrCat(" (home: node ", HomeOf(r.first), ")")
+                                        : std::string(),
+                        "; accesses raise SIGBUS");
+  });
+  for (const PageRange& r : ranges) host_->ReportLost(options_.name, r.first, r.count);
+  Userfaultfd& uffd = host_->uffd();
+  for (const PageRange& r : ranges) {
+    (void)uffd.Wake(PageAddr(r.first), r.count * kPageSize);  // no thread stays blocked
+  }
 }
 
 void MappedRegion::Wake(PageIndex page) {

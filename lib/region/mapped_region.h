@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "coherence/cache.h"
 #include "coherence/directory.h"
+#include "common/page_ranges.h"
 #include "dsm/options.h"
 #include "fault/userfaultfd.h"
 #include "region/home_storage.h"
@@ -30,6 +31,8 @@ class RegionHost {
   virtual Userfaultfd& uffd() = 0;
   // Pages of `region` that became unreachable (already poisoned).
   virtual void ReportLost(const std::string& region, PageIndex first, uint64_t count) = 0;
+  // Calls FlushLost() on the region `id` (if still mapped) after the current event.
+  virtual void FlushLostSoon(RegionId id) = 0;
   // The node's memory budget, if it keeps one: regions register with it and report every
   // change of their mappings to it.
   virtual Evictor* evictor() { return nullptr; }
@@ -56,6 +59,7 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
 
   RegionId id() const { return id_; }
   const std::string& name() const { return options_.name; }
+  const RegionOptions& options() const { return options_; }
   void* data() const { return base_; }
   size_t size() const { return size_; }
   uint64_t num_pages() const { return num_pages_; }
@@ -95,6 +99,11 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
 
   uint64_t pages_installed() const { return pages_installed_; }
 
+  // Reports the pages Fail() poisoned since the last flush, as ranges (one log line and one
+  // on_pages_lost call per contiguous range), then wakes the threads blocked on them. Fail
+  // schedules it (RegionHost::FlushLostSoon); the destructor runs it for what is left.
+  void FlushLost();
+
   // Eviction (driven by the Evictor). The region's space id in the node's Replacer (-1: none).
   int space() const { return space_; }
   // Write-protects [first, first + n) in one ioctl. Inside a batch, SetAccess(S) on these
@@ -128,6 +137,9 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
   std::unique_ptr<coherence::Cache> cache_;
   std::unique_ptr<coherence::Directory> directory_;
   uint64_t pages_installed_ = 0;
+  // Pages failed and poisoned but not reported yet (all for `lost_why_`); see FlushLost.
+  std::vector<PageRange> lost_;
+  ErrorCode lost_why_ = ErrorCode::kOk;
   Evictor* evictor_ = nullptr;
   int space_ = -1;
   struct Run {

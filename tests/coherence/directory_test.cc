@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "coherence/cache.h"
 #include "coherence/directory.h"
+#include "common/page_ranges.h"
 #include "common/payload_pool.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
@@ -427,6 +429,45 @@ TEST(Directory, ReclaimWhileTheOwnerGoesDownCompletesAndThePageIsLost) {
   d.OnMessage(WithPage(Msg(MsgType::kRecallAck, 2, 1, uint64_t(PageState::kShared)), 0x33), kT0);
   EXPECT_EQ(done, 1);
   EXPECT_EQ(d.entry(1).state, ES::kShared);
+}
+
+int CountLines(const std::string& text, const std::string& with) {
+  int n = 0;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    if (text.substr(start, end - start).find(with) != std::string::npos) ++n;
+    start = end + 1;
+  }
+  return n;
+}
+
+// Pages a down node held Modified are lost and logged as ranges: one line per contiguous
+// range, and past kMaxLostRangeLines ranges one line for the rest, never one per page.
+TEST(Directory, PagesLostWithADownOwnerAreLoggedAsRanges) {
+  HomePort port;
+  Directory d(HomeConfig(64), &port);
+  for (PageIndex p : {0, 1, 2, 3, 4, 7, 8}) d.OnMessage(Msg(MsgType::kGetM, 1, p), kT0);
+  d.OnMessage(Msg(MsgType::kGetM, 2, 5), kT0);  // another owner: not lost
+  ::testing::internal::CaptureStderr();
+  d.OnPeerDown(1, kT0);
+  std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(CountLines(log, "lost"), 2) << log;
+  EXPECT_NE(log.find("pages [0, 5) lost (5 pages)"), std::string::npos) << log;
+  EXPECT_NE(log.find("pages [7, 9) lost (2 pages)"), std::string::npos) << log;
+  EXPECT_NE(log.find("node 1"), std::string::npos) << log;
+  for (PageIndex p : {0, 4, 7, 8}) EXPECT_TRUE(d.entry(p).lost) << p;
+  EXPECT_FALSE(d.entry(5).lost);
+
+  // Every other page (as interleaving leaves them): capped at kMaxLostRangeLines + 1 lines.
+  for (PageIndex p = 20; p < 60; p += 2) d.OnMessage(Msg(MsgType::kGetM, 2, p), kT0);
+  ::testing::internal::CaptureStderr();
+  d.OnPeerDown(2, kT0);
+  log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(CountLines(log, "lost"), static_cast<int>(kMaxLostRangeLines) + 1) << log;
+  EXPECT_NE(log.find("more ranges lost"), std::string::npos) << log;
+  EXPECT_TRUE(d.entry(58).lost);
 }
 
 TEST(Directory, ReclaimQueuesBehindATransactionThatEndsModifiedElsewhere) {

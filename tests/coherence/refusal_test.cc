@@ -46,10 +46,13 @@ TEST(Refusal, EachRequestTypeGetsItsOwnAnswer) {
   EXPECT_EQ(recall->type, MsgType::kRecallAck);
   EXPECT_EQ(recall->arg, uint64_t(PageState::kInvalid));
   ExpectReplyHeader(*recall);
-  auto open = Refusal(Request(MsgType::kRegionOpen), ErrorCode::kSizeMismatch);
+  Message open_request = Request(MsgType::kRegionOpen);
+  open_request.page = 0x10100;  // the opener's identity word is not echoed
+  auto open = Refusal(open_request, ErrorCode::kSizeMismatch);
   ASSERT_TRUE(open.has_value());
   EXPECT_EQ(open->type, MsgType::kRegionOpenReply);
   EXPECT_EQ(open->arg, uint64_t(ErrorCode::kSizeMismatch));
+  EXPECT_EQ(open->page, 0u);
   auto sync = Refusal(Request(MsgType::kSyncReq), ErrorCode::kNoSpace);
   ASSERT_TRUE(sync.has_value());
   EXPECT_EQ(sync->type, MsgType::kSyncAck);

@@ -110,9 +110,7 @@ absl::StatusOr<std::vector<std::unique_ptr<Region>>> LocalCluster::MapAll(const 
   for (size_t i = 0; i < nodes_.size(); ++i) {
     if (!nodes_[i]) continue;
     fns.push_back([&, i] {
-      RegionOptions r = ro;
-      if (r.home != i || r.home_policy != HomePolicy::kFixed) r.file_path.clear();
-      made[i] = nodes_[i]->MapRegion(r);
+      made[i] = nodes_[i]->MapRegion(ro);
     });
   }
   RunParallel(fns);

@@ -49,7 +49,7 @@ class LocalCluster {
   int size() const { return static_cast<int>(nodes_.size()); }
   Node* node(int i) { return nodes_[static_cast<size_t>(i)].get(); }
 
-  // Maps the region on every node at once; `file_path` is used at the home only.
+  // Maps the region on every node at once, with the same options (the home opens the file).
   absl::StatusOr<std::vector<std::unique_ptr<Region>>> MapAll(const RegionOptions& ro);
 
   // Shuts node i down and destroys it (regions it mapped must be gone).

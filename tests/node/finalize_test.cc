@@ -106,7 +106,7 @@ class FinalizeTest : public ::testing::Test {
             "--region", "r", "--size", std::to_string(kPages * kPage), "--home",
             std::to_string(home), "--policy", policy, "--peer-timeout-ms", "5000",
             "--log-file", LogPath(i)};
-        if (!file.empty() && i == home) argv.insert(argv.end(), {"--file", file});
+        if (!file.empty()) argv.insert(argv.end(), {"--file", file});  // every node states it
         absl::StatusOr<std::unique_ptr<Subprocess>> p =
             Subprocess::Start({.argv = argv,
                                .label = absl::StrCat("node", i),

@@ -452,9 +452,7 @@ int main(int argc, char** argv) {
   ro.home = static_cast<dsm::NodeId>(args.GetU("home", 0));
   ro.home_policy = args.Get("policy", "fixed") == "interleaved" ? dsm::HomePolicy::kInterleaved
                                                                 : dsm::HomePolicy::kFixed;
-  if (ro.home == o.node_id || ro.home_policy == dsm::HomePolicy::kInterleaved) {
-    ro.file_path = args.Get("file");
-  }
+  ro.file_path = args.Get("file");  // every node states the backing; the home opens it
   absl::StatusOr<std::unique_ptr<dsm::Region>> region = (*node)->MapRegion(ro);
   if (!region.ok()) {
     Reply("err map: " + region.status().ToString());

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "transport/event_loop.h"
 #include "protocol/message.h"
+#include "protocol/region_identity.h"
 #include "transport/transport.h"
 
 namespace dsm::rdma::testing {
@@ -96,6 +97,10 @@ inline Message TestMessage(NodeId dst, uint64_t seq, size_t payload) {
   m.page = seq;
   m.req_id = seq;
   m.arg = m.type == MsgType::kDataRun ? payload / kPageSize : 0;  // pages asked for = sent
+  if (m.type == MsgType::kRegionOpen) {  // a legal identity (protocol/region_identity.h)
+    m.arg = kPageSize;
+    m.page = PackIdentityWord({kPageSize, 0, HomePolicy::kFixed, Backing::kAnonymous});
+  }
   m.payload.resize(payload);
   for (size_t i = 0; i < payload; ++i) m.payload[i] = static_cast<uint8_t>((seq + i) % 255 + 1);
   return m;

@@ -39,9 +39,11 @@ class TestHost final : public RegionHost {
   void ReportLost(const std::string&, PageIndex first, uint64_t count) override {
     lost.push_back({first, count});
   }
+  void FlushLostSoon(RegionId) override { ++flushes_asked; }
   Evictor* evictor() override { return evictor_; }
 
   std::vector<Message> sent;
+  int flushes_asked = 0;
   std::vector<std::pair<PageIndex, uint64_t>> lost;
 
  private:
@@ -214,10 +216,31 @@ TEST_F(MappedRegionTest, FailPoisonsThePageAndReportsTheLoss) {
   Map();
   ASSERT_TRUE(region_->Install(6, Filled('f').data(), PageState::kShared).ok());
   region_->Fail(6, ErrorCode::kPageLost);
+  EXPECT_FALSE(KernelCanRead(6));  // poisoned at once, reported after the event
+  EXPECT_EQ(host_->flushes_asked, 1);
+  region_->FlushLost();
   ASSERT_EQ(host_->lost.size(), 1u);
   EXPECT_EQ(host_->lost[0], (std::pair<PageIndex, uint64_t>{6, 1}));
   EXPECT_FALSE(Resident(6));
   EXPECT_FALSE(KernelCanRead(6));  // poisoned (or, without UFFDIO_POISON, inaccessible)
+}
+
+// Pages lost in one event are reported as contiguous ranges, one report per range, whatever
+// order they failed in; a page failed twice is reported once.
+TEST_F(MappedRegionTest, PagesLostTogetherAreReportedAsRanges) {
+  Map();
+  for (PageIndex p : {3, 4, 5, 5, 6, 9, 12, 13}) region_->Fail(p, ErrorCode::kPageLost);
+  EXPECT_EQ(host_->flushes_asked, 1);  // one flush for the whole event
+  EXPECT_TRUE(host_->lost.empty());
+  region_->FlushLost();
+  using Range = std::pair<PageIndex, uint64_t>;
+  EXPECT_EQ(host_->lost, (std::vector<Range>{{3, 4}, {9, 1}, {12, 2}}));
+  // Another cause ends the open range: each range has one cause.
+  region_->Fail(1, ErrorCode::kPageLost);
+  region_->Fail(2, ErrorCode::kIoError);
+  region_->FlushLost();
+  EXPECT_EQ(host_->lost, (std::vector<Range>{{3, 4}, {9, 1}, {12, 2}, {1, 1}, {2, 1}}));
+  for (PageIndex p : {1, 2, 3, 9, 13}) EXPECT_FALSE(KernelCanRead(p)) << p;
 }
 
 // The cache's install fails in the kernel (the range is no longer registered): the grant goes
@@ -238,6 +261,7 @@ TEST_F(MappedRegionTest, FailedInstallIsReportedLostAndHandedBack) {
   EXPECT_EQ(host_->sent[1].type, MsgType::kPut);
   EXPECT_EQ(host_->sent[1].arg, static_cast<uint64_t>(PutKind::kDropClean));
   EXPECT_EQ(host_->sent[1].dst, 1u);
+  region_->FlushLost();
   ASSERT_EQ(host_->lost.size(), 1u);
   EXPECT_EQ(host_->lost[0].first, 0u);
   EXPECT_FALSE(KernelCanRead(0));

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "gtest/gtest.h"
+#include "protocol/region_identity.h"
 
 namespace dsm {
 namespace {
@@ -27,6 +28,23 @@ Message Make(MsgType t, uint64_t arg, size_t payload_len) {
 }
 
 Message Lock(MsgType t, uint64_t page, uint64_t arg);
+
+// kRegionOpen with a legal identity word (protocol/region_identity.h).
+Message Open(uint64_t size, size_t name_len) {
+  Message m = Make(MsgType::kRegionOpen, size, name_len);
+  m.page = PackIdentityWord({size, 2, HomePolicy::kFixed, Backing::kFile});
+  return m;
+}
+// kRegionOpenReply: without identity (not mapped there), or with one.
+Message OpenReply(bool with_identity) {
+  Message m = Make(MsgType::kRegionOpenReply, 0, 0);
+  m.page = 0;
+  if (with_identity) {
+    m.page = PackIdentityWord({1 << 20, 3, HomePolicy::kInterleaved, Backing::kAnonymous});
+    m.payload = EncodeRegionSize(1 << 20);
+  }
+  return m;
+}
 Message Barrier(MsgType t, uint64_t members, size_t name_len);
 Message BarrierReply(uint64_t generation, uint64_t arg);
 
@@ -34,9 +52,10 @@ Message BarrierReply(uint64_t generation, uint64_t arg);
 std::vector<Message> AllLegal() {
   return {
       Make(MsgType::kHello, kCluster, 0),
-      Make(MsgType::kRegionOpen, 1 << 20, 1),
-      Make(MsgType::kRegionOpen, 1 << 20, 255),
-      Make(MsgType::kRegionOpenReply, 0, 0),
+      Open(1 << 20, 1),
+      Open(1 << 20, 255),
+      OpenReply(false),
+      OpenReply(true),
       Make(MsgType::kGetS, 0, 0),
       Make(MsgType::kGetM, 0, 0),
       Make(MsgType::kPut, static_cast<uint64_t>(PutKind::kDropClean), 0),
@@ -211,8 +230,8 @@ TEST(Wire, RejectsPayloadSizeIllegalForType) {
       Make(MsgType::kGetM, 0, kPageSize),
       Make(MsgType::kInv, 0, 8),
       Make(MsgType::kInvAck, 0, 8),
-      Make(MsgType::kRegionOpen, 0, 0),
-      Make(MsgType::kRegionOpen, 0, 256),
+      Open(kPageSize, 0),
+      Open(kPageSize, 256),
       Make(MsgType::kData, shared, 0),
       Make(MsgType::kData, shared, kPageSize - 1),
       Make(MsgType::kData, shared, kPageSize + 1),
@@ -275,7 +294,7 @@ TEST(Wire, RejectsPayloadSizeIllegalForType) {
       EXPECT_FALSE(PeekFrameLength(absl::MakeConstSpan(b), kCluster).ok());
     }
   }
-  for (Message nul : {Make(MsgType::kRegionOpen, 0, 5), Barrier(MsgType::kBarrierEnter, 8, 5)}) {
+  for (Message nul : {Open(kPageSize, 5), Barrier(MsgType::kBarrierEnter, 8, 5)}) {
     nul.payload[2] = 0;
     EXPECT_FALSE(DecodeStatus(Encode(nul)).ok());
     EXPECT_FALSE(ValidateMessage(nul, kCluster).ok());
