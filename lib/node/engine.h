@@ -24,7 +24,8 @@
 // engine thread.
 //
 // Failure handling: a peer is declared down when its connection breaks, when it sends an
-// invalid message, or when it owes an answer for longer than Options::peer_timeout. Requests
+// invalid message or one it may not send (node/authority_gate.h), or when it owes an answer
+// for longer than Options::peer_timeout. Requests
 // to a down home fail (the faulting access raises SIGBUS, the page is reported lost); the
 // directory forgets a down node's copies (and loses the pages it held Modified). A down peer
 // never comes back in this version.
@@ -56,7 +57,8 @@
 
 namespace dsm {
 
-class LockService;  // node/lock_service.h
+class AuthorityGate;  // node/authority_gate.h
+class LockService;    // node/lock_service.h
 
 class Engine final : public Transport::Handler, public RegionHost {
  public:
@@ -141,6 +143,7 @@ class Engine final : public Transport::Handler, public RegionHost {
   // Engine-thread state.
   RegionTable regions_;  // after evictor_: regions go first
   std::unique_ptr<RegionLifecycle> lifecycle_;
+  std::unique_ptr<AuthorityGate> authority_;  // who may send what (protocol/authority.h)
   uint64_t down_mask_ = 0;  // peers declared down (bit per node id)
   absl::Time next_tick_ = absl::InfinitePast();
   uint64_t mappings_made_ = 0;  // engine thread; see TakeRequestIdRange
