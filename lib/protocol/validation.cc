@@ -14,6 +14,7 @@ namespace {
 enum class PayloadRule : uint8_t {
   kEmpty,           // no payload
   kName,            // 1..255 bytes, no NUL
+  kOnePage,         // exactly one page
   kPageRun,         // 1..kMaxRunPages whole pages
   kEmptyOrPageRun,  // nothing, or a page run
   kRunPrefix,       // whole pages, at most arg of them (kDataRun)
@@ -123,7 +124,7 @@ constexpr Rule kRules[] = {
     {MsgType::kPut, PayloadRule::kByPutKind, kAnyFields, PutKindArg},
     {MsgType::kSyncReq, PayloadRule::kEmpty, kAnyFields, nullptr},
     {MsgType::kGetSRun, PayloadRule::kEmpty, kAnyFields, RunLengthArg},
-    {MsgType::kData, PayloadRule::kPageRun, kAnyFields, GrantArg},
+    {MsgType::kData, PayloadRule::kOnePage, kAnyFields, GrantArg},
     {MsgType::kGrant, PayloadRule::kEmpty, kAnyFields, GrantArg},
     {MsgType::kNack, PayloadRule::kEmpty, kAnyFields, nullptr},
     {MsgType::kSyncAck, PayloadRule::kEmpty, kAnyFields, nullptr},
@@ -159,6 +160,7 @@ bool PayloadSizeOk(PayloadRule rule, const MessageFields& f) {
   switch (rule) {
     case PayloadRule::kEmpty: return len == 0;
     case PayloadRule::kName: return len >= 1 && len <= kMaxNameLength;
+    case PayloadRule::kOnePage: return len == kPageSize;
     case PayloadRule::kPageRun: return IsPageRun(len);
     case PayloadRule::kEmptyOrPageRun: return len == 0 || IsPageRun(len);
     case PayloadRule::kRunPrefix:

@@ -87,7 +87,7 @@ std::vector<Case> Cases() {
     c.push_back({V::kSrcOutsideCluster, get_s, bad});
   }
   {
-    Frame good{T(MsgType::kData), 1, 7, 3, 9, 1, Pages(kMaxRunPages)};
+    Frame good{T(MsgType::kDataRun), 1, 7, 3, 9, kMaxRunPages, Pages(kMaxRunPages)};
     Frame bad = good;
     bad.payload = std::string(kMaxPayload + 1, 'p');
     c.push_back({V::kPayloadTooLarge, good, bad});
@@ -107,6 +107,9 @@ std::vector<Case> Cases() {
     Frame half = data;
     half.payload.resize(kPageSize / 2);
     c.push_back({V::kPayloadSize, data, half});
+    Frame two = data;  // kData carries one page; runs travel as kDataRun
+    two.payload = Pages(2);
+    c.push_back({V::kPayloadSize, data, two});
     Frame run{T(MsgType::kDataRun), 1, 7, 3, 9, 2, Pages(2)};
     Frame longer = run;
     longer.payload = Pages(3);

@@ -44,7 +44,8 @@ std::vector<Message> AllLegal() {
       Make(MsgType::kPut, static_cast<uint64_t>(PutKind::kWritebackKeep), 2 * kPageSize),
       Make(MsgType::kSyncReq, 0, 0),
       Make(MsgType::kData, static_cast<uint64_t>(Grant::kShared), kPageSize),
-      Make(MsgType::kData, static_cast<uint64_t>(Grant::kModified), kMaxRunPages * kPageSize),
+      Make(MsgType::kData, static_cast<uint64_t>(Grant::kModified), kPageSize),
+      Make(MsgType::kDataRun, kMaxRunPages, kMaxRunPages * kPageSize),
       Make(MsgType::kGetSRun, 1, 0),
       Make(MsgType::kGetSRun, kMaxRunPages, 0),
       Make(MsgType::kDataRun, 5, 0),  // nothing granted
