@@ -145,8 +145,8 @@ class Directory {
   bool HasRemoteCopies() const;
 
   // Message authority (protocol/authority.h), for a page homed here: whether `node` is
-  // recorded holding `page` (a sharer or the owner) or the page is lost, so a kPut from it is
-  // legitimate; whether the page's active transaction waits for `ack` (kInvAck or kRecallAck)
+  // recorded holding `page` (a sharer or the owner) or the page is lost, so a write-back from
+  // it is legitimate; whether the page's active transaction waits for `ack` (kInvAck or kRecallAck)
   // from `node`. False for a page outside the region.
   bool RecordsHolder(PageIndex page, NodeId node) const;
   bool AwaitsAck(PageIndex page, NodeId node, MsgType ack) const;

@@ -47,7 +47,7 @@ const char* SenderRuleName(SenderRule rule) {
     case SenderRule::kAnyMember: return "any member";
     case SenderRule::kPageHome: return "only the page's home";
     case SenderRule::kAwaitedByOp: return "only a node the region operation waits for";
-    case SenderRule::kRecordedHolder: return "only to the home, from a recorded holder";
+    case SenderRule::kRecordedHolder: return "only to the home; write-backs from a holder";
     case SenderRule::kAwaitedAck: return "only to the home, from a node it waits for";
     case SenderRule::kLockArbiter: return "only the region's lock arbiter";
     case SenderRule::kToBarrierArbiter: return "only to the barrier group's arbiter";
@@ -83,7 +83,10 @@ absl::Status CheckHolder(const Message& m, const AuthorityFacts& facts) {
     if (*home != self) {
       return Denied(m, kRule, absl::StrCat("page ", m.page + i, " is homed at node ", *home));
     }
-    if (!facts.RecordsHolder(m.region, m.page + i, m.src)) {
+    // A clean drop carries no data and can only remove its sender's own copy: it is judged
+    // by where it goes, not by the record (a node may drop a copy the home forgot when it
+    // declared the node down).
+    if (!drop && !facts.RecordsHolder(m.region, m.page + i, m.src)) {
       return Denied(
           m, kRule,
           absl::StrCat("the home records no copy of page ", m.page + i, " at the sender"));

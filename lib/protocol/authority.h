@@ -39,8 +39,9 @@ enum class SenderRule : uint8_t {
   kPageHome,
   // Only a node this node's region operation m.req_id (a map, sync or unmap) still waits for.
   kAwaitedByOp,
-  // Only to the home of every page it carries, from a node that home records as holding the
-  // page (a sharer or the owner), or for a page lost there (its record is gone).
+  // Only to the home of every page it names; a write-back (data) only from a node that home
+  // records as holding the page (a sharer or the owner), or for a page lost there (its record
+  // is gone). A clean drop carries no data and removes only its sender's copy.
   kRecordedHolder,
   // Only to the home of m.page, from a node whose answer (this type) the page's transaction
   // waits for: an invalidated sharer, a recalled owner.
