@@ -37,6 +37,49 @@ double Samples::MeanUs() const {
   return static_cast<double>(s / static_cast<long double>(ns_.size()) / 1000.0L);
 }
 
+CpuMeter::CpuMeter(std::vector<pid_t> pids) {
+  for (pid_t pid : pids) {
+    clockid_t c = CLOCK_PROCESS_CPUTIME_ID;
+    if (pid != 0 && clock_getcpuclockid(pid, &c) != 0) c = -1;  // unreadable: counts 0
+    clocks_.push_back(c);
+  }
+  at_resume_.assign(clocks_.size(), 0);
+  counted_ns_.assign(clocks_.size(), 0);
+}
+
+std::vector<uint64_t> CpuMeter::Read() const {
+  std::vector<uint64_t> v(clocks_.size(), 0);
+  for (size_t i = 0; i < clocks_.size(); ++i) {
+    timespec ts{};
+    if (clocks_[i] != -1 && clock_gettime(clocks_[i], &ts) == 0) {
+      v[i] = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+    }
+  }
+  return v;
+}
+
+void CpuMeter::Resume() {
+  if (running_) return;
+  at_resume_ = Read();
+  running_ = true;
+}
+
+void CpuMeter::Pause() {
+  if (!running_) return;
+  const std::vector<uint64_t> now = Read();
+  for (size_t i = 0; i < now.size(); ++i) {
+    // 0 = the process could not be read (gone): count nothing for this interval.
+    if (now[i] >= at_resume_[i] && now[i] != 0) counted_ns_[i] += now[i] - at_resume_[i];
+  }
+  running_ = false;
+}
+
+double CpuMeter::TotalUs() const {
+  double t = 0;
+  for (size_t i = 0; i < counted_ns_.size(); ++i) t += Us(i);
+  return t;
+}
+
 bool SplitHostPort(const std::string& hp, std::string* host, int* port) {
   size_t c = hp.rfind(':');
   if (c == std::string::npos) return false;

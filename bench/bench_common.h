@@ -5,6 +5,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <time.h>
 
 #include <chrono>
 #include <cstddef>
@@ -44,6 +45,16 @@ class Samples {
   bool sorted_ = false;
 };
 
+// The record the counter-table kernel touches at its k-th operation on the node seeded
+// `seed`, out of `records` (a fixed mixing function, as examples/counter_table.cc picks).
+inline uint64_t CounterRecord(uint64_t seed, uint64_t k, uint64_t records) {
+  uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ULL + k * 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 31;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 29;
+  return x % records;
+}
+
 // ---- raw TCP floor protocol ---------------------------------------------------------------
 // The client sends one 64-byte request; the server answers per `op`. Both sides busy-poll with
 // recv(MSG_DONTWAIT) while a measurement runs; the server blocks after kRawIdleSpinNs of quiet.
@@ -70,6 +81,31 @@ absl::StatusOr<int> RawConnect(const std::string& host_port);
 // Busy-polls recv(MSG_DONTWAIT) until exactly `len` bytes arrived (or error).
 absl::Status RecvAllSpin(int fd, void* buf, size_t len);
 absl::Status SendAll(int fd, const void* buf, size_t len);
+
+// ---- CPU time ----------------------------------------------------------------------------
+// CPU consumed by a set of processes (pid 0 = this one), read from each process's CPU-time
+// clock (clock_getcpuclockid: nanoseconds, summed over all its threads, exited ones too; root
+// or the same user may read another process's). Only the intervals between Resume() and
+// Pause() count, so the untimed preparation inside a benchmark loop is left out exactly as the
+// manual time leaves it out. A process that went away counts what was read before.
+class CpuMeter {
+ public:
+  explicit CpuMeter(std::vector<pid_t> pids);
+  void Resume();
+  void Pause();
+  size_t size() const { return clocks_.size(); }
+  // CPU of process i (the i-th pid given) in the counted intervals, microseconds.
+  double Us(size_t i) const { return static_cast<double>(counted_ns_[i]) / 1000.0; }
+  double TotalUs() const;
+
+ private:
+  std::vector<uint64_t> Read() const;
+
+  std::vector<clockid_t> clocks_;
+  std::vector<uint64_t> at_resume_;
+  std::vector<uint64_t> counted_ns_;
+  bool running_ = false;
+};
 
 // ---- memory ---------------------------------------------------------------------------------
 struct MemUsage {

@@ -152,6 +152,22 @@ void ReportLatency(benchmark::State& state, Samples& s) {
   state.counters["mean_us"] = s.MeanUs();
 }
 
+}  // namespace
+
+void ReportCpu(benchmark::State& state, const CpuMeter& m, double ops, CpuMeterKind kind) {
+  if (ops <= 0 || m.size() == 0) return;
+  state.counters["cpu_us_per_op"] = m.TotalUs() / ops;
+  state.counters["cpu_self_us_per_op"] = m.Us(0) / ops;
+  if (kind == CpuMeterKind::kFloorWithServer && m.size() > 1) {
+    state.counters["cpu_server_us_per_op"] = m.Us(1) / ops;
+  }
+  if (kind == CpuMeterKind::kCluster && m.size() > 1) {
+    state.counters["cpu_home_us_per_op"] = m.Us(1) / ops;
+  }
+}
+
+namespace {
+
 // Floor: one MISSING fault on a fresh page, answered with UFFDIO_COPY. `busy`: the handler busy-polls.
 void BM_FloorUffdMissing(benchmark::State& state, bool busy) {
   const size_t n = static_cast<size_t>(state.max_iterations);
@@ -165,6 +181,8 @@ void BM_FloorUffdMissing(benchmark::State& state, bool busy) {
   volatile char* p = f.base();
   size_t i = 0;
   char sink = 0;
+  CpuMeter cpu({0});  // the faulting thread and the handler thread
+  cpu.Resume();
   for (auto _ : state) {
     uint64_t t0 = NowNs();
     sink = static_cast<char>(sink + p[i * kPage]);
@@ -174,7 +192,9 @@ void BM_FloorUffdMissing(benchmark::State& state, bool busy) {
     state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
   }
   benchmark::DoNotOptimize(sink);
+  cpu.Pause();
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kSelf);
 }
 
 // Floor: one write-protect fault on a page installed read-only, answered with
@@ -196,6 +216,8 @@ void BM_FloorUffdWp(benchmark::State& state, bool busy) {
   lat.Reserve(n);
   volatile char* p = f.base();
   size_t i = 0;
+  CpuMeter cpu({0});  // the faulting thread and the handler thread
+  cpu.Resume();
   for (auto _ : state) {
     uint64_t t0 = NowNs();
     p[i * kPage] = 'w';
@@ -204,12 +226,14 @@ void BM_FloorUffdWp(benchmark::State& state, bool busy) {
     lat.Add(t1 - t0);
     state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
   }
+  cpu.Pause();
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kSelf);
 }
 
 }  // namespace
 
-void BM_FloorRemoteFault(benchmark::State& state, int raw_fd) {
+void BM_FloorRemoteFault(benchmark::State& state, int raw_fd, pid_t server_pid) {
   const size_t n = static_cast<size_t>(state.max_iterations);
   // Warm up (the server may be sleeping in poll()), before the handler shares the socket.
   RawRequest warm{};
@@ -237,6 +261,8 @@ void BM_FloorRemoteFault(benchmark::State& state, int raw_fd) {
   volatile char* p = f.base();
   size_t i = 0;
   char sink = 0;
+  CpuMeter cpu({0, server_pid});
+  cpu.Resume();
   for (auto _ : state) {
     uint64_t t0 = NowNs();
     sink = static_cast<char>(sink + p[order[i] * kPage]);
@@ -245,15 +271,18 @@ void BM_FloorRemoteFault(benchmark::State& state, int raw_fd) {
     lat.Add(t1 - t0);
     state.SetIterationTime(static_cast<double>(t1 - t0) * 1e-9);
   }
+  cpu.Pause();
   benchmark::DoNotOptimize(sink);
   if (f.fetch_failed_.load()) {
     state.SkipWithError("raw fetch failed");
     return;
   }
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kFloorWithServer);
 }
 
-void BM_FloorRunInstall(benchmark::State& state, int raw_fd, size_t total_bytes) {
+void BM_FloorRunInstall(benchmark::State& state, int raw_fd, pid_t server_pid,
+                        size_t total_bytes) {
   constexpr size_t kRun = 64 * kPage;
   constexpr size_t kDepth = 4;  // requests in flight, as the readahead window keeps
   const size_t runs = total_bytes / kRun;
@@ -273,6 +302,7 @@ void BM_FloorRunInstall(benchmark::State& state, int raw_fd, size_t total_bytes)
   RawRequest req{};
   req.op = RawOp::kRtt;
   req.len = kRun;
+  CpuMeter cpu({0, server_pid});
   double bytes = 0, secs = 0;
   bool failed = false;
   for (auto _ : state) {
@@ -285,6 +315,7 @@ void BM_FloorRunInstall(benchmark::State& state, int raw_fd, size_t total_bytes)
       failed = true;
       break;
     }
+    cpu.Resume();
     uint64_t t0 = NowNs();
     size_t sent = 0;
     for (size_t r = 0; r < runs && !failed; ++r) {
@@ -301,6 +332,7 @@ void BM_FloorRunInstall(benchmark::State& state, int raw_fd, size_t total_bytes)
       failed |= ioctl(uffd, UFFDIO_COPY, &c) != 0;
     }
     uint64_t dt = NowNs() - t0;
+    cpu.Pause();
     munmap(base, runs * kRun);
     bytes += static_cast<double>(runs * kRun);
     secs += static_cast<double>(dt) * 1e-9;
@@ -313,6 +345,7 @@ void BM_FloorRunInstall(benchmark::State& state, int raw_fd, size_t total_bytes)
   }
   state.SetBytesProcessed(static_cast<int64_t>(bytes));
   state.counters["MB_per_s"] = bytes / secs / 1e6;
+  ReportCpu(state, cpu, bytes / kPage, CpuMeterKind::kFloorWithServer);  // per page
 }
 
 void RegisterFloorBenchmarks(const BenchConfig& cfg) {

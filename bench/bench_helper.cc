@@ -9,6 +9,11 @@
 //   write <name> <first> <n>     store one byte in each page of [first, first+n)
 //   pong <name> <rounds>         ping-pong player 1 on word 0 of page 0: waits for 2r+1,
 //                                stores 2r+2; replies "ok" when every round is done
+//   lockloop <name> <off> <len> <n>  n times: exclusive Region::Lock of [off, off+len), then
+//                                Unlock; replies "ok <ns>" (the loop's wall time)
+//   counter <name> <records> <n>  the counter table's lock phase: n times, pick a 64-byte
+//                                record (CounterRecord, seeded with this node's id), lock its
+//                                first 8 bytes exclusively, increment them, unlock; "ok <ns>"
 //   quit                         leave (unmaps what is still mapped)
 #include <sched.h>
 
@@ -24,7 +29,9 @@
 #include "absl/strings/str_split.h"
 #include "bench_common.h"
 #include "bench_helper.h"
+#include "dsm/lock.h"
 #include "dsm/node.h"
+#include "dsm/region.h"
 
 namespace dsm::bench {
 namespace {
@@ -89,6 +96,25 @@ std::string Helper::Run(const std::vector<std::string>& c) {
       }
     }
     return absl::StrCat("ok ", sum);
+  }
+  if (cmd == "lockloop" || cmd == "counter") {
+    const bool counter = cmd == "counter";
+    const uint64_t a = num(2), n = counter ? num(3) : num(4), seed = node_->id();
+    const uint64_t len = counter ? 8 : num(3);
+    if (counter ? (a == 0 || a * 64 > r->size()) : (len == 0 || a + len > r->size())) {
+      return "err out of range";
+    }
+    auto* words = reinterpret_cast<volatile uint64_t*>(const_cast<uint8_t*>(base));
+    const uint64_t t0 = NowNs();
+    for (uint64_t k = 0; k < n; ++k) {
+      const uint64_t rec = counter ? CounterRecord(seed, k, a) : 0;
+      const uint64_t off = counter ? rec * 64 : a;
+      absl::StatusOr<dsm::LockGuard> g = r->Lock(off, len, dsm::LockMode::kExclusive);
+      if (!g.ok()) return "err lock: " + g.status().ToString();
+      if (counter) words[rec * 8] = words[rec * 8] + 1;
+      if (absl::Status s = g->Unlock(); !s.ok()) return "err unlock: " + s.ToString();
+    }
+    return absl::StrCat("ok ", NowNs() - t0);
   }
   if (cmd == "pong") {
     uint64_t rounds = num(2);

@@ -74,6 +74,13 @@ class Cluster {
   dsm::Node* node() { return node_.get(); }
   int raw_fd() const { return raw_fd_; }
   pid_t helper_pid(int id) { return helpers_[static_cast<size_t>(id)]->pid(); }
+  pid_t raw_server_pid() const { return raw_server_->pid(); }
+  // Every node process: this one (0), then nodes 1..5 (the home first), for a CpuMeter.
+  std::vector<pid_t> node_pids() {
+    std::vector<pid_t> v = {0};
+    for (int i = 1; i < kNodes; ++i) v.push_back(helper_pid(i));
+    return v;
+  }
 
   absl::Status Send(int id, const std::string& cmd) {
     return helpers_[static_cast<size_t>(id)]->SendLine(cmd);
@@ -254,6 +261,7 @@ class SharedRegion {
 
   const std::string& name() const { return name_; }
   volatile uint8_t* base() const { return static_cast<volatile uint8_t*>(local_->data()); }
+  dsm::Region* region() const { return local_.get(); }
   volatile uint8_t* page(size_t i) const { return base() + i * kPage; }
 
  private:
@@ -336,6 +344,8 @@ void BM_FloorTcpRtt(benchmark::State& state, const Params& p) {
   }
   Samples lat;
   lat.Reserve(Iters(state));
+  CpuMeter cpu({0, c->raw_server_pid()});
+  cpu.Resume();
   for (auto _ : state) {
     uint64_t t0 = NowNs();
     BENCH_CHECK_OK(SendAll(c->raw_fd(), &req, sizeof(req)));
@@ -344,7 +354,9 @@ void BM_FloorTcpRtt(benchmark::State& state, const Params& p) {
     lat.Add(dt);
     state.SetIterationTime(static_cast<double>(dt) * 1e-9);
   }
+  cpu.Pause();
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, static_cast<double>(Iters(state)), CpuMeterKind::kFloorWithServer);
 }
 
 // Raw streaming: the server sends p.a messages of 4 KiB back to back; this side
@@ -363,7 +375,9 @@ void BM_FloorTcpStream(benchmark::State& state, const Params& p) {
   req.len = static_cast<uint32_t>(chunk);
   req.count = msgs;
   double bytes = 0, secs = 0;
+  CpuMeter cpu({0, c->raw_server_pid()});
   for (auto _ : state) {
+    cpu.Resume();
     uint64_t t0 = NowNs();
     BENCH_CHECK_OK(SendAll(c->raw_fd(), &req, sizeof(req)));
     size_t got = 0;
@@ -377,6 +391,7 @@ void BM_FloorTcpStream(benchmark::State& state, const Params& p) {
       }
     }
     uint64_t dt = NowNs() - t0;
+    cpu.Pause();
     bytes += static_cast<double>(total);
     secs += static_cast<double>(dt) * 1e-9;
     state.SetIterationTime(static_cast<double>(dt) * 1e-9);
@@ -384,16 +399,19 @@ void BM_FloorTcpStream(benchmark::State& state, const Params& p) {
   state.SetBytesProcessed(static_cast<int64_t>(bytes));
   state.counters["MB_per_s"] = bytes / secs / 1e6;
   state.counters["pages_per_s"] = bytes / kPage / secs;
+  ReportCpu(state, cpu, bytes / kPage, CpuMeterKind::kFloorWithServer);  // per 4 KiB
 }
 
 // Composed floors (bench_floors.h) over this cluster's raw-server connection.
 void BM_FloorRemoteFaultRaw(benchmark::State& state, const Params& p) {
   Cluster* c = GetClusterOrSkip(state, p);
-  if (c != nullptr) BM_FloorRemoteFault(state, c->raw_fd());
+  if (c != nullptr) BM_FloorRemoteFault(state, c->raw_fd(), c->raw_server_pid());
 }
 void BM_FloorRunInstallRaw(benchmark::State& state, const Params& p) {
   Cluster* c = GetClusterOrSkip(state, p);
-  if (c != nullptr) BM_FloorRunInstall(state, c->raw_fd(), static_cast<size_t>(p.a));
+  if (c != nullptr) {
+    BM_FloorRunInstall(state, c->raw_fd(), c->raw_server_pid(), static_cast<size_t>(p.a));
+  }
 }
 
 // ---- dsm figures ----------------------------------------------------------------------------
@@ -411,13 +429,17 @@ void BM_ReadFault(benchmark::State& state, const Params& p) {
   lat.Reserve(n);
   uint64_t sink = 0;
   size_t i = 0;
+  CpuMeter cpu(c->node_pids());
+  cpu.Resume();
   for (auto _ : state) {
     uint64_t dt = TimedRead((*r)->page(order[i++]), &sink);
     lat.Add(dt);
     state.SetIterationTime(static_cast<double>(dt) * 1e-9);
   }
+  cpu.Pause();
   benchmark::DoNotOptimize(sink);
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kCluster);
 }
 
 // Write miss (I -> M, p.a=k other sharers) or upgrade (S -> M, node 0 holds the page
@@ -440,9 +462,11 @@ void BM_WriteFault(benchmark::State& state, const Params& p) {
   lat.Reserve(n);
   uint64_t sink = 0;
   size_t i = 0;
+  CpuMeter cpu(c->node_pids());
   for (auto _ : state) {
     if (i % batch == 0) {
-      // Prepare the next batch; manual time leaves this out.
+      // Prepare the next batch; manual time and the CPU meter leave this out.
+      cpu.Pause();
       for (int s = 0; s < k; ++s) {
         BENCH_CHECK_OK(c->Send(2 + s, absl::StrCat("read ", (*r)->name(), " ", i, " ", batch)));
       }
@@ -450,26 +474,34 @@ void BM_WriteFault(benchmark::State& state, const Params& p) {
       if (upgrade) {
         for (size_t q = i; q < i + batch; ++q) sink += *(*r)->page(q);
       }
+      cpu.Resume();
     }
     uint64_t dt = TimedWrite((*r)->page(i), static_cast<uint8_t>(i));
     ++i;
     lat.Add(dt);
     state.SetIterationTime(static_cast<double>(dt) * 1e-9);
   }
+  cpu.Pause();
   benchmark::DoNotOptimize(sink);
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kCluster);
 }
 
-// Recall: node 2 writes a batch of pages (it holds them Modified), then node 0 reads each
-// (home 1 recalls the page from node 2 and forwards it).
+// Recall (p.a = 2): node 2 writes a batch of pages (it holds them Modified), then node 0 reads
+// each (home 1 recalls the page from node 2 and forwards it). Home-written (p.a = 1): the home
+// itself writes the batch (its own copy is writable), then node 0 reads each: the home
+// write-protects its copy and sends it.
 void BM_Recall(benchmark::State& state, const Params& p) {
   Cluster* c = GetClusterOrSkip(state, p);
   if (c == nullptr) return;
+  const int writer = static_cast<int>(p.a);
   const size_t n = Iters(state);
   const size_t batch = 64;
   const size_t pages = (n + batch - 1) / batch * batch;
+  std::vector<int> participants = {kHome};
+  if (writer != kHome) participants.push_back(writer);
   absl::StatusOr<std::unique_ptr<SharedRegion>> r =
-      SharedRegion::Map(c, pages * kPage, {kHome, 2});
+      SharedRegion::Map(c, pages * kPage, participants);
   BENCH_CHECK_OK(r.status());
   // Loads in a shuffled order inside each batch: a sequential walk would let readahead ask
   // for the pages before they are loaded (it is refused for pages another node holds M, but
@@ -479,9 +511,13 @@ void BM_Recall(benchmark::State& state, const Params& p) {
   lat.Reserve(n);
   uint64_t sink = 0;
   size_t i = 0;
+  CpuMeter cpu(c->node_pids());
   for (auto _ : state) {
     if (i % batch == 0) {
-      BENCH_CHECK_OK(c->Call(2, absl::StrCat("write ", (*r)->name(), " ", i, " ", batch)).status());
+      cpu.Pause();  // the writer's stores are preparation, not timed
+      BENCH_CHECK_OK(
+          c->Call(writer, absl::StrCat("write ", (*r)->name(), " ", i, " ", batch)).status());
+      cpu.Resume();
     }
     const size_t at = i / batch * batch + order[i % batch];
     ++i;
@@ -489,8 +525,10 @@ void BM_Recall(benchmark::State& state, const Params& p) {
     lat.Add(dt);
     state.SetIterationTime(static_cast<double>(dt) * 1e-9);
   }
+  cpu.Pause();
   benchmark::DoNotOptimize(sink);
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kCluster);
 }
 
 // Ping-pong: node 0 and node 2 alternately increment word 0 of one page homed on node 1.
@@ -506,6 +544,8 @@ void BM_PingPong(benchmark::State& state, const Params& p) {
   Samples lat;
   lat.Reserve(n);
   uint64_t round = 0;
+  CpuMeter cpu(c->node_pids());
+  cpu.Resume();
   for (auto _ : state) {
     uint64_t t0 = NowNs();
     __atomic_store_n(word, 2 * round + 1, __ATOMIC_RELEASE);
@@ -519,8 +559,10 @@ void BM_PingPong(benchmark::State& state, const Params& p) {
     lat.Add(dt);
     state.SetIterationTime(static_cast<double>(dt) * 1e-9);
   }
+  cpu.Pause();
   BENCH_CHECK_OK(c->Read(2).status());
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kCluster);  // per round
   state.counters["handoff_median_us"] = state.counters["median_us"] / 2;
 }
 
@@ -536,10 +578,12 @@ void BM_Scan(benchmark::State& state, const Params& p) {
   lat.Reserve(pages * Iters(state));
   double secs = 0, bytes = 0;
   uint64_t sink = 0;
+  CpuMeter cpu(c->node_pids());
   for (auto _ : state) {
     absl::StatusOr<std::unique_ptr<SharedRegion>> r = SharedRegion::Map(c, pages * kPage, {kHome});
     BENCH_CHECK_OK(r.status());
     volatile uint8_t* base = (*r)->base();
+    cpu.Resume();
     uint64_t t0 = NowNs();
     uint64_t prev = t0;
     for (size_t i = 0; i < pages; ++i) {
@@ -549,6 +593,7 @@ void BM_Scan(benchmark::State& state, const Params& p) {
       prev = now;
     }
     uint64_t dt = prev - t0;
+    cpu.Pause();
     secs += static_cast<double>(dt) * 1e-9;
     bytes += static_cast<double>(pages * kPage);
     state.SetIterationTime(static_cast<double>(dt) * 1e-9);
@@ -558,6 +603,7 @@ void BM_Scan(benchmark::State& state, const Params& p) {
   state.counters["MB_per_s"] = bytes / secs / 1e6;
   state.counters["pages_per_s"] = bytes / kPage / secs;
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, bytes / kPage, CpuMeterKind::kCluster);  // per page
 }
 
 // p.a application threads fault at once, each on its own fresh pages (random order):
@@ -576,6 +622,7 @@ void BM_FaultThreads(benchmark::State& state, const Params& p) {
   lat.Reserve(pages);
   double secs = 0, faults = 0;
   size_t batch = 0;
+  CpuMeter cpu(c->node_pids());
   for (auto _ : state) {
     std::atomic<bool> go{false};
     std::vector<Samples> per(threads);
@@ -597,9 +644,11 @@ void BM_FaultThreads(benchmark::State& state, const Params& p) {
     }
     // Let the threads reach the start line (they spin; creation is not timed).
     usleep(2000);
+    cpu.Resume();  // the threads spin at the start line: counted from here, as the time is
     uint64_t t0 = NowNs();
     go.store(true, std::memory_order_release);
     for (auto& t : ts) t.join();
+    cpu.Pause();
     uint64_t dt = *std::max_element(end.begin(), end.end()) - t0;
     for (auto& s : per) lat.Append(s);
     secs += static_cast<double>(dt) * 1e-9;
@@ -610,6 +659,140 @@ void BM_FaultThreads(benchmark::State& state, const Params& p) {
   state.SetItemsProcessed(static_cast<int64_t>(faults));
   state.counters["faults_per_s"] = faults / secs;
   ReportLatency(state, lat);
+  ReportCpu(state, cpu, faults, CpuMeterKind::kCluster);
+}
+
+// ---- locks ---------------------------------------------------------------------------------
+
+// Uncontended lock + unlock: node 0 takes an exclusive lock of bytes [0, 64) of a region whose
+// lock arbiter (the home of page 0) is node 1, and releases it; no other node locks. median_us
+// is the pair; lock_median_us and unlock_median_us are its halves, as the application thread
+// sees them (Region::Lock returns at the grant; LockGuard::Unlock returns when the release is
+// handed over).
+void BM_LockUnlock(benchmark::State& state, const Params& p) {
+  Cluster* c = GetClusterOrSkip(state, p);
+  if (c == nullptr) return;
+  const size_t n = Iters(state);
+  absl::StatusOr<std::unique_ptr<SharedRegion>> r = SharedRegion::Map(c, kPage, {kHome});
+  BENCH_CHECK_OK(r.status());
+  dsm::Region* region = (*r)->region();
+  for (int i = 0; i < 20; ++i) {  // the arbiter creates the region's table at the first one
+    absl::StatusOr<dsm::LockGuard> g = region->Lock(0, 64, dsm::LockMode::kExclusive);
+    BENCH_CHECK_OK(g.status());
+    BENCH_CHECK_OK(g->Unlock());
+  }
+  Samples lat, lock_lat, unlock_lat;
+  lat.Reserve(n);
+  lock_lat.Reserve(n);
+  unlock_lat.Reserve(n);
+  CpuMeter cpu(c->node_pids());
+  cpu.Resume();
+  for (auto _ : state) {
+    const uint64_t t0 = NowNs();
+    absl::StatusOr<dsm::LockGuard> g = region->Lock(0, 64, dsm::LockMode::kExclusive);
+    const uint64_t t1 = NowNs();
+    BENCH_CHECK_OK(g.status());
+    BENCH_CHECK_OK(g->Unlock());
+    const uint64_t t2 = NowNs();
+    lock_lat.Add(t1 - t0);
+    unlock_lat.Add(t2 - t1);
+    lat.Add(t2 - t0);
+    state.SetIterationTime(static_cast<double>(t2 - t0) * 1e-9);
+  }
+  cpu.Pause();
+  ReportLatency(state, lat);
+  state.counters["lock_median_us"] = lock_lat.QuantileUs(0.5);
+  state.counters["unlock_median_us"] = unlock_lat.QuantileUs(0.5);
+  ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kCluster);
+}
+
+// Runs `cmd` on helpers 2..nodes (one line each, replies read at the end) while node 0 runs
+// `own(k)` for its iterations; every node does Iters(state) operations. Reports per-operation
+// wall time over all nodes (per_op_us: the loop's wall time, from node 0's start until the last
+// node finished, divided by every node's operations), node 0's per-operation latencies
+// (median_us, p99_us) and CPU per operation of all node processes.
+template <typename Op>
+void RunOnNodes(benchmark::State& state, Cluster* c, int nodes, const std::string& cmd, Op own) {
+  const size_t n = Iters(state);
+  Samples lat;
+  lat.Reserve(n);
+  CpuMeter cpu(c->node_pids());
+  for (int h = 2; h <= nodes; ++h) BENCH_CHECK_OK(c->Send(h, cmd));
+  cpu.Resume();
+  const uint64_t t0 = NowNs();
+  size_t k = 0;
+  for (auto _ : state) {
+    const uint64_t a = NowNs();
+    BENCH_CHECK_OK(own(k++));
+    const uint64_t dt = NowNs() - a;
+    lat.Add(dt);
+    state.SetIterationTime(static_cast<double>(dt) * 1e-9);
+  }
+  for (int h = 2; h <= nodes; ++h) BENCH_CHECK_OK(c->Read(h).status());
+  const uint64_t wall = NowNs() - t0;
+  cpu.Pause();
+  const double ops = static_cast<double>(n) * nodes;
+  ReportLatency(state, lat);
+  state.counters["per_op_us"] = static_cast<double>(wall) / 1000.0 / ops;
+  state.counters["ops_per_s"] = ops / (static_cast<double>(wall) * 1e-9);
+  ReportCpu(state, cpu, ops, CpuMeterKind::kCluster);
+}
+
+// Hand-off: p.a nodes (node 0 and helpers 2..p.a) each lock and unlock bytes [0, 64) of one
+// region exclusively, in a loop, at once; arbiter node 1. Each grant after the first waits for
+// another node's release, so per_op_us is the cost of one hand-off.
+void BM_LockHandoff(benchmark::State& state, const Params& p) {
+  Cluster* c = GetClusterOrSkip(state, p);
+  if (c == nullptr) return;
+  const int nodes = static_cast<int>(p.a);
+  std::vector<int> participants = {kHome};
+  for (int h = 2; h <= nodes; ++h) participants.push_back(h);
+  absl::StatusOr<std::unique_ptr<SharedRegion>> r = SharedRegion::Map(c, kPage, participants);
+  BENCH_CHECK_OK(r.status());
+  dsm::Region* region = (*r)->region();
+  for (int h = 2; h <= nodes; ++h) {  // warm up every node's path to the arbiter
+    BENCH_CHECK_OK(c->Call(h, absl::StrCat("lockloop ", (*r)->name(), " 0 64 10")).status());
+  }
+  RunOnNodes(state, c, nodes, absl::StrCat("lockloop ", (*r)->name(), " 0 64 ", Iters(state)),
+             [region](size_t) -> absl::Status {
+               absl::StatusOr<dsm::LockGuard> g = region->Lock(0, 64, dsm::LockMode::kExclusive);
+               if (!g.ok()) return g.status();
+               return g->Unlock();
+             });
+}
+
+// The counter table's lock phase (examples/counter_table.cc): p.a nodes (node 0 and helpers
+// 2..p.a) each increment p.b random 64-byte records under an exclusive lock of the record's
+// first 8 bytes, at once; the region (home and arbiter node 1) holds nothing else, so records
+// share pages and most operations move a page too. Node 0 checks the sum afterwards.
+void BM_CounterTable(benchmark::State& state, const Params& p) {
+  Cluster* c = GetClusterOrSkip(state, p);
+  if (c == nullptr) return;
+  const int nodes = static_cast<int>(p.a);
+  const uint64_t records = static_cast<uint64_t>(p.b);
+  std::vector<int> participants = {kHome};
+  for (int h = 2; h <= nodes; ++h) participants.push_back(h);
+  absl::StatusOr<std::unique_ptr<SharedRegion>> r =
+      SharedRegion::Map(c, (records * 64 + kPage - 1) / kPage * kPage, participants);
+  BENCH_CHECK_OK(r.status());
+  dsm::Region* region = (*r)->region();
+  auto* words = reinterpret_cast<volatile uint64_t*>(const_cast<uint8_t*>((*r)->base()));
+  RunOnNodes(state, c, nodes,
+             absl::StrCat("counter ", (*r)->name(), " ", records, " ", Iters(state)),
+             [&](size_t k) -> absl::Status {
+               const uint64_t rec = CounterRecord(0, k, records);
+               absl::StatusOr<dsm::LockGuard> g =
+                   region->Lock(rec * 64, 8, dsm::LockMode::kExclusive);
+               if (!g.ok()) return g.status();
+               words[rec * 8] = words[rec * 8] + 1;
+               return g->Unlock();
+             });
+  uint64_t sum = 0;
+  for (uint64_t i = 0; i < records; ++i) sum += words[i * 8];
+  if (sum != Iters(state) * static_cast<uint64_t>(nodes)) {
+    state.SkipWithError(absl::StrCat("counter table: sum ", sum, ", expected ",
+                                     Iters(state) * static_cast<uint64_t>(nodes)).c_str());
+  }
 }
 
 // Per-page bookkeeping: map a 64 GiB region without touching it and report the growth of
@@ -694,7 +877,8 @@ void RegisterClusterBenchmarks(const BenchConfig& cfg) {
       reg(absl::StrCat("WriteMiss", sfx, "/k:", k), BM_WriteFault, {net, k, 0}, wr_iters);
       reg(absl::StrCat("Upgrade", sfx, "/k:", k), BM_WriteFault, {net, k, 1}, wr_iters);
     }
-    reg("Recall" + sfx, BM_Recall, {net}, wr_iters);
+    reg("Recall" + sfx, BM_Recall, {net, 2}, wr_iters);
+    reg("ReadFaultHomeWritten" + sfx, BM_Recall, {net, kHome}, wr_iters);
     reg("PingPong" + sfx, BM_PingPong, {net}, wr_iters);
     reg("SeqScan" + sfx, BM_Scan, {net, scan_pages, 0}, smoke ? 1 : 3);
     reg("RandScan" + sfx, BM_Scan, {net, scan_pages, 1}, smoke ? 1 : 3);
@@ -703,6 +887,15 @@ void RegisterClusterBenchmarks(const BenchConfig& cfg) {
           smoke ? 2 : 40);
       reg(absl::StrCat("WriteMissThreads", sfx, "/threads:", t), BM_FaultThreads, {net, t, 1},
           smoke ? 2 : 40);
+    }
+    reg("LockUnlock" + sfx, BM_LockUnlock, {net}, lat_iters);
+    for (int nodes : {2, 3}) {
+      reg(absl::StrCat("LockHandoff", sfx, "/nodes:", nodes), BM_LockHandoff, {net, nodes},
+          wr_iters);
+    }
+    for (int nodes : {1, 3}) {
+      reg(absl::StrCat("CounterTable", sfx, "/nodes:", nodes), BM_CounterTable,
+          {net, nodes, 256}, smoke ? 64 : 1000);
     }
     reg("Bookkeeping" + sfx + "/nonhome", BM_Bookkeeping, {net, 0}, 1);
     reg("Bookkeeping" + sfx + "/home", BM_Bookkeeping, {net, 1}, 1);

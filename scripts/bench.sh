@@ -9,6 +9,8 @@
 #      no spin, against the adaptive default of the main pass),
 #      DSM_BENCH_COMMIT (what to report as the measured commit, when run from an export),
 #      DSM_BENCH_BUILD (build dir, default build-bench),
+#      DSM_BENCH_BIN (a dsm_bench built already, e.g. build/ci/bench/dsm_bench: no configure
+#      or build; the outputs still go to DSM_BENCH_BUILD),
 #      DSM_BENCH_REPS (repetitions, interleaved in random order, default 3; the report shows
 #      medians of the repetitions),
 #      DSM_BENCH_NICE (run under `nice -n N`, e.g. -10 on a machine shared with builds; default 0)
@@ -27,9 +29,14 @@ for a in "$@"; do
   esac
 done
 
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSM_WERROR=ON -DDSM_BUILD_BENCH=ON \
-  >/dev/null
-cmake --build "$build" --target dsm_bench -j"$(nproc)"
+bin="${DSM_BENCH_BIN:-}"
+if [[ -z $bin ]]; then
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSM_WERROR=ON -DDSM_BUILD_BENCH=ON \
+    >/dev/null
+  cmake --build "$build" --target dsm_bench -j"$(nproc)"
+  bin="$build/bench/dsm_bench"
+fi
+mkdir -p "$build"
 
 machine="$build/bench-machine.txt"
 log="$build/bench.log"
@@ -71,9 +78,9 @@ spin=()
 for n in "${nets[@]}"; do
   json="$build/bench-$n.json"
   args=(--net="$n" --benchmark_out="$json" --benchmark_out_format=json "${common[@]}")
-  echo "running: $build/bench/dsm_bench ${args[*]} ${extra[*]:-} (node logs: $log)"
+  echo "running: $bin ${args[*]} ${extra[*]:-} (node logs: $log)"
   rc=0
-  nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" "${args[@]}" "${extra[@]}" 2>>"$log" || rc=$?
+  nice -n "${DSM_BENCH_NICE:-0}" "$bin" "${args[@]}" "${extra[@]}" 2>>"$log" || rc=$?
   if [[ $rc == 77 ]]; then
     echo "bench.sh: skipped: userfaultfd is unavailable (run as root)"
     exit 0
@@ -85,8 +92,8 @@ for n in "${nets[@]}"; do
     # for the sensitivity table.
     spin_us="${DSM_BENCH_SPIN_US:-0}"
     echo "running: the same key figures over $n with --poll_spin_us=$spin_us"
-    nice -n "${DSM_BENCH_NICE:-0}" "$build/bench/dsm_bench" --net="$n" --poll_spin_us="$spin_us" \
-      --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt4K|ReadFault/|Upgrade/.*/k:1|Recall|ReadFaultThreads/.*/threads:[14]' \
+    nice -n "${DSM_BENCH_NICE:-0}" "$bin" --net="$n" --poll_spin_us="$spin_us" \
+      --benchmark_filter='Floor_Uffd.*busy|Floor_TcpRtt|ReadFault/|WriteMiss/.*/k:0|Upgrade/.*/k:1|Recall|SeqScan|ReadFaultThreads/.*/threads:[14]|LockUnlock|CounterTable/.*/nodes:3' \
       "${common[@]}" --benchmark_out="$build/bench-spin-$n.json" --benchmark_out_format=json \
       2>>"$log" >/dev/null && spin+=(--spin-json "$build/bench-spin-$n.json")
   fi

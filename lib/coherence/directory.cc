@@ -109,6 +109,28 @@ struct Directory::Impl {
   void ApplyWriteback(PageIndex page, PutKind kind, NodeId src, const uint8_t* data);
 
   // The latest data of `page` is gone (see the rules above DirectoryPort): lost for good.
+  // The home holds `page` Modified itself: write-protects its copy and stores it, leaving the
+  // page Shared{self}, with the effect of a kRecall(kDowngrade) to itself. False if the cache
+  // does not hold it Modified after all (nothing changed: recall as usual); true also when
+  // the page was lost trying (the transaction then nacks).
+  bool DowngradeOwnCopy(PageIndex page) {
+    own_copy.resize(kPageSize);
+    absl::StatusOr<bool> downgraded = port->DowngradeLocal(page, own_copy.data());
+    if (!downgraded.ok()) {
+      Lose(page, "the home could not write-protect its copy", downgraded.status());
+      return true;
+    }
+    if (!*downgraded) return false;
+    if (absl::Status stored = port->StorePage(page, own_copy.data()); !stored.ok()) {
+      Lose(page, "StorePage", stored);
+      return true;
+    }
+    SetShared(page, NodeBit(cfg.self));
+    ++c.local_downgrades;
+    return true;
+  }
+  std::vector<uint8_t> own_copy;  // DowngradeOwnCopy's buffer
+
   void Lose(PageIndex page, const char* what, const absl::Status& why) {
     DSM_LOG(ERROR) << "region " << cfg.region << " page " << page << " lost: " << what << ": "
                    << why;
@@ -286,6 +308,9 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
       ++c.protocol_errors;
       DSM_LOG(ERROR) << "node " << owner << " requests page " << page << " it owns";
       SetUncached(page);
+    } else if (owner == cfg.self && r.type == MsgType::kGetS && DowngradeOwnCopy(page)) {
+      // The home wrote the page itself: its copy was downgraded in place (one write-protect
+      // and a copy), as OnRunRequest does, not by a recall to itself through the event loop.
     } else {
       const RecallKind kind =
           r.type == MsgType::kGetS ? RecallKind::kDowngrade : RecallKind::kInvalidate;

@@ -31,7 +31,8 @@
 //    another node, which is what a kGetS would have been granted without waiting for another
 //    node; the rest are refused in the same reply (see OnRunRequest), so it cannot reorder or
 //    delay any page's queue. A page Modified at the home itself is downgraded in place
-//    (DirectoryPort::DowngradeLocal) with the same effect as the recall a kGetS would send.
+//    (DirectoryPort::DowngradeLocal) with the same effect as the recall a kGetS would send;
+//    a kGetS of such a page is served the same way (no recall to itself).
 //
 // Races handled here:
 //  - Recall crosses a write-back: the kPut is applied when it arrives (state Uncached or
@@ -155,7 +156,7 @@ class Directory {
     uint64_t requests_served = 0, invalidations_sent = 0, recalls_sent = 0, writebacks = 0,
              lost_pages = 0, nacks_sent = 0, queued_requests = 0;
     // Readahead: kGetSRun answered, and the pages granted by them (also in requests_served).
-    // local_downgrades: pages of runs this node held Modified itself, downgraded in place.
+    // local_downgrades: pages this node held Modified itself, downgraded in place (runs, kGetS).
     uint64_t run_requests = 0, run_pages_granted = 0, local_downgrades = 0;
     // "Cannot happen" events handled defensively (logged): a correct run keeps this 0.
     uint64_t protocol_errors = 0;

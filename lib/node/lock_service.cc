@@ -7,6 +7,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/node_set.h"
 #include "common/timeouts.h"
 #include "protocol/lock_fields.h"
 
@@ -137,6 +138,11 @@ void LockService::OnMessage(Message&& m) {
 
 void LockService::OnPeerDown(NodeId peer) {
   if (stopped_) return;
+  {
+    // From here on, releases of locks held there are decided by the engine (kUnavailable).
+    absl::MutexLock l(&mu_);
+    down_arbiters_ |= NodeBit(peer);
+  }
   const absl::Time now = absl::Now();
   client_.OnPeerDown(peer);
   barrier_client_.OnPeerDown(peer);
@@ -175,6 +181,11 @@ void LockService::OnTimer() { OnTick(absl::Now()); }
 
 void LockService::OnRegionUnmapped(RegionId region) {
   if (stopped_) return;
+  {
+    // The client forgets these locks now: a later release of one is the engine's to answer.
+    absl::MutexLock l(&mu_);
+    absl::erase_if(held_, [region](const auto& e) { return e.second.region == region; });
+  }
   // This node's requests first: their releases reach the local table, if any, while it exists.
   client_.ForgetRegion(region);
   Flush();
@@ -203,6 +214,7 @@ void LockService::Shutdown() {
   {
     absl::MutexLock l(&mu_);
     closed_ = true;
+    held_.clear();
     left.swap(inbox_);
   }
   for (auto& task : left) task();  // each sees stopped_ and fails
@@ -230,14 +242,19 @@ LockService::Counters LockService::counters() const {
 
 // ---- any thread ----------------------------------------------------------------------------
 
+bool LockService::EnqueueLocked(absl::AnyInvocable<void()> fn) {
+  const bool post = inbox_.empty();  // else a drain is posted already and takes this one too
+  inbox_.push_back(std::move(fn));
+  return post;
+}
+
 bool LockService::Enqueue(absl::AnyInvocable<void()> fn) {
   bool queued = false;
   bool post = false;
   {
     absl::MutexLock l(&mu_);
     if (!closed_) {
-      post = inbox_.empty();  // else a drain is posted already and takes this one too
-      inbox_.push_back(std::move(fn));
+      post = EnqueueLocked(std::move(fn));
       queued = true;
     }
   }
@@ -268,7 +285,23 @@ uint64_t LockService::RequestLock(RegionId region, NodeId arbiter, uint64_t size
     if (find_(region) == nullptr) {
       return done(absl::FailedPreconditionError("dsm lock: the region is not mapped here"));
     }
-    client_.Acquire(region, arbiter, size, request, absl::Now(), std::move(done), id);
+    if (arbiter == self_) {
+      // A local arbiter applies a release at once on the engine thread; Unlock keeps waiting
+      // for it, so a release is in the table before Unlock returns (no network to save).
+      client_.Acquire(region, arbiter, size, request, absl::Now(), std::move(done), id);
+      Flush();
+      return;
+    }
+    // A grant is recorded for ReleaseLock's fast path before the application can see it.
+    LockCallback recorded = [this, region, arbiter,
+                             done = std::move(done)](absl::StatusOr<LockHandle> r) {
+      if (r.ok()) {
+        absl::MutexLock l(&mu_);
+        held_.insert_or_assign(r->id(), HeldLock{region, arbiter});
+      }
+      done(std::move(r));
+    };
+    client_.Acquire(region, arbiter, size, request, absl::Now(), std::move(recorded), id);
     Flush();
   };
   if (OnEngineThread()) {
@@ -279,25 +312,51 @@ uint64_t LockService::RequestLock(RegionId region, NodeId arbiter, uint64_t size
   return id;
 }
 
+absl::Status LockService::ReleaseOnEngine(uint64_t lock_id) {
+  {
+    absl::MutexLock l(&mu_);
+    held_.erase(lock_id);
+  }
+  absl::Status s = client_.Release(lock_id);
+  Flush();
+  return s;
+}
+
+bool LockService::ReleaseHeldAsync(uint64_t lock_id) {
+  bool post = false;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = held_.find(lock_id);
+    if (closed_ || it == held_.end() || InNodeSet(down_arbiters_, it->second.arbiter)) {
+      return false;
+    }
+    held_.erase(it);
+    // Decided: the lock was held and is released now, as far as this node's application can
+    // tell. If the engine learns first that the arbiter went down, or the region's unmap
+    // forgot the lock, client_.Release finds it lost or unknown and there is nothing to send.
+    post = EnqueueLocked([this, lock_id] {
+      if (stopped_) return;  // Shutdown released every held lock already
+      (void)client_.Release(lock_id);
+      Flush();
+    });
+  }
+  if (post) loop_->Post([this] { DrainInbox(); });
+  return true;
+}
+
 absl::Status LockService::ReleaseLock(uint64_t lock_id) {
   if (OnEngineThread()) {
     if (stopped_) return ShutDownError();
-    absl::Status s = client_.Release(lock_id);
-    Flush();
-    return s;
+    return ReleaseOnEngine(lock_id);
   }
+  if (ReleaseHeldAsync(lock_id)) return absl::OkStatus();
   struct Call {
     absl::Notification done;
     absl::Status status;
   };
   auto call = std::make_shared<Call>();
   Enqueue([this, call, lock_id] {
-    if (stopped_) {
-      call->status = ShutDownError();
-    } else {
-      call->status = client_.Release(lock_id);
-      Flush();
-    }
+    call->status = stopped_ ? ShutDownError() : ReleaseOnEngine(lock_id);
     call->done.Notify();
   });
   if (!call->done.WaitForNotificationWithTimeout(options_.peer_timeout +

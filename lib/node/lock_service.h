@@ -11,9 +11,14 @@
 // application entry points (RequestLock, ReleaseLock, BarrierAsync) may be called from any
 // thread, including the engine thread itself from inside a lock or barrier callback:
 //  - from another thread they queue the call for the engine thread (an inbox drained by a
-//    task posted to the event loop). RequestLock and BarrierAsync return at once;
-//    ReleaseLock waits for the engine's answer, which never waits on the network (bounded by
-//    peer_timeout + 5 s against a wedged engine);
+//    task posted to the event loop). RequestLock and BarrierAsync return at once. ReleaseLock
+//    of a lock this node holds at another node's arbiter not known down returns at once too: the grant
+//    was recorded in `held_` (under mu_) before the application saw its handle, so the
+//    release is decided on the calling thread and its kLockRelease is queued behind every
+//    earlier call of this node (a later Lock's kLockAcquire cannot overtake it). Any other
+//    ReleaseLock (a pending request, a lost or unknown id, the arbiter known down) waits for
+//    the engine's answer, which never waits on the network (bounded by peer_timeout + 5 s
+//    against a wedged engine);
 //  - on the engine thread they run at once.
 // Callbacks always run on the engine thread, except after Shutdown, when there is none: then
 // the entry points fail at once (kUnavailable) on the calling thread.
@@ -127,6 +132,14 @@ class LockService final : lock::LockTablePort, lock::LockClientPort, lock::Barri
   }
   // Queues `fn` for the engine thread; false once the service is shut down.
   bool Enqueue(absl::AnyInvocable<void()> fn);
+  // Queues `fn` (the service is not closed); whether the caller must post a drain after
+  // releasing mu_.
+  bool EnqueueLocked(absl::AnyInvocable<void()> fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ReleaseLock's fast path: true (and the release queued) if `lock_id` is in held_ at an
+  // arbiter not known down.
+  bool ReleaseHeldAsync(uint64_t lock_id);
+  // The engine's Release of `lock_id` (any state), keeping held_ in step.
+  absl::Status ReleaseOnEngine(uint64_t lock_id);
   void DrainInbox();
   // Delivers a message addressed to this node (after validation) to the right component.
   void Dispatch(const Message& m);
@@ -152,6 +165,17 @@ class LockService final : lock::LockTablePort, lock::LockClientPort, lock::Barri
   absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void()>> inbox_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  // Locks granted to this node by another node's arbiter and not yet released, as the
+  // application threads may know them: an entry is added on the engine thread before the grant's callback runs, and
+  // removed by whichever comes first of the application's release (any thread) and the
+  // engine forgetting the lock (region unmapped, shutdown). An id absent here is decided by
+  // the engine (LockClient is the authority; this is a subset of its held locks).
+  struct HeldLock {
+    RegionId region;
+    NodeId arbiter;
+  };
+  absl::flat_hash_map<uint64_t, HeldLock> held_ ABSL_GUARDED_BY(mu_);
+  uint64_t down_arbiters_ ABSL_GUARDED_BY(mu_) = 0;  // peers declared down (NodeBit)
 
   // Engine-thread state.
   lock::LockClient client_;

@@ -378,7 +378,9 @@ TEST(Readahead, RunTakesPagesTheHomeHoldsModifiedByDowngradingThem) {
     ASSERT_TRUE(sim.Settle()) << sim.error();
   }
   StartStream(sim, 1);
-  EXPECT_EQ(sim.directory(0).counters().local_downgrades, 4u);  // the run 2..5
+  // Pages 0 and 1 (the stream's first two reads, kGetS) and the run 2..5.
+  EXPECT_EQ(sim.directory(0).counters().local_downgrades, 6u);
+  EXPECT_EQ(sim.directory(0).counters().recalls_sent, 0u);
   for (PageIndex p = 2; p <= 5; ++p) {
     EXPECT_EQ(sim.mapped(0, p), PageState::kShared) << p;  // write-protected at the home
     EXPECT_EQ(sim.mapped(1, p), PageState::kShared) << p;
@@ -390,6 +392,27 @@ TEST(Readahead, RunTakesPagesTheHomeHoldsModifiedByDowngradingThem) {
   ASSERT_TRUE(sim.Settle()) << sim.error();
   EXPECT_EQ(sim.mapped(1, 3), PageState::kInvalid);
   ExpectReadSees(sim, 1, 3, w);
+}
+
+// Without readahead: a read of a page the home wrote itself downgrades the home's copy in
+// place (no recall message to itself), the reader sees the home's value, and the home's next
+// write invalidates the reader again; a second home write and read repeat it.
+TEST(Readahead, AReadOfAPageTheHomeWroteIsServedWithoutARecallToItself) {
+  Sim sim(2, 8, HomeAt(0));
+  for (int round = 0; round < 2; ++round) {
+    const int w = sim.Access(0, 5, true);
+    ASSERT_TRUE(sim.Settle()) << sim.error();
+    EXPECT_EQ(sim.mapped(0, 5), PageState::kModified);
+    ExpectReadSees(sim, 1, 5, w);
+    EXPECT_EQ(sim.mapped(0, 5), PageState::kShared);  // write-protected at the home
+    EXPECT_EQ(sim.mapped(1, 5), PageState::kShared);
+    EXPECT_EQ(sim.directory(0).counters().local_downgrades, static_cast<uint64_t>(round + 1));
+    EXPECT_EQ(sim.directory(0).counters().recalls_sent, 0u);
+  }
+  const int w = sim.Access(0, 5, true);  // upgrade at the home: invalidates node 1
+  ASSERT_TRUE(sim.Settle()) << sim.error();
+  EXPECT_EQ(sim.mapped(1, 5), PageState::kInvalid);
+  ExpectReadSees(sim, 1, 5, w);
 }
 
 // A run asked for while a writer's transaction on one of its pages is in flight at the home

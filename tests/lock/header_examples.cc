@@ -133,9 +133,10 @@ int ReadmeExample() {
 
 }  // namespace
 
-// Referenced so -Wunused-function holds.
-int (*const kExamples[])() = {NodeExample, ReadmeExample, LaunchExample};
-int (*const kHeapExample)(const std::unique_ptr<dsm::Region>&) = HeapExample;
-void (*const kOtherExamples[])() = {OptionsExample, VersionExample};
-int (*const kRegionExample)(dsm::Node*) = RegionExample;
-int (*const kLockExample)(dsm::Node*, dsm::Region*, uint64_t*) = LockExample;
+// Referenced so -Wunused-function holds; [[maybe_unused]] because a const at namespace scope
+// has internal linkage, which clang reports as unused.
+[[maybe_unused]] int (*const kExamples[])() = {NodeExample, ReadmeExample, LaunchExample};
+[[maybe_unused]] int (*const kHeapExample)(const std::unique_ptr<dsm::Region>&) = HeapExample;
+[[maybe_unused]] void (*const kOtherExamples[])() = {OptionsExample, VersionExample};
+[[maybe_unused]] int (*const kRegionExample)(dsm::Node*) = RegionExample;
+[[maybe_unused]] int (*const kLockExample)(dsm::Node*, dsm::Region*, uint64_t*) = LockExample;

@@ -453,6 +453,68 @@ TEST_P(LockClusterTest, DataWrittenBeforeUnlockIsSeenByTheNextHolder) {
   EXPECT_EQ(*Word(region(1), kTurn), kNodes * rounds);
 }
 
+// Unlock of a lock held at another node's arbiter is decided on the calling thread (the node
+// recorded the grant before handing it out). A second Unlock of the same handle must still be
+// kNotFound, and the next holder on a third node must get the range every time.
+TEST_P(LockClusterTest, AnUnlockDecidedOnTheCallingThreadIsDecidedOnce) {
+  ASSERT_NO_FATAL_FAILURE(Map("once", 1));
+  Step("node 1 unlocks each handle twice; node 2 takes the range after each");
+  for (int i = 0; i < 50; ++i) {
+    absl::StatusOr<LockGuard> g =
+        region(1)->Lock(0, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+    ASSERT_TRUE(g.ok()) << "round " << i << ": " << g.status();
+    const LockHandle h = g->Release();
+    EXPECT_TRUE(region(1)->Unlock(h).ok()) << "round " << i;
+    EXPECT_EQ(region(1)->Unlock(h).code(), absl::StatusCode::kNotFound) << "round " << i;
+    EXPECT_EQ(region(1)->Cancel(h.id()).code(), absl::StatusCode::kNotFound) << "round " << i;
+    absl::StatusOr<LockGuard> next =
+        region(2)->Lock(0, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+    ASSERT_TRUE(next.ok()) << "round " << i << ": the release never reached the arbiter: "
+                           << next.status();
+    ASSERT_TRUE(next->Unlock().ok());
+  }
+}
+
+// Unlock on one thread races the region's Unmap on another, on the same node: whichever the
+// node sees first, the lock is released at the arbiter exactly once (the next holder gets the
+// range; a lock leaked by the race would leave it waiting until its deadline), and Unlock
+// answers OK (it came first) or kFailedPrecondition (the unmap released it).
+TEST_P(LockClusterTest, AnUnlockRacingTheRegionsUnmapReleasesTheLockOnce) {
+  for (int round = 0; round < 20; ++round) {
+    ASSERT_NO_FATAL_FAILURE(Map(absl::StrCat("race", round), 1));
+    absl::StatusOr<LockGuard> g =
+        region(1)->Lock(0, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+    ASSERT_TRUE(g.ok()) << "round " << round << ": " << g.status();
+    Step(absl::StrCat("round ", round, ": unlock and unmap at once on node 1"));
+    std::atomic<bool> go{false};
+    absl::Status unlocked, unmapped;
+    std::thread a([&] {
+      while (!go.load()) {
+      }
+      unlocked = g->Unlock();
+    });
+    std::thread b([&] {
+      while (!go.load()) {
+      }
+      unmapped = regions_[1]->Unmap();
+    });
+    go.store(true);
+    a.join();
+    b.join();
+    EXPECT_TRUE(unmapped.ok()) << unmapped;
+    EXPECT_TRUE(unlocked.ok() || unlocked.code() == absl::StatusCode::kFailedPrecondition)
+        << unlocked;
+    absl::StatusOr<LockGuard> next =
+        region(2)->Lock(0, 8, LockMode::kExclusive, absl::Now() + kLockWait);
+    ASSERT_TRUE(next.ok()) << "round " << round << ": " << next.status();
+    ASSERT_TRUE(next->Unlock().ok());
+    for (int i = kNodes - 1; i >= 0; --i) {
+      ASSERT_TRUE(regions_[static_cast<size_t>(i)]->Unmap().ok()) << "node " << i;
+    }
+    regions_.clear();
+  }
+}
+
 std::string TransportName(const ::testing::TestParamInfo<TransportKind>& info) {
   return info.param == TransportKind::kLoopback ? "Loopback" : "Tcp";
 }

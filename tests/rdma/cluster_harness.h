@@ -83,15 +83,15 @@ inline void Pump(std::vector<std::unique_ptr<TestNode>>& nodes, absl::Duration d
 // may not hold NUL).
 inline Message TestMessage(NodeId dst, uint64_t seq, size_t payload) {
   Message m;
-  // kGetS: no payload; kRegionOpen: 1..255 bytes (inline); kData: whole pages (staged).
+  // kGetS: no payload; kRegionOpen: 1..255 bytes (inline); kDataRun: whole pages (staged).
   m.type = payload == 0 ? MsgType::kGetS
            : payload < kPageSize ? MsgType::kRegionOpen
-                                 : MsgType::kData;
+                                 : MsgType::kDataRun;
   m.dst = dst;
   m.region = 7;
   m.page = seq;
   m.req_id = seq;
-  m.arg = m.type == MsgType::kData ? static_cast<uint64_t>(Grant::kShared) : 0;
+  m.arg = m.type == MsgType::kDataRun ? payload / kPageSize : 0;  // pages asked for = sent
   m.payload.resize(payload);
   for (size_t i = 0; i < payload; ++i) m.payload[i] = static_cast<uint8_t>((seq + i) % 255 + 1);
   return m;
