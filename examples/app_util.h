@@ -1,5 +1,5 @@
 // Small pieces shared by the example applications (sor, matmul, counter_table): start a node
-// from the launcher's environment, read --flags, and leave the cluster in an agreed order.
+// from the launcher's environment, read --flags, meet at barriers, and finish together.
 #pragma once
 
 #include <unistd.h>
@@ -83,18 +83,31 @@ inline std::unique_ptr<dsm::Node> StartNode(const char* program) {
   return *std::move(node);
 }
 
-// Leaves in an order that keeps every write: all nodes meet, the nodes that are not the
-// region's home write back and unmap, all meet again, then the home unmaps and every node
-// shuts down. Returns the first error.
-inline absl::Status LeaveTogether(dsm::Node& node, std::unique_ptr<dsm::Region> region,
-                                  dsm::NodeId home, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  absl::Status s = node.Barrier("leave-1", {}, deadline);
-  if (s.ok() && node.id() != home) s = region->Unmap();
-  if (absl::Status b = node.Barrier("leave-2", {}, deadline); s.ok()) s = b;
-  if (absl::Status u = region->Unmap(); s.ok()) s = u;
-  if (absl::Status d = node.Shutdown(); s.ok()) s = d;
-  return s;
+// Meets every node at barrier `name`, or exits with status 1 and a message naming the step
+// (`what`): an example has nothing sensible to do once a node has gone missing.
+inline void BarrierOrExit(dsm::Node& node, const char* program, const char* name,
+                          const char* what, absl::Duration timeout) {
+  absl::Status s = node.Barrier(name, {}, absl::Now() + timeout);
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s node %u: barrier (%s): %s\n", program, node.id(), what,
+                 s.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+// Leaves the cluster with every other node (Node::Finalize: every node's writes reach their
+// homes, then everyone shuts down) and returns the process's exit status: `result` when
+// Finalize succeeded, 1 (reported) when it did not. Results must be read or copied out of the
+// regions before this.
+inline int FinishAndReport(dsm::Node& node, const char* program, int result,
+                           absl::Duration timeout) {
+  absl::Status s = node.Finalize(timeout);
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s node %u: finalize: %s\n", program, node.id(),
+                 s.ToString().c_str());
+    return 1;
+  }
+  return result;
 }
 
 }  // namespace app

@@ -96,15 +96,7 @@ int main(int argc, char** argv) {
   (*slots)[me] = heap->OffsetOf(report->data());
 
   const absl::Duration timeout = absl::Seconds(120);
-  auto barrier = [&](const char* what) {
-    absl::Status s = node->Barrier("counters", {}, absl::Now() + timeout);
-    if (!s.ok()) {
-      std::fprintf(stderr, "counter_table node %lu: barrier (%s): %s\n",
-                   static_cast<unsigned long>(me), what, s.ToString().c_str());
-      std::exit(1);
-    }
-  };
-  barrier("ready");
+  app::BarrierOrExit(*node, "counter_table", "counters", "ready", timeout);
   const absl::Time start = absl::Now();
   for (uint64_t k = 0; k < ops; ++k) {
     const uint64_t r = Pick(me, k, records);
@@ -123,7 +115,7 @@ int main(int argc, char** argv) {
     ++(*report)[r];
   }
   const absl::Duration took = absl::Now() - start;
-  barrier("done");
+  app::BarrierOrExit(*node, "counter_table", "counters", "done", timeout);
 
   int result = 0;
   if (me == 0) {
@@ -157,11 +149,5 @@ int main(int argc, char** argv) {
     if (!exact) result = 1;
   }
   heap = absl::FailedPreconditionError("released");
-  absl::Status left = app::LeaveTogether(*node, *std::move(region), 0, timeout);
-  if (!left.ok()) {
-    std::fprintf(stderr, "counter_table node %lu: leaving: %s\n",
-                 static_cast<unsigned long>(me), left.ToString().c_str());
-    return 1;
-  }
-  return result;
+  return app::FinishAndReport(*node, "counter_table", result, timeout);
 }

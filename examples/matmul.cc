@@ -5,10 +5,13 @@
 // node, fetched once each. Each node writes only its rows of C, laid out so that no two nodes
 // write one page (every matrix starts on a page boundary and the row blocks are whole pages
 // when n is a multiple of 512, otherwise only a boundary page is shared). Node 0 then checks
-// C against a plain single-process product, bit for bit (same summation order).
+// C against a plain single-process product, bit for bit (same summation order), and every
+// node finishes with Node::Finalize. With --interleave 1 the pages' homes are spread over the
+// nodes (page p at node p mod N): node 0 then reads rows of C homed at nodes that are already
+// finishing, which Finalize keeps serving until node 0 is done.
 //
 // Needs: userfaultfd (root, or vm.unprivileged_userfaultfd=1). Placed by a launcher:
-// Usage: dsmrun -n 3 -- matmul [--n 256]
+// Usage: dsmrun -n 3 -- matmul [--n 256] [--interleave 0|1]
 // Exit status: 0 when C matches, 1 otherwise, 2 on bad arguments, 77 without userfaultfd.
 #include <cstdio>
 #include <cstring>
@@ -40,8 +43,9 @@ void Multiply(const double* a, const double* b, double* c, uint64_t n, uint64_t 
 }  // namespace
 
 int main(int argc, char** argv) {
-  app::Flags flags(argc, argv, "matmul [--n 256]");
+  app::Flags flags(argc, argv, "matmul [--n 256] [--interleave 0|1]");
   const uint64_t n = flags.Int("n", 256);
+  const bool interleave = flags.Int("interleave", 0) != 0;
   flags.CheckAllUsed();
   if (n < 1 || n > 8192) flags.Die("need 1 <= n <= 8192");
 
@@ -52,6 +56,7 @@ int main(int argc, char** argv) {
   dsm::RegionOptions ro;
   ro.name = "matmul";
   ro.size = 3 * matrix_bytes + 4096;  // three matrices and the heap's header page
+  ro.home_policy = interleave ? dsm::HomePolicy::kInterleaved : dsm::HomePolicy::kFixed;
   absl::StatusOr<std::unique_ptr<dsm::Region>> region = node->MapRegion(ro);
   if (!region.ok()) {
     std::fprintf(stderr, "matmul: %s\n", region.status().ToString().c_str());
@@ -81,19 +86,11 @@ int main(int argc, char** argv) {
     }
   }
   const absl::Duration timeout = absl::Seconds(120);
-  auto barrier = [&](const char* what) {
-    absl::Status s = node->Barrier("matmul", {}, absl::Now() + timeout);
-    if (!s.ok()) {
-      std::fprintf(stderr, "matmul node %lu: barrier (%s): %s\n",
-                   static_cast<unsigned long>(me), what, s.ToString().c_str());
-      std::exit(1);
-    }
-  };
-  barrier("filled");
+  app::BarrierOrExit(*node, "matmul", "matmul", "filled", timeout);
   const absl::StatusOr<dsm::Stats> before = node->GetStats();
   const absl::Time start = absl::Now();
   Multiply(a->data(), b->data(), c->data(), n, first, end);
-  barrier("multiplied");
+  app::BarrierOrExit(*node, "matmul", "matmul", "multiplied", timeout);
   const absl::Duration took = absl::Now() - start;
   const absl::StatusOr<dsm::Stats> after = node->GetStats();
 
@@ -126,11 +123,5 @@ int main(int argc, char** argv) {
                 (before.ok() ? after.status() : before.status()).ToString().c_str());
   }
   heap = absl::FailedPreconditionError("released");
-  absl::Status left = app::LeaveTogether(*node, *std::move(region), 0, timeout);
-  if (!left.ok()) {
-    std::fprintf(stderr, "matmul node %lu: leaving: %s\n", static_cast<unsigned long>(me),
-                 left.ToString().c_str());
-    return 1;
-  }
-  return result;
+  return app::FinishAndReport(*node, "matmul", result, timeout);
 }

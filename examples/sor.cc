@@ -88,21 +88,13 @@ int main(int argc, char** argv) {
   const uint64_t first = 1 + me * per, end = std::min(n + 1, 1 + (me + 1) * per);
   Init(g, me == 0 ? 0 : first, me + 1 == nodes ? n + 2 : end);
   const absl::Duration timeout = absl::Seconds(120);
-  auto barrier = [&](const char* what) {
-    absl::Status s = node->Barrier("sor", {}, absl::Now() + timeout);
-    if (!s.ok()) {
-      std::fprintf(stderr, "sor node %lu: barrier (%s): %s\n", static_cast<unsigned long>(me),
-                   what, s.ToString().c_str());
-      std::exit(1);
-    }
-  };
-  barrier("init");
+  app::BarrierOrExit(*node, "sor", "sor", "init", timeout);
   const absl::StatusOr<dsm::Stats> before = node->GetStats();
   const absl::Time start = absl::Now();
   for (uint64_t it = 0; it < iters; ++it) {
     for (int colour = 0; colour < 2; ++colour) {
       if (first < end) HalfStep(g, first, end, colour, omega);
-      barrier("sweep");
+      app::BarrierOrExit(*node, "sor", "sor", "sweep", timeout);
     }
   }
   const absl::Duration took = absl::Now() - start;
@@ -142,11 +134,5 @@ int main(int argc, char** argv) {
                 (before.ok() ? after.status() : before.status()).ToString().c_str());
   }
   heap = absl::FailedPreconditionError("released");  // before its region goes
-  absl::Status left = app::LeaveTogether(*node, *std::move(region), 0, timeout);
-  if (!left.ok()) {
-    std::fprintf(stderr, "sor node %lu: leaving: %s\n", static_cast<unsigned long>(me),
-                 left.ToString().c_str());
-    return 1;
-  }
-  return result;
+  return app::FinishAndReport(*node, "sor", result, timeout);
 }

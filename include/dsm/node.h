@@ -19,6 +19,11 @@
 // Barriers (semantics and errors in dsm/lock.h): node->Barrier("phase-1", {}, deadline) waits
 // until every node of the cluster (or the listed node ids) has entered the same barrier.
 //
+// Finishing: every node calls node->Finalize(deadline) when its work is done. It returns on
+// each node once every node's writes are at their homes (file-backed regions persisted there),
+// and leaves the node shut down. Results a node wants to keep are copied out of the regions
+// before it (docs/APPLICATIONS.md shows the pattern).
+//
 // Ownership: the application owns the Node (a std::unique_ptr from Create()); destroying it
 // shuts it down. Regions it mapped are owned by the application too and should be destroyed
 // first (see dsm/region.h).
@@ -71,9 +76,31 @@ class Node {
   // Shutdown) when the engine does not answer, never zeros in place of counters.
   absl::StatusOr<Stats> GetStats() const;
 
-  // Unmaps every region (writing dirty pages back), releases every lock, closes connections,
-  // joins the engine. Regions and guards still held stay safe to destroy.
+  // Leaves the cluster alone, in order: unmaps every region (writing dirty pages back; at a
+  // home, the pages other nodes hold Modified come back and a file-backed region is
+  // persisted), releases every lock, says goodbye to every peer (they record this node as
+  // left, not failed), closes connections, joins the engine. Regions and guards still held
+  // stay safe to destroy. The other nodes go on; pages homed here become unavailable to them
+  // (copies they hold stay readable, a fault on any other raises SIGBUS and is reported
+  // through Options::on_pages_lost): to finish together, use Finalize.
   absl::Status Shutdown();
+
+  // Collective exit: every node of the cluster calls it, from any one application thread,
+  // after its last access to any region (other threads must have stopped too). Two phases:
+  //  1. This node gives back every copy it holds of every region -- its Modified pages are
+  //     written back to their homes, which persist them (file-backed regions) -- and tells
+  //     every peer it is done. It keeps serving the pages homed here.
+  //  2. Once every other node has said the same (or has already left), it unmaps its regions
+  //     (persisting the file-backed pages homed here) and shuts down as Shutdown() does.
+  // So no node leaves while another may still read from it, and no orderly exit raises SIGBUS,
+  // whatever the home policy. Afterwards region memory is gone (Region::data() must not be
+  // used); Region handles stay safe to destroy. The node is shut down when Finalize returns,
+  // whatever the result.
+  // Errors (the node still shuts down): DeadlineExceeded naming the nodes that had not
+  // arrived by `deadline`; Unavailable naming a node that failed first; a write-back or
+  // persist error; FailedPrecondition if called twice, after Shutdown, or on the engine thread.
+  absl::Status Finalize(absl::Time deadline);
+  absl::Status Finalize(absl::Duration timeout);
 
   // ---- Barriers (errors: dsm/lock.h) ----
 

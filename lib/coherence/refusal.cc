@@ -100,6 +100,8 @@ absl::Status CodeToStatus(ErrorCode code, absl::string_view what) {
       return absl::InternalError(absl::StrCat(what, ": internal error at the home"));
     case ErrorCode::kUnavailable:
       return absl::UnavailableError(absl::StrCat(what, ": the home cannot serve it now"));
+    case ErrorCode::kPeerLeft:
+      return absl::UnavailableError(absl::StrCat(what, ": the node has left the cluster"));
   }
   return absl::InternalError(
       absl::StrCat(what, ": unknown error code ", static_cast<uint64_t>(code)));

@@ -65,6 +65,8 @@ class NodeImpl {
   virtual absl::StatusOr<Stats> GetStats() const = 0;
   // Idempotent.
   virtual absl::Status Shutdown() = 0;
+  // Node::Finalize; the node is shut down afterwards.
+  virtual absl::Status Finalize(absl::Time deadline) = 0;
   virtual void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
                             absl::Time deadline, std::function<void(absl::Status)> done) = 0;
 };

@@ -29,7 +29,22 @@ absl::Status RefusedWhileStopping() {
   return absl::FailedPreconditionError("the node is shutting down");
 }
 
+std::string NodeList(uint64_t mask) {
+  std::string out;
+  for (NodeId n = 0; n < kMaxNodes; ++n) {
+    if (InNodeSet(mask, n)) absl::StrAppend(&out, out.empty() ? "" : ", ", n);
+  }
+  return out;
+}
+
 }  // namespace
+
+// Finalize's wait for the other nodes: written on the engine thread, read by the application
+// thread after `done`.
+struct Engine::FinalizeWait {
+  absl::Status status;
+  absl::Notification done;
+};
 
 class Engine::UffdPollOp final : public EventLoop::Op {
  public:
@@ -186,7 +201,9 @@ void Engine::SendMessage(Message&& m) {
   if (InNodeSet(down_mask_, m.dst)) {
     // The peer is gone: a request would never be answered. Answer it on the peer's behalf,
     // after the current event (the sender is in the middle of a call).
-    if (std::optional<Message> reply = coherence::Refusal(m, ErrorCode::kPeerDown)) {
+    const ErrorCode why =
+        InNodeSet(left_mask_, m.dst) ? ErrorCode::kPeerLeft : ErrorCode::kPeerDown;
+    if (std::optional<Message> reply = coherence::Refusal(m, why)) {
       loop_->Post([this, reply = std::move(*reply)]() mutable { Dispatch(reply); });
     }
     return;
@@ -220,6 +237,8 @@ void Engine::Dispatch(Message& m) {
   switch (m.type) {
     case MsgType::kHello:
       return;
+    case MsgType::kGoodbye:
+      return OnGoodbye(m);
     case MsgType::kRegionOpen:
       return lifecycle_->OnRegionOpen(m);
     case MsgType::kRegionOpenReply:
@@ -265,10 +284,17 @@ void Engine::Dispatch(Message& m) {
 void Engine::OnPeerUp(NodeId peer) { DSM_LOG(INFO) << "node " << peer << " is up"; }
 
 void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
+  // A peer that left: the end of its connection was expected and is not news.
   if (peer >= kMaxNodes || peer == options_.node_id || InNodeSet(down_mask_, peer)) return;
-  down_mask_ |= NodeBit(peer);
   ++stats_.peers_down;
   DSM_LOG(WARNING) << "node " << peer << " is down: " << why;
+  ForgetPeer(peer, absl::Status(why.code(), absl::StrCat("node ", peer, " is down: ",
+                                                          why.message())));
+  CheckFinalize();
+}
+
+void Engine::ForgetPeer(NodeId peer, const absl::Status& why) {
+  down_mask_ |= NodeBit(peer);
   const absl::Time now = absl::Now();
   regions_.ForEach([peer, now](MappedRegion& r) {
     if (r.directory() != nullptr) r.directory()->OnPeerDown(peer, now);
@@ -276,6 +302,51 @@ void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
   });
   locks_->OnPeerDown(peer);
   lifecycle_->OnPeerDown(peer, why);
+}
+
+// ---- leaving -------------------------------------------------------------------------------
+
+void Engine::OnGoodbye(const Message& m) {
+  const NodeId peer = m.src;
+  if (peer == options_.node_id || InNodeSet(down_mask_, peer)) return;
+  ready_mask_ |= NodeBit(peer);  // kLeaving implies the peer's writes are at their homes
+  if (m.arg == static_cast<uint64_t>(GoodbyeKind::kLeaving)) {
+    left_mask_ |= NodeBit(peer);
+    transport_->ExpectClose(peer);
+    DSM_LOG(INFO) << "node " << peer << " left the cluster";
+    ForgetPeer(peer, absl::UnavailableError(absl::StrCat("node ", peer,
+                                                         " has left the cluster")));
+  }
+  CheckFinalize();
+}
+
+void Engine::SendGoodbyes(GoodbyeKind kind) {
+  for (NodeId peer = 0; peer < cluster_size(); ++peer) {
+    if (peer == options_.node_id || InNodeSet(down_mask_, peer)) continue;
+    Message m;
+    m.type = MsgType::kGoodbye;
+    m.dst = peer;
+    m.arg = static_cast<uint64_t>(kind);
+    SendMessage(std::move(m));
+  }
+}
+
+uint64_t Engine::FinalizeMissing() const {
+  return FirstNodes(cluster_size()) & ~NodeBit(options_.node_id) & ~ready_mask_;
+}
+
+void Engine::CheckFinalize() {
+  if (finalize_wait_ == nullptr) return;
+  const uint64_t missing = FinalizeMissing();
+  const uint64_t failed = missing & down_mask_;
+  if (failed != 0) {
+    finalize_wait_->status = absl::UnavailableError(absl::StrCat(
+        "Finalize: node(s) ", NodeList(failed), " failed before they finished Finalize"));
+  } else if (missing != 0) {
+    return;
+  }
+  finalize_wait_->done.Notify();
+  finalize_wait_.reset();
 }
 
 void Engine::ReportLost(const std::string& region, PageIndex first, uint64_t count) {
@@ -299,7 +370,7 @@ void Engine::Tick(absl::Time now) {
   std::sort(overdue.begin(), overdue.end());
   overdue.erase(std::unique(overdue.begin(), overdue.end()), overdue.end());
   for (NodeId peer : overdue) {
-    if (peer == options_.node_id) continue;
+    if (peer == options_.node_id || InNodeSet(down_mask_, peer)) continue;
     transport_->Disconnect(peer, absl::DeadlineExceededError(absl::StrCat(
                                      "no answer within peer_timeout (",
                                      absl::FormatDuration(timeout), ")")));
@@ -316,7 +387,7 @@ void Engine::Tick(absl::Time now) {
 absl::StatusOr<MappedRegion*> Engine::MapRegion(const RegionOptions& options) {
   {
     absl::MutexLock l(&life_mu_);
-    if (life_ != Life::kRunning) return RefusedWhileStopping();
+    if (life_ != Life::kRunning || finalizing_) return RefusedWhileStopping();
   }
   auto op = std::make_shared<RegionOp>();
   DSM_ASSIGN_OR_RETURN(MappedRegion * mapped,
@@ -343,9 +414,13 @@ absl::Status Engine::SyncRegion(RegionId region) {
 }
 
 absl::Status Engine::UnmapRegion(RegionId region) {
+  return UnmapRegion(region, RegionLifecycle::UnmapScope::kCluster);
+}
+
+absl::Status Engine::UnmapRegion(RegionId region, RegionLifecycle::UnmapScope scope) {
   auto op = std::make_shared<RegionOp>();
-  DSM_RETURN_IF_ERROR(
-      RunOnEngine([this, region, op] { return lifecycle_->StartUnmap(region, op); }));
+  DSM_RETURN_IF_ERROR(RunOnEngine(
+      [this, region, op, scope] { return lifecycle_->StartUnmap(region, op, scope); }));
   const absl::Status result = op->Wait(EngineWaitLimit(), "unmap");
   absl::Status erased = RunOnEngine([this, region] {
     locks_->OnRegionUnmapped(region);
@@ -409,7 +484,85 @@ absl::Duration Engine::StopBound(size_t regions) const {
   return static_cast<int64_t>(3 * regions + 2) * EngineWaitLimit() + kTransportShutdown;
 }
 
-absl::Status Engine::Shutdown() {
+absl::Status Engine::Shutdown() { return ShutdownImpl(/*final=*/false); }
+
+absl::Status Engine::FlushAll(absl::Time deadline) {
+  DSM_ASSIGN_OR_RETURN(
+      std::vector<RegionId> ids,
+      RunOnEngine<std::vector<RegionId>>(
+          [this]() -> absl::StatusOr<std::vector<RegionId>> { return regions_.ids(); }));
+  absl::Status result;
+  for (RegionId id : ids) {
+    auto op = std::make_shared<RegionOp>();
+    absl::Status s = RunOnEngine([this, id, op] { return lifecycle_->StartFlush(id, op); });
+    if (absl::IsNotFound(s)) continue;  // unmapped meanwhile by an application thread
+    if (s.ok()) {
+      const absl::Duration left = std::max(absl::ZeroDuration(), deadline - absl::Now());
+      s = op->Wait(std::min(EngineWaitLimit(), left), "Finalize: writing back");
+    }
+    if (!s.ok() && result.ok()) result = s;
+  }
+  return result;
+}
+
+absl::Status Engine::Finalize(absl::Time deadline) {
+  if (OnEngineThread()) {
+    return absl::FailedPreconditionError(
+        "Finalize called on the node's engine thread (inside a callback): it cannot wait for "
+        "itself; call it from another thread");
+  }
+  {
+    absl::MutexLock l(&life_mu_);
+    if (life_ != Life::kRunning) {
+      return absl::FailedPreconditionError("Finalize: the node is shut down or shutting down");
+    }
+    if (finalizing_) return absl::FailedPreconditionError("Finalize: called twice");
+    finalizing_ = true;
+  }
+  // 1. Every write of this node reaches its home, which persists it.
+  absl::Status result = FlushAll(deadline);
+  // 2. Tell the others, and wait until each of them has said the same (or left). Meanwhile the
+  // engine goes on serving the pages homed here to nodes still finishing their work.
+  auto wait = std::make_shared<FinalizeWait>();
+  absl::Status announced = RunOnEngine([this, wait] {
+    SendGoodbyes(GoodbyeKind::kFinalizeReady);
+    finalize_wait_ = wait;
+    CheckFinalize();
+    return absl::OkStatus();
+  });
+  if (announced.ok()) {
+    if (wait->done.WaitForNotificationWithDeadline(deadline)) {
+      if (result.ok()) result = wait->status;
+    } else {
+      // Stop waiting on the engine thread, where the wait may also have just finished.
+      absl::StatusOr<uint64_t> missing =
+          RunOnEngine<uint64_t>([this, wait]() -> absl::StatusOr<uint64_t> {
+            if (wait->done.HasBeenNotified()) return 0;
+            finalize_wait_.reset();
+            return FinalizeMissing();
+          });
+      absl::Status late;
+      if (missing.ok() && *missing == 0) {
+        late = wait->status;
+      } else {
+        late = absl::DeadlineExceededError(
+            missing.ok() ? absl::StrCat("Finalize: node(s) ", NodeList(*missing),
+                                        " did not arrive by the deadline (they did not call "
+                                        "Finalize, or had not finished writing back)")
+                         : absl::StrCat("Finalize: the other nodes did not arrive by the "
+                                        "deadline; ", missing.status().message()));
+      }
+      if (result.ok()) result = late;
+    }
+  } else if (result.ok()) {
+    result = announced;
+  }
+  // 3. Leave. Every node has flushed (or the wait failed): unmaps persist here only.
+  absl::Status stopped = ShutdownImpl(/*final=*/true);
+  return result.ok() ? stopped : result;
+}
+
+absl::Status Engine::ShutdownImpl(bool final) {
   if (OnEngineThread()) {
     return absl::FailedPreconditionError(
         "Shutdown called on the node's engine thread (inside a callback): it cannot wait for "
@@ -437,14 +590,14 @@ absl::Status Engine::Shutdown() {
     life_ = Life::kStopping;
     stop_deadline_ = absl::Now() + StopBound(0);
   }
-  absl::Status result = Stop();
+  absl::Status result = Stop(final);
   absl::MutexLock l(&life_mu_);
   life_ = Life::kStopped;
   stop_result_ = result;
   return result;
 }
 
-absl::Status Engine::Stop() {
+absl::Status Engine::Stop(bool final) {
   absl::Status result;
   // Unmap what is still mapped (writing dirty pages back), then close the transport.
   absl::StatusOr<std::vector<RegionId>> ids =
@@ -459,7 +612,8 @@ absl::Status Engine::Stop() {
       stop_deadline_ = absl::Now() + StopBound(ids->size());
     }
     for (RegionId id : *ids) {
-      absl::Status s = UnmapRegion(id);
+      absl::Status s = UnmapRegion(id, final ? RegionLifecycle::UnmapScope::kFinal
+                                             : RegionLifecycle::UnmapScope::kCluster);
       // Gone already, or being unmapped by an application thread: not a failure of Shutdown.
       if (absl::IsNotFound(s) || absl::IsFailedPrecondition(s)) continue;
       if (!s.ok() && result.ok()) result = s;
@@ -467,6 +621,9 @@ absl::Status Engine::Stop() {
   }
   (void)RunOnEngine([this] {
     locks_->Shutdown();  // releases go out before the transport closes
+    // After everything else this node sends them (per-pair FIFO): the peers record it as left
+    // and expect its connections to close.
+    SendGoodbyes(GoodbyeKind::kLeaving);
     transport_->Shutdown(absl::Now() + kTransportShutdown);
     return absl::OkStatus();
   });

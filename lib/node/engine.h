@@ -17,11 +17,17 @@
 // these methods are refused with FailedPrecondition: the engine cannot wait for itself.
 //
 // Lifetime (Shutdown): running -> stopping -> stopped. The first Shutdown moves to stopping,
-// unmaps every region, closes the transport, joins the thread and records its result
-// (stopped). A concurrent Shutdown waits (bounded) for the first and returns its result; a
-// later one returns it at once. Once stopping, MapRegion is refused; once stopped, every
-// application method is refused. The last reference to the Engine must not be dropped on the
-// engine thread.
+// unmaps every region, releases its locks, says goodbye (kGoodbye kLeaving) to every peer not
+// gone, closes the transport, joins the thread and records its result (stopped). A concurrent
+// Shutdown waits (bounded) for the first and returns its result; a later one returns it at
+// once. Once stopping (or finalizing), MapRegion is refused; once stopped, every application
+// method is refused. The last reference to the Engine must not be dropped on the engine thread.
+//
+// Finalize (collective, node.h) runs before that Shutdown: (1) every region is flushed (this
+// node's copies given back, every home persists), (2) kGoodbye kFinalizeReady to every peer,
+// then wait until every peer has sent its own (or left) -- until then this node keeps serving
+// the pages homed here --, (3) Shutdown with final unmaps (only this node persists: nobody
+// else holds a copy, and other homes may already be gone).
 //
 // Failure handling: a peer is declared down when its connection breaks, when it sends an
 // invalid message or one it may not send (node/authority_gate.h), or when it owes an answer
@@ -29,6 +35,13 @@
 // to a down home fail (the faulting access raises SIGBUS, the page is reported lost); the
 // directory forgets a down node's copies (and loses the pages it held Modified). A down peer
 // never comes back in this version.
+//
+// Leaving: a peer that sent kGoodbye kLeaving has left (logged at INFO): it is handled as down
+// (its copies forgotten -- it held none --, requests to it answered locally with kPeerLeft),
+// but the end of its connection is expected (Transport::ExpectClose) and not reported again.
+//
+// Invariants (engine thread): left_mask_ is a subset of down_mask_ and of ready_mask_; no bit
+// is ever cleared; the node's own bit is in none of them.
 #pragma once
 
 #include <atomic>
@@ -77,6 +90,8 @@ class Engine final : public Transport::Handler, public RegionHost {
   // The node's counters; an error if the engine does not answer (or is stopped).
   absl::StatusOr<Stats> GetStats();
   absl::Status Shutdown();
+  // Leaves the cluster together with every other node; ends shut down (see above, node.h).
+  absl::Status Finalize(absl::Time deadline);
   // Locks and barriers (any thread; see node/lock_service.h).
   LockService& locks() { return *locks_; }
 
@@ -104,12 +119,18 @@ class Engine final : public Transport::Handler, public RegionHost {
 
  private:
   class UffdPollOp;
+  struct FinalizeWait;
   enum class Life { kRunning, kStopping, kStopped };
 
   explicit Engine(const Options& options);
   void Run();
+  // Shutdown; `final`: after Finalize's wait (final unmaps).
+  absl::Status ShutdownImpl(bool final);
   // The work of the first Shutdown (application thread, state kStopping).
-  absl::Status Stop();
+  absl::Status Stop(bool final);
+  absl::Status UnmapRegion(RegionId region, RegionLifecycle::UnmapScope scope);
+  // Finalize's first phase: every region flushed; the first error.
+  absl::Status FlushAll(absl::Time deadline);
   // How long Stop() may take for `regions` mapped regions (bounds a concurrent Shutdown).
   absl::Duration StopBound(size_t regions) const;
   absl::Duration EngineWaitLimit() const;
@@ -123,6 +144,16 @@ class Engine final : public Transport::Handler, public RegionHost {
   void Dispatch(Message& m);
   // Sends Refusal(m, why), if m's type gets an answer.
   void Refuse(const Message& m, ErrorCode why);
+
+  // Membership (engine thread).
+  void OnGoodbye(const Message& m);
+  void SendGoodbyes(GoodbyeKind kind);
+  // `peer` left or failed: every layer drops what it keeps about it.
+  void ForgetPeer(NodeId peer, const absl::Status& why);
+  // Finishes finalize_wait_ if every peer is ready or one failed.
+  void CheckFinalize();
+  // Peers Finalize still waits for.
+  uint64_t FinalizeMissing() const;
 
   const Options options_;
   std::unique_ptr<Userfaultfd> uffd_;
@@ -139,12 +170,16 @@ class Engine final : public Transport::Handler, public RegionHost {
   Life life_ ABSL_GUARDED_BY(life_mu_) = Life::kRunning;
   absl::Status stop_result_ ABSL_GUARDED_BY(life_mu_);
   absl::Time stop_deadline_ ABSL_GUARDED_BY(life_mu_);  // a concurrent Shutdown waits until
+  bool finalizing_ ABSL_GUARDED_BY(life_mu_) = false;   // Finalize was called (once)
 
   // Engine-thread state.
   RegionTable regions_;  // after evictor_: regions go first
   std::unique_ptr<RegionLifecycle> lifecycle_;
   std::unique_ptr<AuthorityGate> authority_;  // who may send what (protocol/authority.h)
-  uint64_t down_mask_ = 0;  // peers declared down (bit per node id)
+  uint64_t down_mask_ = 0;   // peers declared down or left (bit per node id)
+  uint64_t left_mask_ = 0;   // peers that said goodbye (kLeaving)
+  uint64_t ready_mask_ = 0;  // peers done with Finalize's first phase (or left)
+  std::shared_ptr<FinalizeWait> finalize_wait_;  // while Finalize waits for the others
   absl::Time next_tick_ = absl::InfinitePast();
   uint64_t mappings_made_ = 0;  // engine thread; see TakeRequestIdRange
   // How long each Poll() may busy-poll (Options::poll_spin is its cap): fed with this node's

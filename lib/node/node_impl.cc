@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "dsm/node.h"
 #include "lock/api_internal.h"
 #include "node/engine.h"
@@ -84,6 +85,7 @@ class EngineNode final : public internal::NodeImpl {
   absl::StatusOr<Stats> GetStats() const override { return engine_->GetStats(); }
 
   absl::Status Shutdown() override { return engine_->Shutdown(); }
+  absl::Status Finalize(absl::Time deadline) override { return engine_->Finalize(deadline); }
 
   void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
                     absl::Time deadline, std::function<void(absl::Status)> done) override {
@@ -95,6 +97,12 @@ class EngineNode final : public internal::NodeImpl {
 };
 
 }  // namespace
+
+absl::Status Node::Finalize(absl::Time deadline) { return impl_->Finalize(deadline); }
+
+absl::Status Node::Finalize(absl::Duration timeout) {
+  return impl_->Finalize(absl::Now() + timeout);
+}
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Options& options) {
   absl::StatusOr<std::shared_ptr<Engine>> engine = Engine::Start(options);

@@ -110,7 +110,8 @@ absl::Status RegionLifecycle::StartSync(RegionId region, std::shared_ptr<RegionO
 }
 
 void RegionLifecycle::AskHomesToPersist(MappedRegion& r, const std::shared_ptr<RegionOp>& op) {
-  std::vector<NodeId> homes = r.RemoteHomes();
+  std::vector<NodeId> homes;
+  if (!op->persist_here_only_) homes = r.RemoteHomes();
   if (r.directory() != nullptr) homes.push_back(options_.node_id);
   Track(op);
   for (NodeId h : homes) op->pending_mask_ |= NodeBit(h);
@@ -142,7 +143,8 @@ void RegionLifecycle::OnSyncReq(const Message& m) {
 
 // ---- unmap ---------------------------------------------------------------------------------
 
-absl::Status RegionLifecycle::StartUnmap(RegionId region, std::shared_ptr<RegionOp> op) {
+absl::Status RegionLifecycle::StartUnmap(RegionId region, std::shared_ptr<RegionOp> op,
+                                         UnmapScope scope) {
   MappedRegion* r = table_->Find(region);
   if (r == nullptr) return absl::NotFoundError("region is not mapped");
   if (closing_.contains(region)) {
@@ -152,6 +154,7 @@ absl::Status RegionLifecycle::StartUnmap(RegionId region, std::shared_ptr<Region
   closing_.insert(region);
   op->what_ = absl::StrCat("unmapping region ", r->name());
   op->region_ = region;
+  op->persist_here_only_ = scope == UnmapScope::kFinal;
   op->deadline_ = absl::Now() + options_.peer_timeout;
   Track(op);  // from now on OnTick bounds it, the reclaim included
   coherence::Directory* dir = r->directory();
@@ -176,24 +179,44 @@ void RegionLifecycle::ReleaseAndPersist(const std::shared_ptr<RegionOp>& op) {
     op->Fail(absl::NotFoundError("region vanished while unmapping"));
     return Finish(op);
   }
+  ReleaseAll(*r);
+  // Homes persist what they received (file-backed regions); the mapping goes when they answer.
+  AskHomesToPersist(*r, op);
+}
+
+void RegionLifecycle::ReleaseAll(MappedRegion& r) {
   // Give every copy back: Modified pages are written back, Shared ones dropped with notice.
   // Released in the region's batch mode, so the unmaps go in runs (one madvise per run, not per
   // page); flushed every kUnmapBatch releases to bound the messages held back.
   constexpr int kUnmapBatch = 1024;
-  coherence::Cache& cache = r->cache();
+  coherence::Cache& cache = r.cache();
   int in_batch = 0;
-  r->BeginBatch();
-  for (PageIndex p = 0; p < r->num_pages(); ++p) {
+  r.BeginBatch();
+  for (PageIndex p = 0; p < r.num_pages(); ++p) {
     if (cache.state(p) == coherence::PageState::kInvalid || cache.pending(p)) continue;
     if (cache.Release(p) && ++in_batch == kUnmapBatch) {
-      r->EndBatch();
-      r->BeginBatch();
+      r.EndBatch();
+      r.BeginBatch();
       in_batch = 0;
     }
   }
-  r->EndBatch();
-  // Homes persist what they received (file-backed regions); the mapping goes when they answer.
+  r.EndBatch();
+}
+
+absl::Status RegionLifecycle::StartFlush(RegionId region, std::shared_ptr<RegionOp> op) {
+  MappedRegion* r = table_->Find(region);
+  if (r == nullptr) return absl::NotFoundError("region is not mapped");
+  if (closing_.contains(region)) {
+    return absl::FailedPreconditionError(absl::StrCat("region ", r->name(),
+                                                      " is being unmapped"));
+  }
+  op->what_ = absl::StrCat("writing back region ", r->name());
+  op->region_ = region;
+  op->deadline_ = absl::Now() + options_.peer_timeout;
+  ReleaseAll(*r);
+  // Per-pair FIFO: each home applies the write-backs above before it answers this request.
   AskHomesToPersist(*r, op);
+  return absl::OkStatus();
 }
 
 void RegionLifecycle::Remove(RegionId region) {
@@ -242,8 +265,7 @@ void RegionLifecycle::OnPeerDown(NodeId peer, const absl::Status& why) {
     if (InNodeSet(op->pending_mask_, peer)) waiting.push_back(op);
   }
   for (auto& op : waiting) {
-    op->Fail(absl::UnavailableError(
-        absl::StrCat(op->what_, ": node ", peer, " is down: ", why.message())));
+    op->Fail(absl::UnavailableError(absl::StrCat(op->what_, ": ", why.message())));
     Complete(op->req_id_, peer, ErrorCode::kOk);
   }
 }

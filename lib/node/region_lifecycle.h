@@ -12,6 +12,11 @@
 //           the protocol's own recall; completion by callback). Then every copy this node
 //           holds is released (Modified pages written back) and every home is asked to persist.
 //           The caller then drops the region (Remove).
+//   Flush:  (Finalize, first phase) every copy this node holds is released (Modified pages
+//           written back) and every home is asked to persist; the region stays mapped and
+//           this node keeps serving the pages homed here.
+//   Final unmap: (Finalize, second phase: every node has flushed) as Unmap, but only this
+//           node persists: no other node holds a copy, and the other homes may be gone.
 //
 // Thread safety: every method runs on the engine thread. The only object shared with another
 // thread is a RegionOp, through its Notification (see RegionOp).
@@ -66,6 +71,7 @@ class RegionOp {
   bool finished_ = false;
   RegionId region_ = 0;
   uint64_t open_size_ = 0;  // a map's region size (non-zero: kNoSuchRegion is retried)
+  bool persist_here_only_ = false;  // a final unmap: no kSyncReq to other homes
   absl::Notification done_;
 };
 
@@ -84,7 +90,14 @@ class RegionLifecycle {
   absl::StatusOr<MappedRegion*> StartMap(const RegionOptions& options,
                                          std::shared_ptr<RegionOp> op);
   absl::Status StartSync(RegionId region, std::shared_ptr<RegionOp> op);
-  absl::Status StartUnmap(RegionId region, std::shared_ptr<RegionOp> op);
+  // kCluster: the other nodes go on (homes here reclaim, every home persists). kFinal: after
+  // every node flushed (Finalize): this node's home pages are reclaimed and persisted here;
+  // no message needs another node.
+  enum class UnmapScope { kCluster, kFinal };
+  absl::Status StartUnmap(RegionId region, std::shared_ptr<RegionOp> op,
+                          UnmapScope scope = UnmapScope::kCluster);
+  // Finalize's first phase for one region (see Flush above).
+  absl::Status StartFlush(RegionId region, std::shared_ptr<RegionOp> op);
   // Drops the region (after a failed map or a finished unmap): ops still running on it fail.
   void Remove(RegionId region);
 
@@ -92,7 +105,7 @@ class RegionLifecycle {
   void OnRegionOpen(const Message& m);
   void OnSyncReq(const Message& m);
   void OnReply(const Message& m);  // kRegionOpenReply, kSyncAck
-  // Peer events and time.
+  // Peer events and time. `why` names the peer ("node 2 is down: ...", "node 2 has left").
   void OnPeerDown(NodeId peer, const absl::Status& why);
   void OnTick(absl::Time now);  // ops past their deadline fail
   // Message authority (protocol/authority.h): the peers (bit per id) operation `req_id` still
@@ -111,7 +124,10 @@ class RegionLifecycle {
   void SendRegionOpen(const RegionOp& op, const MappedRegion& r, NodeId home);
   // Unmap, once no page is held Modified elsewhere: give every copy back, then persist.
   void ReleaseAndPersist(const std::shared_ptr<RegionOp>& op);
-  // kSyncReq to every home of `r` (this node included); `op` waits for their acks.
+  // Gives back every copy of `r` this node holds (Modified pages written back), in batches.
+  void ReleaseAll(MappedRegion& r);
+  // kSyncReq to every home of `r` (this node included; only this node if the op persists
+  // here only); `op` waits for their acks.
   void AskHomesToPersist(MappedRegion& r, const std::shared_ptr<RegionOp>& op);
 
   const Options& options_;

@@ -37,6 +37,7 @@ SenderRule SenderRuleOf(MsgType type) {
     case MsgType::kBarrierEnter: return SenderRule::kToBarrierArbiter;
     case MsgType::kBarrierReply: return SenderRule::kBarrierArbiter;
     case MsgType::kBarrierCancel: return SenderRule::kToBarrierArbiter;
+    case MsgType::kGoodbye: return SenderRule::kAboutItself;
   }
   return SenderRule::kUndeclared;
 }
@@ -52,6 +53,7 @@ const char* SenderRuleName(SenderRule rule) {
     case SenderRule::kLockArbiter: return "only the region's lock arbiter";
     case SenderRule::kToBarrierArbiter: return "only to the barrier group's arbiter";
     case SenderRule::kBarrierArbiter: return "only the barrier's arbiter";
+    case SenderRule::kAboutItself: return "any member, about itself";
     case SenderRule::kUndeclared: return "undeclared message type";
   }
   return "unknown rule";
@@ -102,6 +104,7 @@ absl::Status CheckAuthority(const Message& m, const AuthorityFacts& facts) {
   const SenderRule rule = SenderRuleOf(m.type);
   switch (rule) {
     case SenderRule::kAnyMember:
+    case SenderRule::kAboutItself:
       return absl::OkStatus();
     case SenderRule::kNobody:
       return Denied(m, rule, "a handshake message after the handshake");

@@ -30,6 +30,7 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kBarrierEnter: return "BarrierEnter";
     case MsgType::kBarrierReply: return "BarrierReply";
     case MsgType::kBarrierCancel: return "BarrierCancel";
+    case MsgType::kGoodbye: return "Goodbye";
   }
   return "Unknown";
 }

@@ -72,6 +72,9 @@ enum class MsgType : uint8_t {
                         // other bits 0; region = 0.
   kBarrierCancel = 46,  // as kBarrierEnter: the member stopped waiting (deadline); no reply.
   // 47..49 reserved for locks. RDMA control at 60.
+  // Membership: a node leaving in order (node.h: Shutdown, Finalize). No reply.
+  kGoodbye = 50,  // arg = GoodbyeKind; region = 0, page = 0, payload empty. Per-pair FIFO: it
+                  // follows every message the sender sent to this peer before it.
 };
 
 // Numbers carried in `arg` of kNack / kRegionOpenReply / kSyncAck.
@@ -90,6 +93,7 @@ enum class ErrorCode : uint64_t {
   kInvalidRequest = 11,   // the home judged the request malformed
   kInternal = 12,         // a bug at the home
   kUnavailable = 13,      // the home cannot serve it now; a later retry may succeed
+  kPeerLeft = 14,         // the node that should answer has left the cluster (answered locally)
 };
 
 enum class Grant : uint64_t { kShared = 1, kModified = 2 };
@@ -99,6 +103,14 @@ enum class PutKind : uint64_t {
   kWritebackKeep = 3,  // Modified copy written back, sender keeps it Shared; payload = page
 };
 enum class RecallKind : uint64_t { kDowngrade = 1, kInvalidate = 2 };
+enum class GoodbyeKind : uint64_t {
+  // Finalize, first phase done: every write of the sender is at its home (and persisted
+  // there); the sender still serves the pages homed at it until it sends kLeaving.
+  kFinalizeReady = 1,
+  // The sender leaves now: it holds no copy of another node's page and its connection is about
+  // to close. The receiver records it as left (not failed).
+  kLeaving = 2,
+};
 
 struct Message {
   MsgType type = MsgType::kHello;

@@ -65,6 +65,13 @@ Violation RecallKindArg(const MessageFields& f, size_t) {
              : Violation::kBadRecallKind;
 }
 
+Violation GoodbyeKindArg(const MessageFields& f, size_t) {
+  return f.arg == static_cast<uint64_t>(GoodbyeKind::kFinalizeReady) ||
+                 f.arg == static_cast<uint64_t>(GoodbyeKind::kLeaving)
+             ? Violation::kNone
+             : Violation::kBadGoodbyeKind;
+}
+
 Violation RunLengthArg(const MessageFields& f, size_t) {
   return f.arg >= 1 && f.arg <= kMaxRunPages ? Violation::kNone : Violation::kBadRunLength;
 }
@@ -140,6 +147,7 @@ constexpr Rule kRules[] = {
     {MsgType::kBarrierEnter, PayloadRule::kName, kZeroRegion, MemberMaskArg},
     {MsgType::kBarrierReply, PayloadRule::kEmpty, kZeroRegion, BarrierReplyArg},
     {MsgType::kBarrierCancel, PayloadRule::kName, kZeroRegion, MemberMaskArg},
+    {MsgType::kGoodbye, PayloadRule::kEmpty, kZeroRegion | kZeroPage, GoodbyeKindArg},
 };
 
 // Type byte -> 1 + its row in kRules; 0 for a type without a row.
@@ -154,6 +162,14 @@ constexpr RuleIndex MakeRuleIndex() {
   return index;
 }
 constexpr RuleIndex kRuleIndex = MakeRuleIndex();
+// Each type has one row: two MsgTypes given the same wire value would share (and hide) one.
+constexpr bool EveryRowIndexed() {
+  for (size_t i = 0; i < std::size(kRules); ++i) {
+    if (kRuleIndex.row[static_cast<uint8_t>(kRules[i].type)] != i + 1) return false;
+  }
+  return true;
+}
+static_assert(EveryRowIndexed(), "two rows of kRules have the same MsgType value");
 
 bool PayloadSizeOk(PayloadRule rule, const MessageFields& f) {
   const uint64_t len = f.payload_len;
@@ -203,6 +219,7 @@ const char* ViolationName(Violation v) {
     case Violation::kNodeWithoutNodeDown: return "node id without kNodeDown";
     case Violation::kDownNodeOutsideCluster: return "down node >= cluster size";
     case Violation::kNameHasNul: return "name holds a NUL byte";
+    case Violation::kBadGoodbyeKind: return "arg is not a GoodbyeKind";
     case Violation::kCount: break;
   }
   return "unknown violation";

@@ -61,6 +61,7 @@ enum class Violation : uint8_t {
   kNodeWithoutNodeDown,  // kBarrierReply: a node id with a code other than kNodeDown
   kDownNodeOutsideCluster,  // kBarrierReply: kNodeDown names a node >= cluster size
   kNameHasNul,          // kRegionOpen / kBarrierEnter / kBarrierCancel: a NUL in the name
+  kBadGoodbyeKind,      // kGoodbye: arg is not a GoodbyeKind
   kCount,               // not a rule: the number of values
 };
 

@@ -46,6 +46,7 @@ class FaultInjectionTransport final : public Transport, private Transport::Handl
   void Disconnect(NodeId peer, const absl::Status& why) override {
     inner_->Disconnect(peer, why);
   }
+  void ExpectClose(NodeId peer) override { inner_->ExpectClose(peer); }
   void Shutdown(absl::Time deadline) override;
   // The inner counters, plus injected corrupt frames in bad_messages and dropped messages
   // subtracted from nothing (they were never sent).

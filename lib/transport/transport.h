@@ -53,6 +53,11 @@ class Transport {
   // Posted to the loop, never re-entrantly). Later Send()s to `peer` are dropped at once.
   virtual void Disconnect(NodeId peer, const absl::Status& why) = 0;
 
+  // `peer` said goodbye (it is leaving in order): the end of its connection that follows is
+  // expected and is not logged as a failure. It is still reported through OnPeerDown. A
+  // backend that logs nothing when a connection ends need not override this.
+  virtual void ExpectClose(NodeId /*peer*/) {}
+
   // Flushes what is queued (bounded by `deadline`), then closes everything. No Handler call
   // is made from Shutdown() or after it. A backend may drive the loop itself (nested Poll())
   // until its ring operations have completed; afterwards nothing on the loop refers to the

@@ -216,6 +216,7 @@ class FakeNodeImpl final : public internal::NodeImpl {
     return absl::UnimplementedError("no stats in the fake");
   }
   absl::Status Shutdown() override { return absl::OkStatus(); }
+  absl::Status Finalize(absl::Time) override { return Shutdown(); }
   void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
                     absl::Time deadline, std::function<void(absl::Status)> done) override {
     e_->Post([this, name, members, deadline, done = std::move(done)]() mutable {

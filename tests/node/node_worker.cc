@@ -19,10 +19,12 @@
 // Usage: node_worker --id 1 --peers 127.0.0.1:7000,127.0.0.1:7001 --region r --size 65536
 //                    [--home 0] [--policy fixed|interleaved] [--file PATH] [--transport tcp]
 //                    [--scenario repl|counter] [--threads 2] [--iters 20000]
-//                    [--peer-timeout-ms 3000] [--lock-grace-ms 1000] [--leave collective]
+//                    [--peer-timeout-ms 3000] [--lock-grace-ms 1000]
+//                    [--leave collective] [--log-file PATH]
 //        Without --peers, the node's id and peers come from the environment a launcher sets
 //        (dsm/launch.h: DSM_*, Slurm, Open MPI, PMI). --leave collective: after the scenario
-//        the nodes leave in an agreed order (barriers) instead of waiting for stdin.
+//        every node calls Node::Finalize instead of waiting for stdin. --log-file:
+//        the node's log (stderr) goes to PATH, for tests that inspect it.
 //
 // Lock and barrier commands of the repl: see node/worker_locks.h.
 #include <fcntl.h>
@@ -118,20 +120,6 @@ class Worker {
 
   // The "counter" scenario; returns the reply line.
   std::string Counter(uint64_t nodes, uint64_t threads, uint64_t iters, milliseconds timeout);
-
-  // Non-home nodes write back and unmap first, the home last, then every node shuts down.
-  absl::Status LeaveCollectively(dsm::NodeId home, dsm::NodeId self, milliseconds timeout) {
-    locks_.reset();
-    const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
-    absl::Status s = node_->Barrier("leave-1", {}, deadline);
-    if (s.ok() && self != home) {
-      s = region_->Unmap();
-      region_.reset();
-    }
-    if (absl::Status b = node_->Barrier("leave-2", {}, deadline); s.ok()) s = b;
-    absl::Status rest = Leave();
-    return s.ok() ? rest : s;
-  }
 
   absl::Status Leave() {
     locks_.reset();  // releases held locks while the region is still mapped
@@ -367,6 +355,10 @@ std::string Worker::RunCommand(const std::vector<std::string>& c) {
     });
     return bus ? "sigbus" : "ok";
   }
+  if (cmd == "finalize") {  // <timeout_ms>: Node::Finalize; the node is shut down afterwards
+    absl::Status s = node_->Finalize(absl::Milliseconds(num(1, 60000)));
+    return s.ok() ? "ok" : "err " + s.ToString();
+  }
   if (cmd == "sync") {
     absl::Status s = region_->Sync();
     return s.ok() ? "ok" : "err " + s.ToString();
@@ -389,6 +381,13 @@ std::string Worker::RunCommand(const std::vector<std::string>& c) {
 
 int main(int argc, char** argv) {
   Args args = ParseArgs(argc, argv);
+  if (std::string log = args.Get("log-file"); !log.empty()) {
+    if (std::freopen(log.c_str(), "w", stderr) == nullptr) {
+      std::perror("node_worker: --log-file");
+      return 2;
+    }
+    std::setvbuf(stderr, nullptr, _IONBF, 0);
+  }
   dsm::Options o;
   o.node_id = static_cast<dsm::NodeId>(args.GetU("id", 0));
   o.peers = absl::StrSplit(args.Get("peers"), ',', absl::SkipEmpty());
@@ -466,8 +465,9 @@ int main(int argc, char** argv) {
   }
   absl::Status s;
   if (args.Get("leave") == "collective") {
-    // No test drives the order: the nodes agree on it through barriers.
-    s = w.LeaveCollectively(ro.home, o.node_id, milliseconds(args.GetU("timeout-ms", 60000)));
+    // No test drives the order: Finalize is collective.
+    s = w.node()->Finalize(absl::Milliseconds(args.GetU("timeout-ms", 60000)));
+    if (absl::Status rest = w.Leave(); s.ok()) s = rest;
   } else {
     // Leave only when the test says so (a line or EOF), so the home outlives the others.
     if (scenario != "repl") std::getline(std::cin, line);

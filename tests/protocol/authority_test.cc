@@ -107,6 +107,16 @@ TEST(Authority, RequestsFromAnyMember) {
   }
 }
 
+TEST(Authority, GoodbyeFromAnyMemberAboutItself) {
+  // Its only subject is its sender (the receiver records m.src as ready or left).
+  FakeFacts f;
+  EXPECT_EQ(SenderRuleOf(MsgType::kGoodbye), SenderRule::kAboutItself);
+  for (NodeId src : {0u, 2u, 3u}) {
+    EXPECT_TRUE(Allowed(
+        Msg(MsgType::kGoodbye, src, 0, 0, static_cast<uint64_t>(GoodbyeKind::kLeaving), 0), f));
+  }
+}
+
 TEST(Authority, InvAndRecallOnlyFromThePagesHome) {
   FakeFacts f;
   for (MsgType t : {MsgType::kInv, MsgType::kRecall}) {

@@ -183,6 +183,25 @@ std::vector<Case> Cases() {
     c.push_back({V::kBadRecallKind, recall, bad});
   }
   {
+    Frame bye{T(MsgType::kGoodbye), 1, 0, 0, 0, static_cast<uint64_t>(GoodbyeKind::kLeaving), ""};
+    Frame bad = bye;
+    bad.arg = 3;
+    c.push_back({V::kBadGoodbyeKind, bye, bad});
+    bad.arg = 0;
+    c.push_back({V::kBadGoodbyeKind, bye, bad});
+    Frame ready = bye;
+    ready.arg = static_cast<uint64_t>(GoodbyeKind::kFinalizeReady);
+    bad = ready;
+    bad.region = 7;
+    c.push_back({V::kRegionNotZero, ready, bad});
+    bad = ready;
+    bad.page = 1;
+    c.push_back({V::kPageNotZero, ready, bad});
+    bad = ready;
+    bad.payload = "x";
+    c.push_back({V::kPayloadSize, ready, bad});
+  }
+  {
     Frame run{T(MsgType::kGetSRun), 1, 7, 3, 9, kMaxRunPages, ""};
     Frame bad = run;
     bad.arg = kMaxRunPages + 1;

@@ -450,7 +450,7 @@ void TcpTransport::OnFailed(TcpConnection* c, const absl::Status& why, bool bad)
                                                admission::Ipv4String(c->source_ipv4),
                                                " closed: ", why.ToString()));
     }
-  } else if (bad || c->hello_done) {
+  } else if (bad || (c->hello_done && !(c->peer_known && peers_[c->peer].close_expected))) {
     DSM_LOG(WARNING) << "tcp node " << self_ << ": connection"
                      << (c->peer_known ? absl::StrCat(" to node ", c->peer) : std::string())
                      << " closed: " << why;
@@ -583,6 +583,10 @@ void TcpTransport::CheckSendQueue(NodeId peer) {
 
 bool TcpTransport::IsUp(NodeId peer) const {
   return peer < cluster_size_ && peers_[peer].state == PeerState::kUp;
+}
+
+void TcpTransport::ExpectClose(NodeId peer) {
+  if (peer < cluster_size_) peers_[peer].close_expected = true;
 }
 
 void TcpTransport::Disconnect(NodeId peer, const absl::Status& why) {

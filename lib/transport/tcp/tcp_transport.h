@@ -68,6 +68,7 @@ class TcpTransport final : public Transport, private TcpConnection::Owner {
   void Send(Message&& m) override;
   bool IsUp(NodeId peer) const override;
   void Disconnect(NodeId peer, const absl::Status& why) override;
+  void ExpectClose(NodeId peer) override;
   void Shutdown(absl::Time deadline) override;
   Counters counters() const override;
 
@@ -89,6 +90,7 @@ class TcpTransport final : public Transport, private TcpConnection::Owner {
     EventLoop::TimerId redial_timer = 0;
     EventLoop::TimerId stall_timer = 0;  // re-checks a queue over kSendQueueLimit
     absl::Duration backoff = absl::Milliseconds(10);
+    bool close_expected = false;  // it said goodbye: its connection's end is not a failure
   };
 
   // TcpConnection::Owner.
