@@ -1,4 +1,5 @@
-# Installation: headers, libdsm, the dsm::dsm export (dsmConfig.cmake + version), dsm.pc.
+# Installation: headers, libdsm.so (SONAME libdsm.so.<major>.<minor>), the dsm::dsm export
+# (dsmConfig.cmake + version), dsm.pc, and dsm_info (what this host supports).
 #
 #   cmake --install build --prefix /opt/dsm
 #   find_package(dsm CONFIG REQUIRED)        # CMAKE_PREFIX_PATH=/opt/dsm
@@ -12,10 +13,12 @@ include(CMakePackageConfigHelpers)
 set(DSM_INSTALL_CMAKEDIR "${CMAKE_INSTALL_LIBDIR}/cmake/dsm" CACHE STRING
     "Where dsmConfig.cmake goes, relative to the prefix")
 
-install(TARGETS dsm EXPORT dsmTargets
-  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+install(TARGETS dsm_shared EXPORT dsmTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+if(TARGET dsm_info)
+  install(TARGETS dsm_info RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
 # (the include directory comes from dsm's $<INSTALL_INTERFACE:...> in lib/CMakeLists.txt)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/dsm
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
@@ -37,22 +40,17 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/dsmConfigVersion.cmake
 install(FILES ${PROJECT_BINARY_DIR}/dsmConfig.cmake ${PROJECT_BINARY_DIR}/dsmConfigVersion.cmake
   DESTINATION ${DSM_INSTALL_CMAKEDIR})
 
-# dsm.pc. The public headers use abseil types, so abseil is always in Requires. liburing and
-# libibverbs are implementation details: Requires.private for a shared libdsm; a static libdsm
-# (the default) needs them on every consumer's link line, so they move to Requires.
-get_target_property(_dsm_type dsm TYPE)
+# dsm.pc. The public headers use abseil types, so abseil is in Requires. liburing, libibverbs
+# and libcrypto are linked privately into libdsm.so: Requires.private (what a static link of
+# its dependencies would need), never on a consumer's own link line.
 set(DSM_PC_REQUIRES
   "absl_status absl_statusor absl_time absl_strings absl_synchronization absl_span absl_flat_hash_map absl_flat_hash_set absl_str_format")
-if(_dsm_type STREQUAL "STATIC_LIBRARY")
-  string(APPEND DSM_PC_REQUIRES " liburing libibverbs libcrypto")
-  set(DSM_PC_REQUIRES_PRIVATE "")
-  set(DSM_PC_LIBS_EXTRA "-pthread")
-  set(DSM_PC_LIBS_PRIVATE "")
-else()
-  set(DSM_PC_REQUIRES_PRIVATE "liburing libibverbs libcrypto")
-  set(DSM_PC_LIBS_EXTRA "")
-  set(DSM_PC_LIBS_PRIVATE "-pthread")
+set(DSM_PC_REQUIRES_PRIVATE "liburing libcrypto")
+if(DSM_WITH_RDMA)
+  string(APPEND DSM_PC_REQUIRES_PRIVATE " libibverbs")
 endif()
+set(DSM_PC_LIBS_EXTRA "")
+set(DSM_PC_LIBS_PRIVATE "-pthread")
 if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}")
   set(DSM_PC_PREFIX "${CMAKE_INSTALL_PREFIX}")
   set(DSM_PC_LIBDIR "${CMAKE_INSTALL_LIBDIR}")

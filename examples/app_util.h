@@ -75,6 +75,7 @@ inline std::unique_ptr<dsm::Node> StartNode(const char* program) {
     std::fprintf(stderr, "%s: %s\n", program, o.status().ToString().c_str());
     std::exit(2);
   }
+  o->wait_for_cluster = true;  // the first barrier then never waits for a node still starting
   absl::StatusOr<std::unique_ptr<dsm::Node>> node = dsm::Node::Create(*o);
   if (!node.ok()) {
     std::fprintf(stderr, "%s: %s\n", program, node.status().ToString().c_str());

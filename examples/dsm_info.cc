@@ -7,7 +7,9 @@
 //
 // Usage: dsm_info
 #include <fcntl.h>
+#if DSM_WITH_RDMA
 #include <infiniband/verbs.h>
+#endif
 #include <liburing.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
@@ -170,6 +172,7 @@ void IoUring() {
   std::printf("\n");
 }
 
+#if DSM_WITH_RDMA
 const char* LinkLayerName(uint8_t ll) {
   switch (ll) {
     case IBV_LINK_LAYER_INFINIBAND: return "InfiniBand";
@@ -238,6 +241,13 @@ void Rdma() {
   ibv_free_device_list(list);
   std::printf("\n");
 }
+
+#else
+void Rdma() {
+  std::printf("RDMA\n  not built in: this dsm was configured with DSM_WITH_RDMA=OFF (no "
+              "libibverbs); the RDMA transport is unavailable\n\n");
+}
+#endif
 
 void Memlock() {
   rlimit rl{};

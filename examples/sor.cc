@@ -125,10 +125,15 @@ int main(int argc, char** argv) {
     result = wrong == 0 ? 0 : 1;
   }
   if (before.ok() && after.ok()) {
-    std::printf("sor node %lu: %lu read faults, %lu write faults during the sweeps\n",
-                static_cast<unsigned long>(me),
-                static_cast<unsigned long>(after->read_faults - before->read_faults),
-                static_cast<unsigned long>(after->write_faults - before->write_faults));
+    const dsm::Stats d = *after - *before;
+    std::printf("sor node %lu: %lu read faults, %lu write faults during the sweeps; readahead: "
+                "%lu pages requested, %lu refused, %lu skipped, %lu used\n",
+                static_cast<unsigned long>(me), static_cast<unsigned long>(d.read_faults),
+                static_cast<unsigned long>(d.write_faults),
+                static_cast<unsigned long>(d.prefetches),
+                static_cast<unsigned long>(d.prefetch_refused),
+                static_cast<unsigned long>(d.prefetch_skipped),
+                static_cast<unsigned long>(d.prefetch_hits));
   } else {
     std::printf("sor node %lu: no fault counts: %s\n", static_cast<unsigned long>(me),
                 (before.ok() ? after.status() : before.status()).ToString().c_str());

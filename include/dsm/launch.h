@@ -22,6 +22,8 @@
 // DSM_PORT + k (DSM_PORT defaults to kDefaultBasePort). Other variables:
 //   DSM_LISTEN     address to listen on (Options::listen), e.g. "0.0.0.0:7470".
 //   DSM_TRANSPORT  tcp (default) or rdma.
+//   DSM_WAIT_FOR_CLUSTER  1: Node::Create waits until every peer is connected
+//                 (Options::wait_for_cluster, bounded by connect_timeout); 0: it does not.
 // Host names are resolved (IPv4) when the node starts. Every error names the variable and
 // the value that is wrong. Fields not set by the environment keep their values from `base`.
 //

@@ -58,8 +58,13 @@
 //                       Cancel) this node unmapped the region, which released its locks.
 // Barrier errors: kUnavailable (a member's node is down: the barrier fails for every member
 // and the group can never complete again), kAborted (a member gave up on its deadline, so this
-// generation of the barrier failed for everyone), kDeadlineExceeded (this node stopped waiting;
-// the others may or may not have been released), kInvalidArgument (bad member list or name).
+// generation of the barrier failed for everyone; the message names the members that had not
+// entered), kDeadlineExceeded (this node's deadline passed: the generation fails for every
+// member, and the message names the members that had not entered, e.g. "not entered: nodes
+// 2, 3 (entered: nodes 0, 1)"), kInvalidArgument (bad member list or name; names starting
+// with "dsm." are the library's). A node whose deadline passes asks the arbiter who was
+// missing: its Barrier returns up to one round trip (at most 1 s, and at most peer_timeout)
+// after the deadline, and returns OK instead if every member had entered after all.
 //
 // Thread safety: the lock and barrier methods of Region and Node may be called from any
 // application thread, concurrently. LockAsync and BarrierAsync callbacks run on the node's

@@ -16,8 +16,12 @@
 // requests. Create() probes userfaultfd and io_uring and fails with an actionable message when
 // they are unavailable (for example, not root and vm.unprivileged_userfaultfd=0).
 //
-// Barriers (semantics and errors in dsm/lock.h): node->Barrier("phase-1", {}, deadline) waits
-// until every node of the cluster (or the listed node ids) has entered the same barrier.
+// Barriers (semantics and errors in dsm/lock.h): node->Barrier(deadline) waits until every
+// node of the cluster has entered it; node->Barrier("phase-1", {1, 2}, deadline) until the
+// listed node ids have entered the barrier of that name.
+//
+// Statistics: GetStats() is this node's counters, Region::GetStats() one region's share of
+// them, GatherStats(deadline) every node's and their sum (one message to and from each peer).
 //
 // Finishing: every node calls node->Finalize(deadline) when its work is done. It returns on
 // each node once every node's writes are at their homes (file-backed regions persisted there),
@@ -55,6 +59,16 @@ namespace internal {
 class NodeImpl;
 class ApiAccess;
 }  // namespace internal
+
+// Node::GatherStats: every node's counters and their sum.
+struct ClusterStats {
+  // Indexed by node id; a node that did not answer has all zeros.
+  std::vector<Stats> nodes;
+  // Nodes that did not answer by the deadline (down, or slower than the deadline).
+  std::vector<NodeId> missing;
+  // The sum over the nodes that answered (Stats::operator+=).
+  Stats total;
+};
 
 class Node {
  public:
@@ -114,6 +128,18 @@ class Node {
   // Barrier without blocking: returns at once; `done` runs exactly once on the engine thread.
   void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
                     absl::Time deadline, std::function<void(absl::Status)> done);
+  // The barrier of every node of the cluster, without a name: blocks until every node has
+  // called Barrier() (the same number of times). Errors as for the named form; on
+  // kDeadlineExceeded and kAborted the message lists the nodes that had not entered.
+  absl::Status Barrier(absl::Time deadline = absl::InfiniteFuture());
+
+  // ---- Statistics ----
+
+  // Asks every peer that is up for its counters and returns them with this node's and the
+  // sum. Waits until every peer answered or `deadline`; peers that did not answer by then
+  // are listed in `missing` (not an error). An error only when this node cannot answer
+  // itself (kUnavailable after Shutdown, kDeadlineExceeded if its engine is wedged).
+  absl::StatusOr<ClusterStats> GatherStats(absl::Time deadline);
 
  private:
   friend class internal::ApiAccess;

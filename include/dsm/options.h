@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,14 @@ DSM_NAMESPACE_BEGIN
 
 using NodeId = uint32_t;
 inline constexpr NodeId kMaxNodes = 64;  // sharer sets are 64-bit masks
+
+// How much the library logs. Messages go to stderr, one line each, unless Options::log_sink
+// takes them.
+enum class LogLevel {
+  kInfo,     // also peers coming up and other routine events
+  kWarning,  // peers going down, refused messages, degraded operation (the default)
+  kError,    // failures only
+};
 
 enum class TransportKind {
   kTcp,       // io_uring over TCP sockets (the default)
@@ -83,6 +92,12 @@ struct Options {
   absl::Duration lock_release_grace = absl::Seconds(1);
   // How long Create()/MapRegion() wait for peers to connect or for the home to map a region.
   absl::Duration connect_timeout = absl::Seconds(30);
+  // Create() returns only once every peer is connected (admitted and Hello exchanged), or
+  // fails when connect_timeout passes first: kDeadlineExceeded naming each node still missing
+  // and its address (and which of them were declared down). Off: Create() returns once this
+  // node listens, and peers come up later. Launchers' programs should set it (dsm/launch.h
+  // reads DSM_WAIT_FOR_CLUSTER; dsmrun sets it).
+  bool wait_for_cluster = false;
   // Cap of the engine thread's adaptive busy-poll; 0 = never spin (always sleep at once).
   // Waking a sleeping thread on another vCPU costs ~20 us on small VMs, more than a remote
   // fault's floor, so the engine polls instead of sleeping, but only while it is likely to
@@ -114,6 +129,17 @@ struct Options {
   // pages another node is writing are simply not granted. 0 disables it. Keep it at least
   // 128 so two full runs can be in flight (one per 64 pages the application reads).
   size_t readahead_max_pages = 256;
+
+  // Logging. The library's log is one per process: Create() applies these to it, for every
+  // node in the process (the last Create() that sets one wins). log_level unset keeps the
+  // current level (at start: the environment variable DSM_LOG_LEVEL = INFO, WARNING or
+  // ERROR; default WARNING). log_sink, when set, receives every line at or above the level
+  // instead of stderr (the line is formatted as on stderr, without the newline); it is called
+  // from any of the library's threads, concurrently, and must be thread-safe and must not
+  // block or touch region memory. It stays installed until the node that installed it is
+  // destroyed (or another Create() installs its own).
+  std::optional<LogLevel> log_level;
+  std::function<void(LogLevel level, const std::string& line)> log_sink;
 
   // Called on the engine thread when pages become unreachable (their home or their only
   // up-to-date copy was on a node that went down). Must not block or touch region memory.

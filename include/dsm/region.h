@@ -50,12 +50,25 @@
 #include "absl/time/time.h"
 #include "dsm/abi.h"
 #include "dsm/lock.h"
+#include "dsm/stats.h"
 
 DSM_NAMESPACE_BEGIN
 
 namespace internal {
 class ApiAccess;
 }  // namespace internal
+
+// Region::Advise: how this node will use a range. Per node and per page; a later Advise over
+// the same pages replaces the earlier one.
+enum class Advice {
+  kNormal,      // the default: sequential read misses start readahead (Options::
+                // readahead_max_pages); forgets what readahead learned about refused pages
+  kSequential,  // as kNormal; use it to take back kRandom
+  kRandom,      // no readahead from faults in the range, and none into it
+  kWillNeed,    // as Prefetch() of the range
+  kDontNeed,    // give up this node's copies in the range: clean pages are dropped, dirty
+                // ones written back to their home first; pages homed here are unaffected
+};
 
 class Region {
  public:
@@ -75,6 +88,25 @@ class Region {
   // Anonymous regions: the write-back happens, there is nothing to persist.
   // kFailedPrecondition after Unmap().
   absl::Status Sync();
+
+  // ---- Hints and statistics ----
+
+  // Advice for [offset, offset + length), rounded out to whole pages (see Advice).
+  // kInvalidArgument for a range outside the region; kFailedPrecondition after Unmap().
+  // kDontNeed returns once the pages are released (write-backs sent); the others at once.
+  absl::Status Advise(uint64_t offset, uint64_t length, Advice advice);
+  // Requests read-only copies of the pages of [offset, offset + length) that are homed at
+  // another node and not mapped here, in runs of up to 64 pages per message, and returns
+  // without waiting for them: a later access finds the page mapped or waits for the request
+  // already in flight. Pages another node is writing are not granted (they are fetched when
+  // touched); with Options::cache_budget_bytes, only as many as the budget has room for.
+  // Errors as Advise().
+  absl::Status Prefetch(uint64_t offset, uint64_t length);
+  // This region's share of this node's counters (Node::GetStats): its faults, pages
+  // installed, readahead, coherence messages as requester and as home, and its resident
+  // pages. The transport, lock and eviction counters are per node and stay zero here.
+  // kFailedPrecondition after Unmap().
+  absl::StatusOr<Stats> GetStats() const;
 
   // Writes dirty pages back, releases every copy and every lock this node holds in the region
   // and removes the mapping; data() is invalid afterwards. At the home, remote copies are

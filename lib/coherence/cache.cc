@@ -16,6 +16,12 @@ constexpr uint8_t kStateMask = 0x3;
 constexpr uint8_t kPendingBit = 0x4;
 constexpr uint8_t kLostBit = 0x8;
 constexpr uint8_t kPrefetchBit = 0x10;  // requested by readahead, not yet used by a fault
+constexpr uint8_t kNoReadaheadBit = 0x20;  // Advice::kRandom: no readahead from or into it
+// Readahead runs in a row whose answer refused the page (saturating at 3); a granted run page
+// resets it. From kRefusalsBeforeSkip on, readahead leaves the page to demand faults.
+constexpr uint8_t kRefusalShift = 6;
+constexpr uint8_t kRefusalMask = 0xc0;
+constexpr uint8_t kRefusalsBeforeSkip = 2;
 
 
 }  // namespace
@@ -55,7 +61,15 @@ struct Cache::Impl {
   PageIndex ra_end = 0;
 
   void Readahead(PageIndex page, absl::Time now);
+  // Requests the pages of [from, target) a speculative request may ask for, in runs; stops
+  // early when the memory budget has no room. `readahead`: also skip pages advised kRandom
+  // and pages whose home keeps refusing them. Returns where it stopped.
+  PageIndex RequestRange(PageIndex from, PageIndex target, bool readahead, absl::Time now);
   void SendRun(PageIndex first, uint64_t n, NodeId home, absl::Time now);
+  uint8_t Refusals(PageIndex p) const { return (pages[p] & kRefusalMask) >> kRefusalShift; }
+  void SetRefusals(PageIndex p, uint8_t n) {
+    pages[p] = static_cast<uint8_t>((pages[p] & ~kRefusalMask) | (n << kRefusalShift));
+  }
 
   PageState State(PageIndex p) const { return static_cast<PageState>(pages[p] & kStateMask); }
   bool IsLost(PageIndex p) const { return (pages[p] & kLostBit) != 0; }
@@ -221,7 +235,7 @@ void Cache::OnFault(PageIndex page, bool write, absl::Time now) {
 
 void Cache::Impl::Readahead(PageIndex page, absl::Time now) {
   const uint64_t max = cfg.readahead_max_pages;
-  if (max == 0) return;
+  if (max == 0 || (pages[page] & kNoReadaheadBit) != 0) return;
   // Sequential: the next page, or a page inside what the stream already requested (the pages
   // before it were read without a fault, having been prefetched or already mapped).
   const bool seq =
@@ -251,6 +265,11 @@ void Cache::Impl::Readahead(PageIndex page, absl::Time now) {
   // Wait until a whole chunk is due rather than trickle out a page per fault.
   const uint64_t chunk = std::clamp<uint64_t>(window / 4, 1, kMaxRunPages);
   if (from >= target || (target - from < chunk && target < cfg.num_pages)) return;
+  ra_end = std::max(ra_end, RequestRange(from, target, /*readahead=*/true, now));
+}
+
+PageIndex Cache::Impl::RequestRange(PageIndex from, PageIndex target, bool readahead,
+                                    absl::Time now) {
   PageIndex first = 0;
   uint64_t n = 0;
   NodeId run_home = 0;
@@ -260,12 +279,17 @@ void Cache::Impl::Readahead(PageIndex page, absl::Time now) {
     // Pages homed here cost no network to fetch on demand; a down home cannot answer.
     const bool wanted = (pages[q] & (kPendingBit | kLostBit)) == 0 &&
                         State(q) == PageState::kInvalid && home != cfg.self &&
-                        (down & NodeBit(home)) == 0;
+                        (down & NodeBit(home)) == 0 &&
+                        (!readahead || ((pages[q] & kNoReadaheadBit) == 0 &&
+                                        Refusals(q) < kRefusalsBeforeSkip));
     if (n > 0 && (!wanted || home != run_home || n == kMaxRunPages || q % kMaxRunPages == 0)) {
       SendRun(first, n, run_home, now);
       n = 0;
     }
-    if (!wanted) continue;
+    if (!wanted) {
+      if (readahead && Refusals(q) >= kRefusalsBeforeSkip) ++c.prefetch_skipped;
+      continue;
+    }
     if (!port->ReservePrefetch(q)) break;  // the memory budget has no room now
     if (n == 0) {
       first = q;
@@ -274,7 +298,7 @@ void Cache::Impl::Readahead(PageIndex page, absl::Time now) {
     ++n;
   }
   if (n > 0) SendRun(first, n, run_home, now);
-  ra_end = std::max(ra_end, from);
+  return from;
 }
 
 // Speculative requests for [first, first + n), all I, not pending, homed at `home`, each
@@ -458,10 +482,12 @@ void Cache::Impl::OnRunReply(const Message& m, absl::Time now) {
         }
       }
       SetState(q, PageState::kShared);
+      SetRefusals(q, 0);
       if (r.want_write) SendRequest(q, /*write=*/true, now);  // a writer joined: upgrade
       continue;
     }
     ++c.prefetch_refused;
+    if (Refusals(q) < 3) SetRefusals(q, static_cast<uint8_t>(Refusals(q) + 1));
     if (!r.waited) {
       pages[q] &= static_cast<uint8_t>(~kPrefetchBit);
       port->CancelPrefetch(q);
@@ -672,6 +698,28 @@ bool Cache::lost(PageIndex page) const {
   return page < impl_->cfg.num_pages && impl_->IsLost(page);
 }
 uint64_t Cache::num_pages() const { return impl_->cfg.num_pages; }
+
+void Cache::SetReadahead(PageIndex first, uint64_t n, bool enabled) {
+  Impl& s = *impl_;
+  const PageIndex end = std::min<PageIndex>(first + n, s.cfg.num_pages);
+  for (PageIndex q = first; q < end; ++q) {
+    if (enabled) {
+      s.pages[q] &= static_cast<uint8_t>(~kNoReadaheadBit);
+      s.SetRefusals(q, 0);
+    } else {
+      s.pages[q] |= kNoReadaheadBit;
+    }
+  }
+}
+
+uint64_t Cache::Prefetch(PageIndex first, uint64_t n, absl::Time now) {
+  Impl& s = *impl_;
+  const PageIndex end = std::min<PageIndex>(first + n, s.cfg.num_pages);
+  if (first >= end) return 0;
+  const uint64_t before = s.c.prefetches;
+  s.RequestRange(first, end, /*readahead=*/false, now);
+  return s.c.prefetches - before;
+}
 const Cache::Counters& Cache::counters() const { return impl_->c; }
 
 }  // namespace dsm::coherence

@@ -32,7 +32,11 @@
 // fault joins as want_write, upgraded after the install). The kDataRun installs the granted
 // prefix read-only in one port call; a page the home did not grant leaves pending and stays
 // I: if a thread joined it, it is requested again at once (kGetS, or kGetM for a writer), and
-// otherwise its budget reservation is returned. Writes never trigger readahead. The window
+// otherwise its budget reservation is returned. A page refused in two runs in a row (without
+// a grant between) is left to demand faults from then on (until Advise kNormal/kSequential):
+// a home that keeps refusing a page (another node keeps writing it) would otherwise cost a
+// refused request per pass. Pages advised kRandom start no readahead and are never asked
+// for by it. Writes never trigger readahead. The window
 // grows 4 -> max while the stream continues and new requests go out only once a whole chunk
 // (a quarter of the window, at most one run) is due, so the runs stay long.
 //
@@ -197,6 +201,17 @@ class Cache {
   // a run that could not be protected stay M here and are not written back (the others are).
   absl::StatusOr<size_t> WriteBackAll(std::vector<NodeId>* homes);
 
+  // Hints (Region::Advise) over pages [first, first + n) (clipped to the region).
+  // enabled = false (kRandom): faults on these pages start no readahead and readahead asks for
+  // none of them. enabled = true (kNormal, kSequential): undoes that and forgets the refusals
+  // readahead counted on them.
+  void SetReadahead(PageIndex first, uint64_t n, bool enabled);
+  // Requests read-only copies of the pages of [first, first + n) that readahead could ask for
+  // (I, not pending, not lost, homed at another live node), whatever the hints and refusals,
+  // as runs; stops early when the memory budget has no room. Counted as prefetches. Returns
+  // the number of pages requested.
+  uint64_t Prefetch(PageIndex first, uint64_t n, absl::Time now);
+
   PageState state(PageIndex page) const;
   bool pending(PageIndex page) const;
   // The page could not be obtained (kNack or home down): accesses get SIGBUS from now on.
@@ -218,6 +233,9 @@ class Cache {
     // fault joined while in flight, or that the sequential stream passed over while they were
     // mapped (read without a fault); prefetch_refused: pages of runs the home did not grant.
     uint64_t prefetches = 0, prefetch_hits = 0, run_requests = 0, prefetch_refused = 0;
+    // Pages readahead passed over because their home refused them in kRefusalsBeforeSkip
+    // runs in a row (cache.cc); a later demand fault still fetches them.
+    uint64_t prefetch_skipped = 0;
     uint64_t shared = 0, modified = 0;  // pages currently in S / M
   };
   const Counters& counters() const;

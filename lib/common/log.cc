@@ -7,6 +7,8 @@
 #include <cstring>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -36,9 +38,43 @@ const char* Name(LogSeverity s) {
   return "?";
 }
 
+// The installed sink. Calls hold the reader lock, so RemoveLogSink (the writer) returns only
+// after every call in progress has returned: a sink may capture what its node owns.
+struct SinkSlot {
+  absl::Mutex mu;
+  LogSink sink ABSL_GUARDED_BY(mu);
+  uint64_t token ABSL_GUARDED_BY(mu) = 0;
+  uint64_t next_token ABSL_GUARDED_BY(mu) = 1;
+};
+SinkSlot& Slot() {
+  static SinkSlot* slot = new SinkSlot;  // never destroyed: logging may run at exit
+  return *slot;
+}
+std::atomic<bool> g_has_sink{false};
+
 }  // namespace
 
 void SetLogThreshold(LogSeverity s) { Threshold().store(static_cast<int>(s)); }
+
+LogSeverity LogThreshold() { return static_cast<LogSeverity>(Threshold().load()); }
+
+uint64_t InstallLogSink(LogSink sink) {
+  SinkSlot& slot = Slot();
+  absl::MutexLock l(&slot.mu);
+  slot.sink = std::move(sink);
+  slot.token = slot.next_token++;
+  g_has_sink.store(true, std::memory_order_release);
+  return slot.token;
+}
+
+void RemoveLogSink(uint64_t token) {
+  SinkSlot& slot = Slot();
+  absl::MutexLock l(&slot.mu);
+  if (token == 0 || slot.token != token) return;
+  slot.sink = nullptr;
+  slot.token = 0;
+  g_has_sink.store(false, std::memory_order_release);
+}
 
 bool LogEnabled(LogSeverity s) {
   return s == LogSeverity::kFatal || static_cast<int>(s) >= Threshold().load(std::memory_order_relaxed);
@@ -53,6 +89,15 @@ LogMessage::LogMessage(LogSeverity s, const char* file, int line) : severity_(s)
 }
 
 LogMessage::~LogMessage() {
+  if (g_has_sink.load(std::memory_order_acquire)) {
+    SinkSlot& slot = Slot();
+    absl::ReaderMutexLock l(&slot.mu);
+    if (slot.sink) {
+      slot.sink(severity_, stream_.str());
+      if (severity_ == LogSeverity::kFatal) std::abort();
+      return;
+    }
+  }
   stream_ << '\n';
   const std::string s = stream_.str();
   ssize_t unused = ::write(STDERR_FILENO, s.data(), s.size());

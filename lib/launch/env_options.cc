@@ -247,6 +247,15 @@ absl::StatusOr<Options> OptionsFromLookup(const Lookup& env, const ReadFile& rea
       return BadVar("DSM_TRANSPORT", *v, "expected tcp or rdma");
     }
   }
+  if (std::optional<std::string> v = env("DSM_WAIT_FOR_CLUSTER")) {
+    if (*v == "1") {
+      o.wait_for_cluster = true;
+    } else if (*v == "0") {
+      o.wait_for_cluster = false;
+    } else {
+      return BadVar("DSM_WAIT_FOR_CLUSTER", *v, "expected 0 or 1");
+    }
+  }
   return o;
 }
 

@@ -53,6 +53,15 @@ class RegionImpl {
   virtual uint64_t RequestLock(const LockRequest& request, LockCallback done) = 0;
   // Releases a held lock or withdraws a pending request (Region::Unlock and Region::Cancel).
   virtual absl::Status ReleaseLock(uint64_t lock_id) = 0;
+
+  // Region::Advise over whole pages [first_page, first_page + num_pages), inside the region
+  // (checked by the caller). Implementations without hints keep the defaults.
+  virtual absl::Status Advise(uint64_t /*first_page*/, uint64_t /*num_pages*/, Advice /*a*/) {
+    return absl::UnimplementedError("hints are not supported here");
+  }
+  virtual absl::StatusOr<Stats> GetStats() const {
+    return absl::UnimplementedError("per-region statistics are not supported here");
+  }
 };
 
 class NodeImpl {
@@ -69,7 +78,15 @@ class NodeImpl {
   virtual absl::Status Finalize(absl::Time deadline) = 0;
   virtual void BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
                             absl::Time deadline, std::function<void(absl::Status)> done) = 0;
+  virtual absl::StatusOr<ClusterStats> GatherStats(absl::Time /*deadline*/) {
+    return absl::UnimplementedError("cluster statistics are not supported here");
+  }
 };
+
+// The name of the unnamed barrier of every node (Node::Barrier(deadline)). Names starting
+// with kReservedBarrierPrefix are the library's: the named API refuses them.
+inline constexpr char kReservedBarrierPrefix[] = "dsm.";
+inline constexpr char kClusterBarrierName[] = "dsm.all";
 
 // Builds the public handles (their constructors are private to keep applications off them).
 class ApiAccess {

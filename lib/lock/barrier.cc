@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/node_set.h"
 
@@ -39,16 +40,28 @@ absl::StatusOr<uint64_t> MemberMask(const std::vector<NodeId>& members, size_t c
 
 NodeId BarrierArbiterOf(uint64_t mask) { return static_cast<NodeId>(__builtin_ctzll(mask)); }
 
+std::string NodeList(uint64_t mask) {
+  std::string out = __builtin_popcountll(mask) == 1 ? "node " : "nodes ";
+  bool first = true;
+  for (NodeId n = 0; n < kMaxNodes; ++n) {
+    if (!Has(mask, n)) continue;
+    absl::StrAppend(&out, first ? "" : ", ", n);
+    first = false;
+  }
+  return out;
+}
+
 // ---- BarrierArbiter ----
 
 BarrierArbiter::BarrierArbiter(Config config, BarrierPort* port) : config_(config), port_(port) {}
 
 void BarrierArbiter::Reply(NodeId to, uint64_t req_id, uint64_t generation,
-                           BarrierReplyCode code, NodeId down) {
+                           BarrierReplyCode code, NodeId down, uint64_t entered) {
   Message m;
   m.type = MsgType::kBarrierReply;
   m.src = config_.self;
   m.dst = to;
+  m.region = code == BarrierReplyCode::kAborted ? entered : 0;
   m.page = generation;
   m.req_id = req_id;
   m.arg = PackBarrierReply(code, down);
@@ -56,15 +69,13 @@ void BarrierArbiter::Reply(NodeId to, uint64_t req_id, uint64_t generation,
 }
 
 void BarrierArbiter::FinishGeneration(Group& g, BarrierReplyCode code, NodeId down,
-                                      NodeId skip) {
+                                      uint64_t entered) {
   const auto waiters = std::move(g.waiters);
   const uint64_t gen = g.generation;
   g.waiters.clear();
   g.arrived = 0;
   ++g.generation;
-  for (const auto& [node, req_id] : waiters) {
-    if (node != skip) Reply(node, req_id, gen, code, down);
-  }
+  for (const auto& [node, req_id] : waiters) Reply(node, req_id, gen, code, down, entered);
 }
 
 void BarrierArbiter::OnMessage(const Message& m) {
@@ -77,7 +88,7 @@ void BarrierArbiter::OnMessage(const Message& m) {
     if (it == groups_.end()) return;
     Group& g = it->second;
     if (g.broken_by < 0 && m.page == g.generation && Has(g.arrived, m.src)) {
-      FinishGeneration(g, BarrierReplyCode::kAborted, 0, /*skip=*/m.src);
+      FinishGeneration(g, BarrierReplyCode::kAborted, 0, /*entered=*/g.arrived);
     }
     return;
   }
@@ -99,7 +110,7 @@ void BarrierArbiter::OnMessage(const Message& m) {
   } else {
     g.arrived |= uint64_t{1} << m.src;
     g.waiters.emplace_back(m.src, m.req_id);
-    if (g.arrived == mask) FinishGeneration(g, BarrierReplyCode::kReleased, 0, kMaxNodes);
+    if (g.arrived == mask) FinishGeneration(g, BarrierReplyCode::kReleased, 0);
   }
 }
 
@@ -109,7 +120,7 @@ void BarrierArbiter::OnNodeDown(NodeId node) {
   for (auto& [key, g] : groups_) {
     if (g.broken_by >= 0 || !Has(key.second, node)) continue;
     g.broken_by = static_cast<int>(node);
-    FinishGeneration(g, BarrierReplyCode::kNodeDown, node, kMaxNodes);
+    FinishGeneration(g, BarrierReplyCode::kNodeDown, node);
   }
 }
 
@@ -202,16 +213,29 @@ void BarrierClient::OnMessage(const Message& m) {
   const Pending& p = it->second;
   const std::string what =
       absl::StrFormat("barrier '%s' generation %d", p.key.first, p.generation);
+  const uint64_t members = p.key.second;
+  const uint64_t entered = m.region & members;
   absl::Status s;
   switch (BarrierReplyCodeOf(m.arg)) {
     case BarrierReplyCode::kReleased:
-      break;
+      break;  // even when cancelling: every member had entered, so the barrier held
     case BarrierReplyCode::kNodeDown:
       s = absl::UnavailableError(
           absl::StrFormat("%s: member node %d is down", what, BarrierReplyNode(m.arg)));
       break;
     case BarrierReplyCode::kAborted:
-      s = absl::AbortedError(what + ": a member gave up (deadline); failed for every member");
+      if (entered == 0) {
+        s = absl::AbortedError(what + ": a member gave up (deadline) before this node entered; "
+                                      "failed for every member");
+      } else if (p.cancelling) {
+        s = absl::DeadlineExceededError(absl::StrCat(
+            what, ": deadline passed; not entered: ", NodeList(members & ~entered),
+            " (entered: ", NodeList(entered), ")"));
+      } else {
+        s = absl::AbortedError(absl::StrCat(
+            what, ": a member gave up (deadline); failed for every member; not entered: ",
+            NodeList(members & ~entered), " (entered: ", NodeList(entered), ")"));
+      }
       break;
     case BarrierReplyCode::kBadRequest:
       s = absl::InternalError(what + ": the arbiter refused the request (protocol error)");
@@ -246,10 +270,22 @@ void BarrierClient::OnPeerDown(NodeId peer) {
 void BarrierClient::OnTick(absl::Time now) {
   while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
     const uint64_t id = deadlines_.begin()->second;
-    const Pending& p = pending_.at(id);
+    Pending& p = pending_.at(id);
+    deadlines_.erase(deadlines_.begin());
+    if (p.cancelling) {
+      Finish(id, absl::DeadlineExceededError(absl::StrFormat(
+                     "barrier '%s' generation %d: deadline passed; the arbiter (node %d) did "
+                     "not say within %s which members had not entered",
+                     p.key.first, p.generation, p.arbiter,
+                     absl::FormatDuration(config_.cancel_grace))));
+      continue;
+    }
+    // The arbiter answers the cancel (kAborted with the entered members, or the kReleased
+    // already on its way); the caller hears of it then, or when the grace ends.
     SendGroup(MsgType::kBarrierCancel, p, id);
-    Finish(id, absl::DeadlineExceededError(absl::StrFormat(
-                   "barrier '%s' generation %d: deadline passed", p.key.first, p.generation)));
+    p.cancelling = true;
+    p.deadline = now + config_.cancel_grace;
+    deadlines_.emplace(p.deadline, id);
   }
 }
 
@@ -264,7 +300,7 @@ void BarrierClient::FailAll(const absl::Status& why) {
   for (uint64_t id : ids) {
     auto it = pending_.find(id);
     if (it == pending_.end()) continue;
-    if (!Has(down_mask_, it->second.arbiter)) SendGroup(MsgType::kBarrierCancel, it->second, id);
+    if (!Has(down_mask_, it->second.arbiter) && !it->second.cancelling) SendGroup(MsgType::kBarrierCancel, it->second, id);
     Finish(id, why);
   }
 }

@@ -6,11 +6,14 @@
 // arbiter replies kBarrierReply(kReleased, g) to every member once all of them have entered g,
 // and moves the group to g+1. Each member counts its own attempts per group, so both sides
 // agree on g: every attempt consumes one generation, whether it succeeded or failed.
-//  - A member whose deadline passes sends kBarrierCancel(g) and reports kDeadlineExceeded at
-//    once. If g is still open at the arbiter, g fails for everyone (kAborted) and the group
-//    moves to g+1; an enter for an abandoned generation (< current) is answered kAborted. If g
-//    had completed already, the cancel is ignored (the others were released: safe, since the
-//    canceller had arrived).
+//  - A member whose deadline passes sends kBarrierCancel(g) and waits (at most
+//    Config::cancel_grace) for the arbiter's answer. If g is still open at the arbiter, g fails
+//    for everyone, the canceller included (kAborted, with the mask of the members that had
+//    entered, so each can name those that had not), and the group moves to g+1; an enter for
+//    an abandoned generation (< current) is answered kAborted without a mask. If g had
+//    completed already, the cancel is ignored: the kReleased on its way answers the canceller
+//    (OK: every member had entered). The canceller reports kDeadlineExceeded naming the
+//    members that had not entered, or, when no answer comes within the grace, saying so.
 //  - A member down (the arbiter's OnNodeDown): every waiter of every group containing it gets
 //    kNodeDown, and the group is broken for good (nodes do not come back): later enters fail
 //    at once. The arbiter down: BarrierClient::OnPeerDown fails the waiters locally; a member
@@ -25,8 +28,9 @@
 //    and then every arrived member gets exactly one kReleased for it.
 //  - No member leaves generation g with OK before every member has entered g.
 //  - Once broken (a member down), the group never releases again.
-// Invariants (client): at most one outstanding barrier per group per node; each Enter's
-// callback runs exactly once.
+// Invariants (client): at most one outstanding barrier per group per node (a cancelling one
+// counts); each Enter's callback runs exactly once; a cancelling barrier's deadline is its
+// grace's end.
 #pragma once
 
 #include <cstdint>
@@ -60,6 +64,8 @@ absl::StatusOr<uint64_t> MemberMask(const std::vector<NodeId>& members, size_t c
                                     NodeId self);
 // The arbiter of a group: its lowest member id. `mask` must be non-zero.
 NodeId BarrierArbiterOf(uint64_t mask);
+// "node 3" or "nodes 0, 2, 5": the ids in `mask`, for error messages.
+std::string NodeList(uint64_t mask);
 
 class BarrierArbiter {
  public:
@@ -88,8 +94,9 @@ class BarrierArbiter {
   using Key = std::pair<std::string, uint64_t>;
 
   void Reply(NodeId to, uint64_t req_id, uint64_t generation, BarrierReplyCode code,
-             NodeId down = 0);
-  void FinishGeneration(Group& g, BarrierReplyCode code, NodeId down, NodeId skip);
+             NodeId down = 0, uint64_t entered = 0);
+  // Answers every waiter of the open generation (`entered`: kAborted's mask) and opens the next.
+  void FinishGeneration(Group& g, BarrierReplyCode code, NodeId down, uint64_t entered = 0);
 
   const Config config_;
   BarrierPort* const port_;
@@ -101,6 +108,8 @@ class BarrierClient {
  public:
   struct Config {
     NodeId self = 0;
+    // How long a member whose deadline passed waits for the arbiter to say who was missing.
+    absl::Duration cancel_grace = absl::Seconds(1);
   };
   using Callback = std::function<void(absl::Status)>;
   BarrierClient(Config config, BarrierPort* port);
@@ -133,8 +142,9 @@ class BarrierClient {
     Key key;
     uint64_t generation;
     NodeId arbiter;
-    absl::Time deadline;
+    absl::Time deadline;  // the caller's, then (cancelling) the grace's end
     Callback done;
+    bool cancelling = false;  // the deadline passed and kBarrierCancel went out
   };
 
   void SendGroup(MsgType type, const Pending& p, uint64_t req_id);

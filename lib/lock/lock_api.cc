@@ -6,6 +6,8 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/timeouts.h"
@@ -17,6 +19,16 @@
 
 DSM_NAMESPACE_BEGIN
 namespace {
+
+bool ReservedBarrierName(const std::string& name) {
+  return name.rfind(internal::kReservedBarrierPrefix, 0) == 0;
+}
+
+absl::Status ReservedBarrierNameError(const std::string& name) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "barrier '", name, "': names starting with \"", internal::kReservedBarrierPrefix,
+      "\" are reserved for the library (use Barrier(deadline) for every node)"));
+}
 
 absl::Status RegionGoneError() {
   return absl::FailedPreconditionError(
@@ -117,6 +129,39 @@ const std::string& Region::name() const { return impl_->name(); }
 absl::Status Region::Sync() { return impl_->Sync(); }
 absl::Status Region::Unmap() { return impl_->Unmap(); }
 
+namespace {
+constexpr uint64_t kHintPage = 4096;
+}  // namespace
+
+absl::Status Region::Advise(uint64_t offset, uint64_t length, Advice advice) {
+  const uint64_t size = impl_->size();
+  if (offset > size || length > size - offset) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "dsm advise: range [%d, +%d) is not inside region '%s' (%d bytes)", offset, length,
+        impl_->name(), size));
+  }
+  switch (advice) {
+    case Advice::kNormal:
+    case Advice::kSequential:
+    case Advice::kRandom:
+    case Advice::kWillNeed:
+    case Advice::kDontNeed:
+      break;
+    default:
+      return absl::InvalidArgumentError("dsm advise: unknown Advice value");
+  }
+  if (length == 0) return absl::OkStatus();
+  const uint64_t first = offset / kHintPage;
+  const uint64_t end = (offset + length + kHintPage - 1) / kHintPage;
+  return impl_->Advise(first, end - first, advice);
+}
+
+absl::Status Region::Prefetch(uint64_t offset, uint64_t length) {
+  return Advise(offset, length, Advice::kWillNeed);
+}
+
+absl::StatusOr<Stats> Region::GetStats() const { return impl_->GetStats(); }
+
 absl::StatusOr<LockGuard> Region::Lock(uint64_t offset, uint64_t length, LockMode mode,
                                        absl::Time deadline) {
   absl::StatusOr<LockHandle> h =
@@ -165,17 +210,20 @@ absl::Status Node::Shutdown() { return impl_->Shutdown(); }
 
 void Node::BarrierAsync(const std::string& name, const std::vector<NodeId>& members,
                         absl::Time deadline, std::function<void(absl::Status)> done) {
+  if (ReservedBarrierName(name)) return done(ReservedBarrierNameError(name));
   impl_->BarrierAsync(name, members, deadline, std::move(done));
 }
 
-absl::Status Node::Barrier(const std::string& name, const std::vector<NodeId>& members,
-                           absl::Time deadline) {
+namespace {
+
+absl::Status BlockingBarrier(internal::NodeImpl& impl, const std::string& name,
+                             const std::vector<NodeId>& members, absl::Time deadline) {
   struct Wait {
     absl::Notification done;
     absl::Status status;
   };
   auto wait = std::make_shared<Wait>();
-  impl_->BarrierAsync(name, members, deadline, [wait](absl::Status s) {
+  impl.BarrierAsync(name, members, deadline, [wait](absl::Status s) {
     wait->status = std::move(s);
     wait->done.Notify();
   });
@@ -185,6 +233,22 @@ absl::Status Node::Barrier(const std::string& name, const std::vector<NodeId>& m
     return absl::DeadlineExceededError("barrier: no answer from the node's engine");
   }
   return wait->status;
+}
+
+}  // namespace
+
+absl::Status Node::Barrier(const std::string& name, const std::vector<NodeId>& members,
+                           absl::Time deadline) {
+  if (ReservedBarrierName(name)) return ReservedBarrierNameError(name);
+  return BlockingBarrier(*impl_, name, members, deadline);
+}
+
+absl::Status Node::Barrier(absl::Time deadline) {
+  return BlockingBarrier(*impl_, internal::kClusterBarrierName, {}, deadline);
+}
+
+absl::StatusOr<ClusterStats> Node::GatherStats(absl::Time deadline) {
+  return impl_->GatherStats(deadline);
 }
 
 DSM_NAMESPACE_END

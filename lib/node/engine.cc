@@ -17,6 +17,7 @@
 #include "common/timeouts.h"
 #include "node/authority_gate.h"
 #include "node/lock_service.h"
+#include "node/region_stats.h"
 
 namespace dsm {
 namespace {
@@ -66,6 +67,7 @@ Engine::Engine(const Options& options)
 
 absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
   std::shared_ptr<Engine> e(new Engine(options));
+  e->ApplyLogOptions();
   // Options first (CreateTransport validates them): a bad option is reported as such, before
   // any kernel facility is touched.
   DSM_ASSIGN_OR_RETURN(e->transport_, CreateTransport(options));
@@ -246,6 +248,9 @@ void Engine::Dispatch(Message& m) {
       return lifecycle_->OnReply(m);
     case MsgType::kSyncReq:
       return lifecycle_->OnSyncReq(m);
+    case MsgType::kStatsRequest:
+    case MsgType::kStatsReply:
+      return OnStatsMessage(m);
     default:
       break;
   }
@@ -431,49 +436,29 @@ absl::Status Engine::UnmapRegion(RegionId region, RegionLifecycle::UnmapScope sc
 }
 
 absl::StatusOr<Stats> Engine::GetStats() {
-  return RunOnEngine<Stats>([this]() -> absl::StatusOr<Stats> {
-    Stats out = stats_;
-    regions_.ForEach([&out](MappedRegion& r) {
-      const coherence::Cache::Counters& c = r.cache().counters();
-      Stats s;
-      s.read_faults = c.read_faults;
-      s.write_faults = c.write_faults + c.upgrade_faults;  // stats.h: WP faults count as writes
-      s.upgrade_faults = c.upgrade_faults;
-      s.coalesced_faults = c.coalesced_faults;
-      s.prefetches = c.prefetches;
-      s.prefetch_hits = c.prefetch_hits;
-      s.prefetch_runs = c.run_requests;
-      s.prefetch_refused = c.prefetch_refused;
-      s.requests_sent = c.requests_sent;
-      s.invalidations_received = c.invalidations;
-      s.recalls_received = c.recalls;
-      s.writebacks_sent = c.writebacks;
-      s.pages_shared = c.shared;
-      s.pages_modified = c.modified;
-      s.pages_installed = r.pages_installed();
-      if (r.directory() != nullptr) {
-        s.home_requests_served = r.directory()->counters().requests_served;
-      }
-      out += s;
-    });
-    evictor_->AddStats(&out);
-    const Transport::Counters t = transport_->counters();
-    Stats net;
-    net.messages_sent = t.messages_sent;
-    net.messages_received = t.messages_received;
-    net.bytes_sent = t.bytes_sent;
-    net.bytes_received = t.bytes_received;
-    net.bad_messages = t.bad_messages;
-    net.authority_violations = authority_->violations();
-    const lock::LockClient::Counters lc = locks_->counters().client;
-    net.lock_requests = lc.requests;
-    net.locks_granted = lc.granted;
-    net.locks_queued = lc.queued;
-    net.locks_failed = lc.failed;
-    net.locks_lost = lc.lost;
-    out += net;
-    return out;
-  });
+  return RunOnEngine<Stats>([this]() -> absl::StatusOr<Stats> { return CollectStats(); });
+}
+
+Stats Engine::CollectStats() {
+  Stats out = stats_;
+  regions_.ForEach([&out](MappedRegion& r) { out += RegionStats(r); });
+  evictor_->AddStats(&out);
+  const Transport::Counters t = transport_->counters();
+  Stats net;
+  net.messages_sent = t.messages_sent;
+  net.messages_received = t.messages_received;
+  net.bytes_sent = t.bytes_sent;
+  net.bytes_received = t.bytes_received;
+  net.bad_messages = t.bad_messages;
+  net.authority_violations = authority_->violations();
+  const lock::LockClient::Counters lc = locks_->counters().client;
+  net.lock_requests = lc.requests;
+  net.locks_granted = lc.granted;
+  net.locks_queued = lc.queued;
+  net.locks_failed = lc.failed;
+  net.locks_lost = lc.lost;
+  out += net;
+  return out;
 }
 
 // ---- lifetime ----------------------------------------------------------------------------

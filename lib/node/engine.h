@@ -57,6 +57,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/log.h"
+#include "dsm/node.h"
 #include "dsm/options.h"
 #include "dsm/stats.h"
 #include "fault/userfaultfd.h"
@@ -72,6 +74,7 @@ namespace dsm {
 
 class AuthorityGate;  // node/authority_gate.h
 class LockService;    // node/lock_service.h
+class StatsGathers;   // node/engine_stats.cc
 
 class Engine final : public Transport::Handler, public RegionHost {
  public:
@@ -90,6 +93,15 @@ class Engine final : public Transport::Handler, public RegionHost {
   // The node's counters; an error if the engine does not answer (or is stopped).
   absl::StatusOr<Stats> GetStats();
   absl::Status Shutdown();
+  // Until every peer is connected (the transport's IsUp), or `deadline`: then
+  // kDeadlineExceeded naming each missing node and its address (node/cluster_wait.cc).
+  absl::Status WaitForCluster(absl::Time deadline);
+  // One region's share of GetStats (node/engine_stats.cc).
+  absl::StatusOr<Stats> GetRegionStats(RegionId region);
+  // Every node's counters (node/engine_stats.cc; see Node::GatherStats).
+  absl::StatusOr<ClusterStats> GatherStats(absl::Time deadline);
+  // Region::Advise over pages [first, first + n) of `region` (node/engine_stats.cc).
+  absl::Status AdviseRegion(RegionId region, PageIndex first, uint64_t n, Advice advice);
   // Leaves the cluster together with every other node; ends shut down (see above, node.h).
   absl::Status Finalize(absl::Time deadline);
   // Locks and barriers (any thread; see node/lock_service.h).
@@ -142,6 +154,12 @@ class Engine final : public Transport::Handler, public RegionHost {
 
   // Routes `m` (from a peer not declared down, or answered locally on behalf of one).
   void Dispatch(Message& m);
+  // This node's counters (engine thread): GetStats, and the answer to a peer's kStatsRequest.
+  Stats CollectStats();
+  // kStatsRequest / kStatsReply (engine thread; node/engine_stats.cc).
+  void OnStatsMessage(const Message& m);
+  // Options::log_level and log_sink (node/engine_stats.cc).
+  void ApplyLogOptions();
   // Sends Refusal(m, why), if m's type gets an answer.
   void Refuse(const Message& m, ErrorCode why);
 
@@ -186,6 +204,10 @@ class Engine final : public Transport::Handler, public RegionHost {
   // sends, received messages and faults.
   SpinPolicy spin_;
   Stats stats_;  // the engine's own counters; GetStats() adds the layers' counters
+  // GatherStats calls in progress, by gather id (engine thread; node/engine_stats.cc).
+  std::shared_ptr<StatsGathers> gathers_;
+  // Options::log_sink, installed process-wide for as long as this engine lives.
+  ScopedLogSink log_sink_;
 };
 
 namespace internal {

@@ -17,6 +17,10 @@ namespace {
 // How long past peer_timeout an application thread waits for the engine to answer an Unlock
 // (the engine answers at once; this only guards against a wedged engine).
 
+// How long a barrier whose deadline passed waits for its arbiter to say which members had not
+// entered (at most peer_timeout; well below kEngineSlack, the blocking Barrier's own limit).
+constexpr absl::Duration kBarrierCancelGrace = absl::Seconds(1);
+
 absl::Status ShutDownError() {
   return absl::UnavailableError("dsm lock: the node is shut down");
 }
@@ -32,8 +36,10 @@ LockService::LockService(const Options& options, EventLoop* loop, SendFn send, F
       find_(std::move(find)),
       client_(lock::LockClient::Config{options.node_id},
               static_cast<lock::LockClientPort*>(this)),
-      barrier_client_(lock::BarrierClient::Config{options.node_id},
-                      static_cast<lock::BarrierPort*>(this)),
+      barrier_client_(
+          lock::BarrierClient::Config{
+              options.node_id, std::min(options.peer_timeout, kBarrierCancelGrace)},
+          static_cast<lock::BarrierPort*>(this)),
       barrier_arbiter_(lock::BarrierArbiter::Config{options.node_id},
                        static_cast<lock::BarrierPort*>(this)) {
   // The loop runs posted tasks in order on the engine thread: this one runs before any

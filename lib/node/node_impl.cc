@@ -58,6 +58,19 @@ class EngineRegion final : public internal::RegionImpl {
     return engine_->locks().ReleaseLock(lock_id);
   }
 
+  absl::Status Advise(uint64_t first_page, uint64_t num_pages, Advice advice) override {
+    if (unmapped_.load(std::memory_order_acquire)) {
+      return absl::FailedPreconditionError("region is unmapped");
+    }
+    return engine_->AdviseRegion(id_, first_page, num_pages, advice);
+  }
+  absl::StatusOr<Stats> GetStats() const override {
+    if (unmapped_.load(std::memory_order_acquire)) {
+      return absl::FailedPreconditionError("region is unmapped");
+    }
+    return engine_->GetRegionStats(id_);
+  }
+
  private:
   const std::shared_ptr<Engine> engine_;
   const RegionId id_;
@@ -92,6 +105,10 @@ class EngineNode final : public internal::NodeImpl {
     engine_->locks().BarrierAsync(name, members, deadline, std::move(done));
   }
 
+  absl::StatusOr<ClusterStats> GatherStats(absl::Time deadline) override {
+    return engine_->GatherStats(deadline);
+  }
+
  private:
   const std::shared_ptr<Engine> engine_;
 };
@@ -105,8 +122,13 @@ absl::Status Node::Finalize(absl::Duration timeout) {
 }
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Create(const Options& options) {
+  const absl::Time deadline = absl::Now() + options.connect_timeout;
   absl::StatusOr<std::shared_ptr<Engine>> engine = Engine::Start(options);
   if (!engine.ok()) return engine.status();
+  if (options.wait_for_cluster) {
+    // On failure the engine shuts down as the last reference goes.
+    if (absl::Status s = (*engine)->WaitForCluster(deadline); !s.ok()) return s;
+  }
   return internal::ApiAccess::MakeNode(std::make_unique<EngineNode>(std::move(*engine)));
 }
 

@@ -38,6 +38,8 @@ SenderRule SenderRuleOf(MsgType type) {
     case MsgType::kBarrierReply: return SenderRule::kBarrierArbiter;
     case MsgType::kBarrierCancel: return SenderRule::kToBarrierArbiter;
     case MsgType::kGoodbye: return SenderRule::kAboutItself;
+    case MsgType::kStatsRequest: return SenderRule::kAnyMember;
+    case MsgType::kStatsReply: return SenderRule::kAboutItself;
   }
   return SenderRule::kUndeclared;
 }

@@ -54,8 +54,9 @@ enum class SenderRule : uint8_t {
   kToBarrierArbiter,
   // Only the arbiter of the barrier m.req_id this node waits in.
   kBarrierArbiter,
-  // Any member, about itself only: the receiver applies it to its sender's own membership
-  // (kGoodbye: the sender finished Finalize's flush, or leaves).
+  // Any member, about itself only: the receiver applies it to its sender alone (kGoodbye: the
+  // sender finished Finalize's flush, or leaves; kStatsReply: the sender's own counters, kept
+  // only in its own slot of a gather that asked it).
   kAboutItself,
   // Not a rule: SenderRuleOf's answer for a value message.h does not declare.
   kUndeclared,

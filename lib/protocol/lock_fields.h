@@ -28,7 +28,8 @@ inline constexpr uint8_t kMaxLockReplyCode = 7;
 enum class BarrierReplyCode : uint8_t {
   kReleased = 1,      // every member entered this generation
   kNodeDown = 2,      // a member is down (bits 8..15 = its id); the group is broken for good
-  kAborted = 3,       // a member gave up (deadline), or the generation was already abandoned
+  kAborted = 3,       // a member gave up (deadline; region = the entered mask), or the
+                      // generation was already abandoned (region = 0)
   kBadRequest = 4,    // not the arbiter of this group, or a generation from the future
   kShuttingDown = 5,
 };

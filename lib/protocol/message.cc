@@ -30,6 +30,8 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kBarrierEnter: return "BarrierEnter";
     case MsgType::kBarrierReply: return "BarrierReply";
     case MsgType::kBarrierCancel: return "BarrierCancel";
+    case MsgType::kStatsRequest: return "StatsRequest";
+    case MsgType::kStatsReply: return "StatsReply";
     case MsgType::kGoodbye: return "Goodbye";
   }
   return "Unknown";

@@ -69,13 +69,23 @@ enum class MsgType : uint8_t {
                         // name (a name); region = 0.
   kBarrierReply = 45,   // req_id; page = generation; arg = BarrierReplyCode (bits 0..7: 1..5)
                         // | down node id (bits 8..15, only with kNodeDown, < cluster size);
-                        // other bits 0; region = 0.
-  kBarrierCancel = 46,  // as kBarrierEnter: the member stopped waiting (deadline); no reply.
+                        // other bits 0; region = 0, except kAborted after a member's cancel:
+                        // region = the mask of members that had entered (no bit >= cluster
+                        // size), so every member can name the ones that had not.
+  kBarrierCancel = 46,  // as kBarrierEnter: the member stopped waiting (deadline); answered
+                        // like the enter (kAborted with the entered mask if still open).
   // 47..49 reserved for locks. RDMA control at 60.
   // Membership: a node leaving in order (node.h: Shutdown, Finalize). No reply.
   kGoodbye = 50,  // arg = GoodbyeKind; region = 0, page = 0, payload empty. Per-pair FIFO: it
                   // follows every message the sender sent to this peer before it.
+  // Statistics (Node::GatherStats): any node <-> any node.
+  kStatsRequest = 80,  // req_id = gather id (non-zero); region, page, arg = 0; no payload.
+  kStatsReply = 81,    // req_id = the gather id; arg = number of counters (1..kMaxStatsFields);
+                       // payload = arg little-endian uint64 values in dsm::Stats::ForEachField
+                       // order (flags 0/1); region, page = 0. A receiver reads the fields it
+                       // knows and ignores the rest.
 };
+inline constexpr uint64_t kMaxStatsFields = 512;
 
 // Numbers carried in `arg` of kNack / kRegionOpenReply / kSyncAck.
 enum class ErrorCode : uint64_t {

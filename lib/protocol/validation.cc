@@ -19,6 +19,7 @@ enum class PayloadRule : uint8_t {
   kEmptyOrPageRun,  // nothing, or a page run
   kRunPrefix,       // whole pages, at most arg of them (kDataRun)
   kByPutKind,       // kDropClean: nothing; write-backs: a page run
+  kArgWords,        // exactly arg 8-byte words (kStatsReply)
 };
 
 // Fields a type requires to be zero, or non-zero.
@@ -109,10 +110,19 @@ Violation MemberMaskArg(const MessageFields& f, size_t cluster_size) {
   return Violation::kNone;
 }
 
+Violation StatsFieldsArg(const MessageFields& f, size_t) {
+  return f.arg >= 1 && f.arg <= kMaxStatsFields ? Violation::kNone : Violation::kBadRunLength;
+}
+
 Violation BarrierReplyArg(const MessageFields& f, size_t cluster_size) {
   const uint64_t code = f.arg & 0xff;
   if (code < 1 || code > lock::kMaxBarrierReplyCode) return Violation::kBadBarrierReplyCode;
   if ((f.arg >> lock::kBarrierReplyReservedShift) != 0) return Violation::kBarrierReplyReserved;
+  // region: 0, or with kAborted the members that had entered (a mask within the cluster).
+  if (f.region != 0 && (lock::BarrierReplyCodeOf(f.arg) != lock::BarrierReplyCode::kAborted ||
+                        (f.region & ~FirstNodes(cluster_size)) != 0)) {
+    return Violation::kRegionNotZero;
+  }
   if (lock::BarrierReplyCodeOf(f.arg) != lock::BarrierReplyCode::kNodeDown) {
     return (f.arg >> 8) != 0 ? Violation::kNodeWithoutNodeDown : Violation::kNone;
   }
@@ -145,8 +155,12 @@ constexpr Rule kRules[] = {
     {MsgType::kLockRelease, PayloadRule::kEmpty, kZeroPage | kZeroArg, nullptr},
     {MsgType::kLockCancel, PayloadRule::kEmpty, kZeroPage | kZeroArg, nullptr},
     {MsgType::kBarrierEnter, PayloadRule::kName, kZeroRegion, MemberMaskArg},
-    {MsgType::kBarrierReply, PayloadRule::kEmpty, kZeroRegion, BarrierReplyArg},
+    {MsgType::kBarrierReply, PayloadRule::kEmpty, kAnyFields, BarrierReplyArg},
     {MsgType::kBarrierCancel, PayloadRule::kName, kZeroRegion, MemberMaskArg},
+    {MsgType::kStatsRequest, PayloadRule::kEmpty, kZeroRegion | kZeroPage | kZeroArg | kNonZeroReqId,
+     nullptr},
+    {MsgType::kStatsReply, PayloadRule::kArgWords, kZeroRegion | kZeroPage | kNonZeroReqId,
+     StatsFieldsArg},
     {MsgType::kGoodbye, PayloadRule::kEmpty, kZeroRegion | kZeroPage, GoodbyeKindArg},
 };
 
@@ -184,6 +198,8 @@ bool PayloadSizeOk(PayloadRule rule, const MessageFields& f) {
       return len % kPageSize == 0 && len / kPageSize <= f.arg;
     case PayloadRule::kByPutKind:
       return f.arg == static_cast<uint64_t>(PutKind::kDropClean) ? len == 0 : IsPageRun(len);
+    case PayloadRule::kArgWords:
+      return f.arg <= kMaxStatsFields && len == f.arg * 8;
   }
   return false;
 }
@@ -198,14 +214,16 @@ const char* ViolationName(Violation v) {
     case Violation::kPayloadTooLarge: return "payload_len > kMaxPayload";
     case Violation::kUnknownType: return "unknown message type";
     case Violation::kPayloadSize: return "payload_len illegal for the type";
-    case Violation::kRegionNotZero: return "region must be 0";
+    case Violation::kRegionNotZero:
+      return "region must be 0 (kBarrierReply kAborted: a node mask within the cluster)";
     case Violation::kPageNotZero: return "page must be 0";
     case Violation::kArgNotZero: return "arg must be 0";
     case Violation::kReqIdZero: return "lock id 0";
     case Violation::kBadGrant: return "arg is not a Grant";
     case Violation::kBadPutKind: return "arg is not a PutKind";
     case Violation::kBadRecallKind: return "arg is not a RecallKind";
-    case Violation::kBadRunLength: return "run length outside 1..kMaxRunPages";
+    case Violation::kBadRunLength:
+      return "run length outside 1..kMaxRunPages (kStatsReply: counters outside 1..kMaxStatsFields)";
     case Violation::kLockLengthZero: return "lock length 0";
     case Violation::kBadLockMode: return "lock mode not shared or exclusive";
     case Violation::kBadLockFlags: return "unknown lock flags or reserved bits";

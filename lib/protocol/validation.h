@@ -40,14 +40,15 @@ enum class Violation : uint8_t {
   kPayloadTooLarge,     // payload_len > kMaxPayload
   kUnknownType,         // a type this build does not declare
   kPayloadSize,         // payload_len illegal for the type (and its arg where it matters)
-  kRegionNotZero,       // barrier messages carry no region
+  kRegionNotZero,       // barrier messages carry no region (but kAborted's entered mask)
   kPageNotZero,         // kLockReply / kLockRelease / kLockCancel carry no page
   kArgNotZero,          // kLockRelease / kLockCancel carry no arg
   kReqIdZero,           // a lock id is never 0
   kBadGrant,            // kData / kGrant: arg is not a Grant
   kBadPutKind,          // kPut: arg is not a PutKind
   kBadRecallKind,       // kRecall: arg is not a RecallKind
-  kBadRunLength,        // kGetSRun / kDataRun: arg outside 1..kMaxRunPages
+  kBadRunLength,        // kGetSRun / kDataRun: arg outside 1..kMaxRunPages; kStatsReply:
+                        // arg outside 1..kMaxStatsFields
   kLockLengthZero,      // kLockAcquire: len 0
   kBadLockMode,         // kLockAcquire: mode not shared (1) or exclusive (2)
   kBadLockFlags,        // kLockAcquire: a flag other than try, or bits 56..63 set

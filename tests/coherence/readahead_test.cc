@@ -223,6 +223,88 @@ TEST(Readahead, RandomMissesAndWritesDoNotPrefetch) {
   EXPECT_TRUE(port.reserved.empty());
 }
 
+TEST(Readahead, PagesRefusedTwiceInARowAreLeftToDemandFaults) {
+  RecordingPort port;
+  Cache cache(Config(64, 16), &port);
+  // Pages 2..5 refused in two runs in a row (explicit prefetches count like readahead).
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(cache.Prefetch(2, 4, kT0), 4u);
+    ASSERT_EQ(port.sent.back().type, MsgType::kGetSRun);
+    cache.OnMessage(RunReply(port.sent.back(), 0), kT0);
+  }
+  EXPECT_EQ(cache.counters().prefetch_refused, 8u);
+  // A sequential stream 0, 1 now asks for nothing up to page 5: readahead skips them.
+  size_t before = port.sent.size();
+  cache.OnFault(0, false, kT0);
+  cache.OnFault(1, false, kT0);
+  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{0, 1}));
+  EXPECT_TRUE(GetSRuns(port, before).empty());
+  EXPECT_EQ(cache.counters().prefetch_skipped, 4u);
+  // A page refused once is still asked for; a granted run page starts counting afresh.
+  RecordingPort port2;
+  Cache cache2(Config(64, 16), &port2);
+  cache2.Prefetch(2, 4, kT0);
+  cache2.OnMessage(RunReply(port2.sent.back(), 2), kT0);  // 2, 3 granted; 4, 5 refused once
+  before = port2.sent.size();
+  cache2.OnFault(0, false, kT0);
+  cache2.OnFault(1, false, kT0);
+  EXPECT_EQ(GetSRuns(port2, before), (Runs{{4, 2}}));
+  EXPECT_EQ(cache2.counters().prefetch_skipped, 0u);
+  // Explicit prefetch ignores refusals.
+  EXPECT_EQ(cache.Prefetch(2, 4, kT0), 4u);
+  // Advice kNormal forgets the refusals: the stream asks for 2..5 again.
+  RecordingPort port3;
+  Cache cache3(Config(64, 16), &port3);
+  for (int i = 0; i < 2; ++i) {
+    cache3.Prefetch(2, 4, kT0);
+    cache3.OnMessage(RunReply(port3.sent.back(), 0), kT0);
+  }
+  cache3.SetReadahead(0, 64, /*enabled=*/true);
+  before = port3.sent.size();
+  cache3.OnFault(0, false, kT0);
+  cache3.OnFault(1, false, kT0);
+  EXPECT_EQ(GetSRuns(port3, before), (Runs{{2, 4}}));
+  EXPECT_EQ(cache3.counters().prefetch_skipped, 0u);
+}
+
+TEST(Readahead, RandomAdviceStopsReadaheadFromAndIntoTheRange) {
+  RecordingPort port;
+  Cache cache(Config(64, 16), &port);
+  cache.SetReadahead(0, 8, /*enabled=*/false);
+  for (PageIndex p = 0; p < 8; ++p) cache.OnFault(p, false, kT0);
+  EXPECT_EQ(cache.counters().prefetches, 0u);
+  EXPECT_EQ(port.sent.size(), 8u);
+  // A stream just below the range stops at its edge.
+  cache.SetReadahead(20, 10, /*enabled=*/false);
+  size_t before = port.sent.size();
+  cache.OnFault(17, false, kT0);
+  cache.OnFault(18, false, kT0);  // window 4: 19..22, of which 20..22 are advised kRandom
+  EXPECT_EQ(GetSPages(port, before), (std::vector<PageIndex>{17, 18, 19}));
+  EXPECT_TRUE(GetSRuns(port, before).empty());
+  // Taken back: the stream continues into the range (past what it already passed over).
+  cache.SetReadahead(20, 10, /*enabled=*/true);
+  before = port.sent.size();
+  cache.OnFault(19, false, kT0);  // joins the lone prefetch of 19; window 8: up to 27
+  EXPECT_EQ(GetSRuns(port, before), (Runs{{23, 5}}));
+}
+
+TEST(Readahead, PrefetchAsksForWhatReadaheadCouldInRuns) {
+  RecordingPort port;
+  // Pages 0..99 at node 0; 100..127 at this node (1): never requested.
+  Cache cache(Config(128, 0, [](PageIndex p) -> NodeId { return p < 100 ? 0 : 1; }), &port);
+  EXPECT_EQ(cache.Prefetch(10, 200, kT0), 90u);  // clipped to the region; 100.. homed here
+  EXPECT_EQ(GetSRuns(port), (Runs{{10, 54}, {64, 36}}));
+  EXPECT_EQ(cache.counters().prefetches, 90u);
+  // Everything is pending now: nothing more to ask.
+  EXPECT_EQ(cache.Prefetch(0, 128, kT0), 10u);  // only 0..9
+  EXPECT_EQ(GetSRuns(port).back(), (std::pair<PageIndex, uint64_t>{0, 10}));
+  // The budget bounds it.
+  RecordingPort tight;
+  tight.room = 3;
+  Cache small(Config(64, 0), &tight);
+  EXPECT_EQ(small.Prefetch(0, 64, kT0), 3u);
+}
+
 TEST(Readahead, DisabledByZero) {
   RecordingPort port;
   Cache cache(Config(64, 0), &port);

@@ -150,6 +150,8 @@ TEST(EnvOptions, ErrorsNameTheVariableAndValue) {
       {{{"DSM_NODE_ID", "0"}, {"DSM_NUM_NODES", "2"}}, "no peer list"},
       {{{"DSM_NODE_ID", "0"}, {"DSM_PEERS", "a:1"}, {"DSM_PORT", "0"}}, "DSM_PORT='0'"},
       {{{"DSM_NODE_ID", "0"}, {"DSM_PEERS", "a:1"}, {"DSM_TRANSPORT", "udp"}}, "DSM_TRANSPORT"},
+      {{{"DSM_NODE_ID", "0"}, {"DSM_PEERS", "a:1"}, {"DSM_WAIT_FOR_CLUSTER", "yes"}},
+       "DSM_WAIT_FOR_CLUSTER='yes'"},
       {{{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}}, "run the program with srun"},
       {{{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "65"}}, "OMPI_COMM_WORLD_SIZE"},
   };
@@ -172,9 +174,12 @@ TEST(EnvOptions, FieldsNotInTheEnvironmentKeepTheBase) {
   Options base;
   base.cache_budget_bytes = 1 << 20;
   base.listen = "0.0.0.0:1";
-  FakeEnv env{{{"DSM_NODE_ID", "0"}, {"DSM_PEERS", "a:1"}, {"DSM_TRANSPORT", "RDMA"}}};
+  FakeEnv env{{{"DSM_NODE_ID", "0"}, {"DSM_PEERS", "a:1"}, {"DSM_TRANSPORT", "RDMA"},
+               {"DSM_WAIT_FOR_CLUSTER", "1"}}};
   auto o = env.Get(base);
   ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->wait_for_cluster);
+  EXPECT_FALSE(base.wait_for_cluster);
   EXPECT_EQ(o->cache_budget_bytes, size_t{1} << 20);
   EXPECT_EQ(o->listen, "0.0.0.0:1");
   EXPECT_EQ(o->transport, TransportKind::kRdma);

@@ -204,9 +204,17 @@ TEST(Barrier, DeadlineAbortsTheGenerationForEveryoneAndGenerationsResync) {
   c.Run();
   EXPECT_EQ(c.clients_[1]->NextDeadline(), c.now_ + absl::Seconds(1));
   c.clients_[1]->OnTick(c.now_ + absl::Seconds(1));
-  EXPECT_EQ(c.code(b), absl::StatusCode::kDeadlineExceeded);
+  // The canceller waits for the arbiter to say who was missing.
+  EXPECT_FALSE(c.result(b).has_value());
+  EXPECT_EQ(c.clients_[1]->NextDeadline(), c.now_ + absl::Seconds(2));  // + cancel_grace
   c.Run();
+  EXPECT_EQ(c.code(b), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(c.result(b)->message(),
+            "barrier 'b' generation 0: deadline passed; not entered: node 2 (entered: nodes 0, 1)");
   EXPECT_EQ(c.code(a), absl::StatusCode::kAborted);
+  EXPECT_NE(c.result(a)->message().find("not entered: node 2 (entered: nodes 0, 1)"),
+            absl::string_view::npos)
+      << *c.result(a);
   // Node 2 arrives late for the abandoned generation: it fails too.
   const size_t late = c.Enter(2, "b", {});
   c.Run();
@@ -233,15 +241,50 @@ TEST(Barrier, DeadlineAfterReleaseIsHarmless) {
     }
   }
   c.clients_[0]->OnTick(c.now_ + absl::Seconds(2));
-  EXPECT_EQ(c.code(a), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(c.result(a).has_value());  // cancelling: the release is on its way
   for (const Message& x : replies) c.Deliver(x);
   c.Run();
+  // Every member had entered: the release answers the late canceller too.
+  EXPECT_EQ(c.code(a), absl::StatusCode::kOk);
   EXPECT_EQ(c.code(b), absl::StatusCode::kOk);  // node 0 had arrived: releasing 1 was right
   const size_t a1 = c.Enter(0, "b", {});
   const size_t b1 = c.Enter(1, "b", {});
   c.Run();
   EXPECT_EQ(c.code(a1), absl::StatusCode::kOk);
   EXPECT_EQ(c.code(b1), absl::StatusCode::kOk);
+}
+
+TEST(Barrier, SilentArbiterEndsTheCancelAfterTheGrace) {
+  BarrierCluster c(3);
+  const size_t b = c.Enter(1, "b", {}, c.now_ + absl::Seconds(1));
+  c.Run();
+  c.clients_[1]->OnTick(c.now_ + absl::Seconds(1));  // sends the cancel; nobody delivers it
+  EXPECT_FALSE(c.result(b).has_value());
+  c.clients_[1]->OnTick(c.now_ + absl::Milliseconds(1999));
+  EXPECT_FALSE(c.result(b).has_value());
+  c.clients_[1]->OnTick(c.now_ + absl::Seconds(2));
+  EXPECT_EQ(c.code(b), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(c.result(b)->message().find("the arbiter (node 0) did not say"),
+            absl::string_view::npos)
+      << *c.result(b);
+  // Once the arbiter has the cancel, generation 0 is abandoned: the others' attempts at it
+  // fail, and then everyone meets at generation 1.
+  c.Run();
+  const size_t late0 = c.Enter(0, "b", {});
+  const size_t late2 = c.Enter(2, "b", {});
+  c.Run();
+  EXPECT_EQ(c.code(late0), absl::StatusCode::kAborted);
+  EXPECT_EQ(c.code(late2), absl::StatusCode::kAborted);
+  std::vector<size_t> slots;
+  for (NodeId n = 0; n < 3; ++n) slots.push_back(c.Enter(n, "b", {}));
+  c.Run();
+  for (size_t s : slots) EXPECT_EQ(c.code(s), absl::StatusCode::kOk);
+}
+
+TEST(Barrier, NodeListNamesEveryMember) {
+  EXPECT_EQ(NodeList(0b1), "node 0");
+  EXPECT_EQ(NodeList(0b100101), "nodes 0, 2, 5");
+  EXPECT_EQ(NodeList(uint64_t{1} << 63), "node 63");
 }
 
 TEST(Barrier, ShutdownFailsWaiters) {

@@ -139,6 +139,34 @@ TEST(Launch, DsmrunRunsACounterClusterToAnExactResult) {
   EXPECT_EQ(count, size_t{kNodes}) << *out;
 }
 
+TEST(Launch, DsmrunNetnsRunsTheClusterAcrossNamespaces) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, userfaultfd)";
+  if (!RunCommand({"ip", "-V"}, milliseconds(10000)).ok()) GTEST_SKIP() << "no iproute2";
+  // Each node sees its own address in the peer list and a generated cluster key.
+  absl::StatusOr<std::string> place = RunCommand(
+      {DSMRUN, "-n", "2", "--netns", "--", "/bin/sh", "-c",
+       "echo \"node=$DSM_NODE_ID peers=$DSM_PEERS keylen=${#DSM_CLUSTER_KEY}\"; "
+       "ip -o -4 addr show dev eth0"},
+      milliseconds(60000));
+  ASSERT_TRUE(place.ok()) << place.status();
+  EXPECT_TRUE(absl::StrContains(*place, "node=0 peers=10.78.")) << *place;
+  EXPECT_TRUE(absl::StrContains(*place, "node=1 peers=10.78.")) << *place;
+  EXPECT_TRUE(absl::StrContains(*place, "keylen=64")) << *place;
+  EXPECT_FALSE(absl::StrContains(*place, "127.0.0.1")) << *place;
+  // The counter cluster over the namespaces' network gives the exact total on every node.
+  std::vector<std::string> argv = {DSMRUN, "-n", std::to_string(kNodes), "--netns",
+                                   "--timeout", "120", "--"};
+  for (const std::string& a : WorkerArgv()) argv.push_back(a);
+  absl::StatusOr<std::string> out = RunCommand(argv, milliseconds(150000));
+  ASSERT_TRUE(out.ok()) << out.status();
+  const std::string totals = absl::StrCat("ok totals=", kNodes * 2 * 3000);
+  size_t count = 0;
+  for (size_t at = out->find(totals); at != std::string::npos; at = out->find(totals, at + 1)) {
+    ++count;
+  }
+  EXPECT_EQ(count, size_t{kNodes}) << *out;
+}
+
 TEST(Launch, DsmrunGivesEachNodeItsPlace) {
   absl::StatusOr<std::string> out = RunCommand(
       {DSMRUN, "-n", "2", "--port", "7700", "--", "/bin/sh", "-c",

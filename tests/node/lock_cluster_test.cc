@@ -404,6 +404,47 @@ TEST_P(LockClusterTest, BarriersOfAllNodesAndOfANamedGroup) {
             absl::StatusCode::kDeadlineExceeded);
 }
 
+TEST_P(LockClusterTest, UnnamedBarrierOfEveryNodeAndErrorsNamingTheMissing) {
+  ASSERT_NO_FATAL_FAILURE(Map("unnamed-barrier", 1));
+  Step("the unnamed barrier of every node, 5 generations");
+  for (int round = 0; round < 5; ++round) {
+    std::vector<std::function<void()>> fns;
+    for (int n = 0; n < kNodes; ++n) {
+      fns.push_back([&, n, round] {
+        __atomic_fetch_add(const_cast<uint64_t*>(Word(region(n), 0)), 1, __ATOMIC_ACQ_REL);
+        absl::Status s = node(n)->Barrier(absl::Now() + kLockWait);
+        EXPECT_TRUE(s.ok()) << "node " << n << ": " << s;
+        EXPECT_GE(__atomic_load_n(const_cast<uint64_t*>(Word(region(n), 0)), __ATOMIC_ACQUIRE),
+                  static_cast<uint64_t>(kNodes * (round + 1)));
+      });
+    }
+    RunParallel(fns);
+    RunParallel({[&] { EXPECT_TRUE(node(0)->Barrier(absl::Now() + kLockWait).ok()); },
+                 [&] { EXPECT_TRUE(node(1)->Barrier(absl::Now() + kLockWait).ok()); },
+                 [&] { EXPECT_TRUE(node(2)->Barrier(absl::Now() + kLockWait).ok()); }});
+  }
+
+  Step("node 2 stays away: the deadline error names it, the other waiter's error too");
+  absl::Status s0, s1;
+  RunParallel({[&] { s0 = node(0)->Barrier(absl::Now() + kLockWait); },
+               [&] { s1 = node(1)->Barrier(absl::Now() + absl::Seconds(3)); }});
+  EXPECT_EQ(s1.code(), absl::StatusCode::kDeadlineExceeded) << s1;
+  EXPECT_THAT(std::string(s1.message()),
+              HasSubstr("deadline passed; not entered: node 2 (entered: nodes 0, 1)"));
+  EXPECT_EQ(s0.code(), absl::StatusCode::kAborted) << s0;
+  EXPECT_THAT(std::string(s0.message()), HasSubstr("not entered: node 2 (entered: nodes 0, 1)"));
+
+  Step("node 2's late attempt at the abandoned generation fails; then all meet again");
+  EXPECT_EQ(node(2)->Barrier(absl::Now() + kLockWait).code(), absl::StatusCode::kAborted);
+  RunParallel({[&] { EXPECT_TRUE(node(0)->Barrier(absl::Now() + kLockWait).ok()); },
+               [&] { EXPECT_TRUE(node(1)->Barrier(absl::Now() + kLockWait).ok()); },
+               [&] { EXPECT_TRUE(node(2)->Barrier(absl::Now() + kLockWait).ok()); }});
+
+  Step("the library's barrier names are refused to applications");
+  EXPECT_EQ(node(0)->Barrier("dsm.all", {}, absl::Now() + kLockWait).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // What a holder wrote before Unlock is what the next holder reads after Lock, on every node,
 // for many hand-offs. The writer puts a garbage value first, so a reader that were not excluded
 // could see it.

@@ -99,9 +99,9 @@ TEST(Authority, HelloIsNeverDispatched) {
 
 TEST(Authority, RequestsFromAnyMember) {
   FakeFacts f;
-  for (MsgType t :
-       {MsgType::kRegionOpen, MsgType::kGetS, MsgType::kGetM, MsgType::kGetSRun, MsgType::kSyncReq,
-        MsgType::kLockAcquire, MsgType::kLockRelease, MsgType::kLockCancel}) {
+  for (MsgType t : {MsgType::kRegionOpen, MsgType::kGetS, MsgType::kGetM, MsgType::kGetSRun,
+                    MsgType::kSyncReq, MsgType::kLockAcquire, MsgType::kLockRelease,
+                    MsgType::kLockCancel, MsgType::kStatsRequest}) {
     EXPECT_EQ(SenderRuleOf(t), SenderRule::kAnyMember) << MsgTypeName(t);
     for (NodeId src : {0u, 2u, 3u}) EXPECT_TRUE(Allowed(Msg(t, src, 1), f)) << MsgTypeName(t);
   }
@@ -111,6 +111,7 @@ TEST(Authority, GoodbyeFromAnyMemberAboutItself) {
   // Its only subject is its sender (the receiver records m.src as ready or left).
   FakeFacts f;
   EXPECT_EQ(SenderRuleOf(MsgType::kGoodbye), SenderRule::kAboutItself);
+  EXPECT_EQ(SenderRuleOf(MsgType::kStatsReply), SenderRule::kAboutItself);
   for (NodeId src : {0u, 2u, 3u}) {
     EXPECT_TRUE(Allowed(
         Msg(MsgType::kGoodbye, src, 0, 0, static_cast<uint64_t>(GoodbyeKind::kLeaving), 0), f));

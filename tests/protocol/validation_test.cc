@@ -209,6 +209,27 @@ std::vector<Case> Cases() {
     bad.arg = 0;
     c.push_back({V::kBadRunLength, run, bad});
   }
+  {
+    // Statistics: a request carries only its id; a reply exactly arg counters.
+    const Frame request{T(MsgType::kStatsRequest), 1, 0, 0, 5, 0, ""};
+    Frame no_id = request;
+    no_id.req_id = 0;
+    c.push_back({V::kReqIdZero, request, no_id});
+    Frame with_arg = request;
+    with_arg.arg = 1;
+    c.push_back({V::kArgNotZero, request, with_arg});
+    const Frame reply{T(MsgType::kStatsReply), 1, 0, 0, 5, 2, std::string(16, 'x')};
+    Frame short_reply = reply;
+    short_reply.payload.resize(8);
+    c.push_back({V::kPayloadSize, reply, short_reply});
+    Frame no_fields = reply;
+    no_fields.arg = 0;
+    no_fields.payload.clear();
+    c.push_back({V::kBadRunLength, reply, no_fields});
+    Frame with_page = reply;
+    with_page.page = 1;
+    c.push_back({V::kPageNotZero, reply, with_page});
+  }
   c.push_back({V::kLockLengthZero, LockAcquire(Acquire(1, 1, 0)), LockAcquire(Acquire(0, 1, 0))});
   c.push_back({V::kBadLockMode, LockAcquire(Acquire(1, 2, 0)), LockAcquire(Acquire(1, 3, 0))});
   c.push_back({V::kBadLockMode, LockAcquire(Acquire(1, 1, 0)), LockAcquire(Acquire(1, 0, 0))});
@@ -237,6 +258,17 @@ std::vector<Case> Cases() {
   c.push_back({V::kBarrierReplyReserved, BarrierReply(2 | (3 << 8)), BarrierReply(1 | (1 << 16))});
   c.push_back({V::kNodeWithoutNodeDown, BarrierReply(2 | (1 << 8)), BarrierReply(3 | (1 << 8))});
   c.push_back({V::kDownNodeOutsideCluster, BarrierReply(2 | (3 << 8)), BarrierReply(2 | (4 << 8))});
+  {
+    // region: only kAborted carries one (the entered members), and only within the cluster.
+    Frame aborted = BarrierReply(3);
+    aborted.region = 0b0101;
+    Frame released = BarrierReply(1);
+    released.region = 0b0101;
+    Frame outside = BarrierReply(3);
+    outside.region = 0b10000;
+    c.push_back({V::kRegionNotZero, aborted, released});
+    c.push_back({V::kRegionNotZero, aborted, outside});
+  }
   {
     Frame open{T(MsgType::kRegionOpen), 1, 7, 0, 9, 4096, "abc"};
     Frame bad = open;

@@ -259,7 +259,8 @@ TEST(Wire, RejectsPayloadSizeIllegalForType) {
       BarrierReply(0, 2 | (4 << 8)),  // down node outside the cluster
       BarrierReply(0, 3 | (1 << 16)),
       BarrierReply(0, 3 | (1 << 8)),  // a node id without kNodeDown
-      Lock(MsgType::kBarrierReply, 0, 3),  // region != 0
+      Lock(MsgType::kBarrierReply, 0, 1),  // region != 0 without kAborted
+      Lock(MsgType::kBarrierReply, 0, 3),  // kAborted: entered mask outside the cluster
       Lock(MsgType::kLockReply, 0, 8),     // codes 8 and 9 are not declared
       Lock(MsgType::kLockReply, 0, 9),
       Lock(MsgType::kLockReply, 0, 2 | (1 << 8)),  // previous_holder_died without a grant

@@ -1,7 +1,10 @@
 // The real VerbsOps: libibverbs calls, nothing else. Compiled everywhere libibverbs-dev is
-// installed; exercised only on hosts with an RDMA device (see docs/RDMA.md).
+// installed; exercised only on hosts with an RDMA device (see docs/RDMA.md). A build with
+// DSM_WITH_RDMA=0 keeps the device-independent helpers and OpenIbvDevice fails, saying so.
 #include <fcntl.h>
+#if DSM_WITH_RDMA
 #include <infiniband/verbs.h>
+#endif
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -38,12 +41,16 @@ std::string Gid::ToString() const {
   return s;
 }
 
+#if DSM_WITH_RDMA
 const char* WcStatusName(int status) {
   return ibv_wc_status_str(static_cast<ibv_wc_status>(status));
 }
 
 static_assert(kWcWrFlushErr == IBV_WC_WR_FLUSH_ERR);
 static_assert(kWcSuccess == IBV_WC_SUCCESS);
+#else
+const char* WcStatusName(int status) { return status == kWcSuccess ? "success" : "error"; }
+#endif
 
 absl::Status CheckMemlock(size_t bytes, uint64_t limit, bool has_cap_ipc_lock) {
   if (has_cap_ipc_lock || limit == static_cast<uint64_t>(RLIM_INFINITY) || bytes <= limit) {
@@ -80,6 +87,7 @@ absl::Status CheckMemlock(size_t bytes) {
                       HasCapIpcLock());
 }
 
+#if DSM_WITH_RDMA
 namespace {
 
 class IbvVerbs final : public VerbsOps {
@@ -440,5 +448,13 @@ absl::StatusOr<std::unique_ptr<VerbsOps>> OpenIbvDevice(const std::string& devic
   if (!s.ok()) return s;
   return std::unique_ptr<VerbsOps>(std::move(v));
 }
+#else
+absl::StatusOr<std::unique_ptr<VerbsOps>> OpenIbvDevice(const std::string&, uint8_t, int) {
+  return absl::FailedPreconditionError(
+      "rdma: this libdsm was built without RDMA support (DSM_WITH_RDMA=OFF); use "
+      "TransportKind::kTcp, or rebuild dsm with libibverbs (rdma-core, Debian: "
+      "libibverbs-dev) installed");
+}
+#endif
 
 }  // namespace dsm::rdma

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "dsm/node.h"
 #include "dsm/options.h"
 #include "dsm/region.h"
@@ -56,6 +57,7 @@ int main() {
         options.peers = peers;
         options.transport = dsm::TransportKind::kLoopback;
         options.loopback_hub = "dsm-consumer";
+        options.wait_for_cluster = true;
         nodes[id] = dsm::Node::Create(options);
       });
     }
@@ -105,6 +107,27 @@ int main() {
   if (ok) {
     Fill(other, 2);
     ok = Check(home, 2, "node 0 reading node 1's writes");
+  }
+
+  // Statistics through the installed library: node 1's share of the region, every node's.
+  if (ok) {
+    absl::StatusOr<dsm::Stats> mine = (*regions[1])->GetStats();
+    absl::StatusOr<dsm::ClusterStats> all =
+        (*nodes[0])->GatherStats(absl::Now() + absl::Seconds(20));
+    if (!mine.ok() || !all.ok()) {
+      std::printf("GetStats / GatherStats: %s / %s\n", mine.status().ToString().c_str(),
+                  all.status().ToString().c_str());
+      ok = false;
+    } else if (mine->read_faults == 0 || !all->missing.empty() ||
+               all->nodes[1].read_faults < mine->read_faults ||
+               all->total.read_faults < mine->read_faults) {
+      std::printf("statistics disagree: region read_faults %llu, node 1 %llu, total %llu, "
+                  "%zu nodes missing\n",
+                  static_cast<unsigned long long>(mine->read_faults),
+                  static_cast<unsigned long long>(all->nodes[1].read_faults),
+                  static_cast<unsigned long long>(all->total.read_faults), all->missing.size());
+      ok = false;
+    }
   }
 
   // The non-home node leaves first, so the home is there to take its write-backs.
