@@ -538,6 +538,12 @@ bool Directory::AwaitsAck(PageIndex page, NodeId node, MsgType ack) const {
   return false;
 }
 
+void Directory::OnPeerRejoined(NodeId peer) {
+  Impl& s = *impl_;
+  if (peer >= kMaxNodes) return;
+  s.down &= ~NodeBit(peer);
+}
+
 void Directory::SetClosing() { impl_->closing = true; }
 
 bool Directory::closing() const { return impl_->closing; }

@@ -138,6 +138,10 @@ class Directory {
   // Modified are lost (requests for them are answered kNack/kPageLost). `now` starts the
   // transactions this unblocks, as in OnMessage.
   void OnPeerDown(NodeId peer, absl::Time now);
+  // `peer` came back as a new incarnation (a restarted process) after OnPeerDown: its
+  // messages are served again. It holds no copy (OnPeerDown forgot them); pages lost then
+  // stay lost.
+  void OnPeerRejoined(NodeId peer);
 
   // Peers that have owed an acknowledgement longer than `timeout`.
   void CollectOverdue(absl::Time now, absl::Duration timeout, std::vector<NodeId>* peers) const;

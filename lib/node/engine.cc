@@ -83,7 +83,10 @@ absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
       e->options_, &e->regions_, raw,
       RegionLifecycle::Hooks{
           [raw](Message&& m) { raw->SendMessage(std::move(m)); },
-          [raw](absl::Duration d, absl::AnyInvocable<void()> fn) { raw->After(d, std::move(fn)); }});
+          [raw](absl::Duration d, absl::AnyInvocable<void()> fn) { raw->After(d, std::move(fn)); },
+          [raw](NodeId peer) {
+            return peer < kMaxNodes ? raw->down_why_[peer] : absl::OkStatus();
+          }});
   e->authority_ = std::make_unique<AuthorityGate>(options.node_id, &e->regions_,
                                                   e->lifecycle_.get(), e->locks_.get());
   e->ArmUffdPoll();
@@ -286,20 +289,56 @@ void Engine::Dispatch(Message& m) {
 
 // ---- peers and time ----------------------------------------------------------------------
 
-void Engine::OnPeerUp(NodeId peer) { DSM_LOG(INFO) << "node " << peer << " is up"; }
+void Engine::OnPeerUp(NodeId peer, Incarnation incarnation) {
+  if (peer >= kMaxNodes || peer == options_.node_id) return;
+  const Incarnation previous = incarnations_[peer];
+  if (previous != 0 && previous != incarnation && !InNodeSet(down_mask_, peer)) {
+    // The transport reports the old incarnation down first; never let its copies survive.
+    OnPeerDown(peer, absl::UnavailableError(absl::StrCat("incarnation ", previous,
+                                                         " was replaced by ", incarnation)));
+  }
+  incarnations_[peer] = incarnation;
+  if (!InNodeSet(down_mask_, peer)) {
+    DSM_LOG(INFO) << "node " << peer << " is up (incarnation " << incarnation << ")";
+    return;
+  }
+  // A restarted process with that id: it holds nothing. Its old incarnation's copies were
+  // dropped when it went down (the Directory forgot them; pages it held alone stay lost), so
+  // the homes here serve it from scratch. Pages homed at the old incarnation stay lost in
+  // this node's caches: the new process does not have their data.
+  down_mask_ &= ~NodeBit(peer);
+  left_mask_ &= ~NodeBit(peer);   // the new incarnation has neither left
+  ready_mask_ &= ~NodeBit(peer);  // nor finished Finalize's first phase
+  down_why_[peer] = absl::OkStatus();
+  DSM_LOG(INFO) << "node " << peer << " rejoined with incarnation " << incarnation
+                << " (incarnation " << previous << " was down)";
+  regions_.ForEach([peer](MappedRegion& r) {
+    if (r.directory() != nullptr) r.directory()->OnPeerRejoined(peer);
+  });
+}
 
 void Engine::OnPeerDown(NodeId peer, const absl::Status& why) {
   // A peer that left: the end of its connection was expected and is not news.
   if (peer >= kMaxNodes || peer == options_.node_id || InNodeSet(down_mask_, peer)) return;
   ++stats_.peers_down;
-  DSM_LOG(WARNING) << "node " << peer << " is down: " << why;
-  ForgetPeer(peer, absl::Status(why.code(), absl::StrCat("node ", peer, " is down: ",
-                                                          why.message())));
+  // A refusal (cluster size, duplicate id, stale incarnation) is a configuration error, not a
+  // failure of that node: say so.
+  const bool refused = absl::IsFailedPrecondition(why) || absl::IsAlreadyExists(why);
+  if (refused) {
+    DSM_LOG(ERROR) << "node " << peer << " cannot be reached: " << why.message();
+  } else {
+    DSM_LOG(WARNING) << "node " << peer << " is down: " << why;
+  }
+  ForgetPeer(peer, absl::Status(why.ok() ? absl::StatusCode::kUnavailable : why.code(),
+                                absl::StrCat("node ", peer,
+                                             refused ? " cannot be reached: " : " is down: ",
+                                             why.message())));
   CheckFinalize();
 }
 
 void Engine::ForgetPeer(NodeId peer, const absl::Status& why) {
   down_mask_ |= NodeBit(peer);
+  down_why_[peer] = why;
   const absl::Time now = absl::Now();
   regions_.ForEach([peer, now](MappedRegion& r) {
     if (r.directory() != nullptr) r.directory()->OnPeerDown(peer, now);

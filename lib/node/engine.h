@@ -34,16 +34,20 @@
 // for longer than Options::peer_timeout. Requests
 // to a down home fail (the faulting access raises SIGBUS, the page is reported lost); the
 // directory forgets a down node's copies (and loses the pages it held Modified). A down peer
-// never comes back in this version.
+// comes back only as a new incarnation (a restarted process, transport.h): OnPeerUp clears
+// its bits and the directories serve it again, from no copies.
 //
 // Leaving: a peer that sent kGoodbye kLeaving has left (logged at INFO): it is handled as down
 // (its copies forgotten -- it held none --, requests to it answered locally with kPeerLeft),
 // but the end of its connection is expected (Transport::ExpectClose) and not reported again.
 //
-// Invariants (engine thread): left_mask_ is a subset of down_mask_ and of ready_mask_; no bit
-// is ever cleared; the node's own bit is in none of them.
+// Invariants (engine thread): left_mask_ is a subset of down_mask_ and of ready_mask_; a bit
+// is cleared only when that peer rejoins as a new incarnation (OnPeerUp after OnPeerDown: a
+// restarted process, which holds nothing and has neither left nor finalized); the node's own
+// bit is in none of them.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -118,7 +122,7 @@ class Engine final : public Transport::Handler, public RegionHost {
 
   // Transport::Handler (engine thread).
   void OnMessage(Message&& m) override;
-  void OnPeerUp(NodeId peer) override;
+  void OnPeerUp(NodeId peer, Incarnation incarnation) override;
   void OnPeerDown(NodeId peer, const absl::Status& why) override;
   // RegionHost (engine thread).
   void SendMessage(Message&& m) override;
@@ -198,6 +202,10 @@ class Engine final : public Transport::Handler, public RegionHost {
   uint64_t left_mask_ = 0;   // peers that said goodbye (kLeaving)
   uint64_t ready_mask_ = 0;  // peers done with Finalize's first phase (or left)
   std::shared_ptr<FinalizeWait> finalize_wait_;  // while Finalize waits for the others
+  // The incarnation of each peer last reported up (0: none yet).
+  std::array<Incarnation, kMaxNodes> incarnations_{};
+  // Why each peer in down_mask_ is there, as region operations report it (OK for the others).
+  std::array<absl::Status, kMaxNodes> down_why_{};
   absl::Time next_tick_ = absl::InfinitePast();
   uint64_t mappings_made_ = 0;  // engine thread; see TakeRequestIdRange
   // How long each Poll() may busy-poll (Options::poll_spin is its cap): fed with this node's

@@ -252,7 +252,12 @@ void RegionLifecycle::Complete(uint64_t req_id, NodeId from, ErrorCode code) {
     });
     return;
   }
-  if (code != ErrorCode::kOk) {
+  const absl::Status down =
+      code == ErrorCode::kPeerDown && hooks_.down_reason ? hooks_.down_reason(from)
+                                                         : absl::OkStatus();
+  if (!down.ok()) {
+    op->Fail(absl::UnavailableError(absl::StrCat(op->what_, ": ", down.message())));
+  } else if (code != ErrorCode::kOk) {
     op->Fail(coherence::CodeToStatus(code, absl::StrCat(op->what_, " (node ", from, ")")));
   }
   op->pending_mask_ &= ~NodeBit(from);

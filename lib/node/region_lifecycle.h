@@ -82,6 +82,10 @@ class RegionLifecycle {
     std::function<void(Message&&)> send;  // the engine's SendMessage (sets src)
     // Runs `fn` on the engine thread after `delay` (zero: after the current event).
     std::function<void(absl::Duration delay, absl::AnyInvocable<void()> fn)> after;
+    // Why a peer was declared down, as "node N is down: ..." (OK if it is not): a request the
+    // engine answered locally because its peer is down fails with this text (a refusal names
+    // a misconfiguration).
+    std::function<absl::Status(NodeId)> down_reason;
   };
   RegionLifecycle(const Options& options, RegionTable* table, RegionHost* host, Hooks hooks);
 

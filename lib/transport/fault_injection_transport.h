@@ -43,6 +43,7 @@ class FaultInjectionTransport final : public Transport, private Transport::Handl
   absl::Status Start(EventLoop* loop, Transport::Handler* handler) override;
   void Send(Message&& m) override;
   bool IsUp(NodeId peer) const override { return inner_->IsUp(peer); }
+  Incarnation incarnation() const override { return inner_->incarnation(); }
   void Disconnect(NodeId peer, const absl::Status& why) override {
     inner_->Disconnect(peer, why);
   }
@@ -62,7 +63,9 @@ class FaultInjectionTransport final : public Transport, private Transport::Handl
   };
   // Handler (from the inner transport).
   void OnMessage(Message&& m) override;
-  void OnPeerUp(NodeId peer) override { handler_->OnPeerUp(peer); }
+  void OnPeerUp(NodeId peer, Incarnation incarnation) override {
+    handler_->OnPeerUp(peer, incarnation);
+  }
   void OnPeerDown(NodeId peer, const absl::Status& why) override {
     handler_->OnPeerDown(peer, why);
   }

@@ -11,6 +11,13 @@
 // Failure: a peer whose connection breaks, who sends a message that fails validation, or who
 // cannot be reached within the connect timeout is reported once through OnPeerDown(); later
 // Send()s to it are dropped. A node never crashes on bad input.
+//
+// Incarnations and rejoin (peer_table.h): each transport instance is one incarnation of its
+// node. Down is final for an incarnation, not for a node id: a peer restarted with the same id
+// (a newer incarnation) comes up again, reported by OnPeerUp with its new incarnation, always
+// after the OnPeerDown of the old one. Stale incarnations, a second process with an id that is
+// up, and a cluster-size mismatch are refused, with the reason logged on both sides (tcp, and
+// loopback through its hub; rdma refuses a rejoin, see rdma_transport.h).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +28,7 @@
 #include "absl/strings/string_view.h"
 #include "dsm/options.h"
 #include "transport/event_loop.h"
+#include "transport/peer_table.h"
 #include "protocol/message.h"
 
 namespace dsm {
@@ -30,7 +38,10 @@ class Transport {
   class Handler {
    public:
     virtual void OnMessage(Message&& m) = 0;       // m.src is validated
-    virtual void OnPeerUp(NodeId peer) = 0;          // connected and HELLO exchanged
+    // Connected and Hello exchanged with `incarnation` of `peer`. After an OnPeerDown for
+    // `peer`, this is a rejoin: a newer incarnation (a restarted process) that holds nothing.
+    virtual void OnPeerUp(NodeId peer, Incarnation incarnation) = 0;
+    // The incarnation last reported up (or the connect attempt) is gone, for good.
     virtual void OnPeerDown(NodeId peer, const absl::Status& why) = 0;
 
    protected:
@@ -48,6 +59,9 @@ class Transport {
   virtual void Send(Message&& m) = 0;
 
   virtual bool IsUp(NodeId peer) const = 0;
+
+  // This node's incarnation (fixed for the transport's life).
+  virtual Incarnation incarnation() const = 0;
 
   // Closes the connection to `peer` (reported through OnPeerDown with `why`, from a task
   // Posted to the loop, never re-entrantly). Later Send()s to `peer` are dropped at once.
@@ -77,6 +91,11 @@ class Transport {
     uint64_t connections_refused = 0;
     // Peers disconnected because they stopped reading while too much was queued for them.
     uint64_t send_queue_cutoffs = 0;
+    // Peers that came back with a new incarnation after being declared down.
+    uint64_t rejoins = 0;
+    // Hellos this node refused (stale incarnation, duplicate id, cluster size, second
+    // connection).
+    uint64_t hellos_refused = 0;
   };
   virtual Counters counters() const = 0;
 };

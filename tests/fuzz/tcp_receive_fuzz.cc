@@ -32,7 +32,7 @@ struct Sink final : dsm::Transport::Handler {
     ++messages;
     if (m.src == 0 || m.src >= 3) std::abort();  // only nodes 1 and 2 may dial node 0
   }
-  void OnPeerUp(dsm::NodeId) override { ++ups; }
+  void OnPeerUp(dsm::NodeId, dsm::Incarnation) override { ++ups; }
   void OnPeerDown(dsm::NodeId, const absl::Status&) override {}
   int messages = 0, ups = 0;
 };

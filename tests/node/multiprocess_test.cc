@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <filesystem>
 #include <memory>
 #include <set>
@@ -76,6 +77,8 @@ class MultiprocessTest : public ::testing::TestWithParam<Net> {
         for (int port : PickFreePorts(n)) peers.push_back(absl::StrCat("127.0.0.1:", port));
       }
       workers_.clear();
+      argv_.clear();
+      peers_ = peers;
       for (int i = 0; i < n; ++i) {
         std::vector<std::string> argv = {DSM_NODE_WORKER,
                                          "--id",
@@ -94,6 +97,7 @@ class MultiprocessTest : public ::testing::TestWithParam<Net> {
           argv.insert(argv.end(), {"--file", spec.file});
         }
         argv.insert(argv.end(), extra.begin(), extra.end());
+        argv_.push_back(argv);
         absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
             {.argv = argv, .netns = net_ ? net_->ns(i) : "", .label = absl::StrCat("node", i)});
         ASSERT_TRUE(p.ok()) << p.status();
@@ -118,6 +122,44 @@ class MultiprocessTest : public ::testing::TestWithParam<Net> {
       }
     }
     FAIL() << "ports kept colliding";
+  }
+
+  // Kills worker i with SIGKILL and reaps it.
+  void Kill(int i) {
+    workers_[static_cast<size_t>(i)]->Kill(SIGKILL);
+    absl::StatusOr<int> st = workers_[static_cast<size_t>(i)]->Wait(milliseconds(10000));
+    ASSERT_TRUE(st.ok()) << st.status();
+  }
+
+  // Starts worker i again with the same arguments (the same node id) and waits for "ready":
+  // it joined the running cluster and mapped the region.
+  void Restart(int i) {
+    absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
+        {.argv = argv_[static_cast<size_t>(i)],
+         .netns = net_ ? net_->ns(i) : "",
+         .label = absl::StrCat("node", i, "'")});
+    ASSERT_TRUE(p.ok()) << p.status();
+    workers_[static_cast<size_t>(i)] = std::move(*p);
+    killed_.erase(i);
+    absl::StatusOr<std::string> line = workers_[static_cast<size_t>(i)]->ReadLine(kReply);
+    ASSERT_TRUE(line.ok()) << "restarted node " << i << ": " << line.status();
+    ASSERT_EQ(*line, "ready") << "restarted node " << i;
+  }
+
+  // Runs one more process (not in workers_) with worker i's arguments changed by `edit`,
+  // and returns its first line (its "ready" or its error).
+  std::string RunExtra(int i, const std::function<void(std::vector<std::string>&)>& edit,
+                       std::unique_ptr<Subprocess>* keep) {
+    std::vector<std::string> argv = argv_[static_cast<size_t>(i)];
+    edit(argv);
+    absl::StatusOr<std::unique_ptr<Subprocess>> p = Subprocess::Start(
+        {.argv = argv, .netns = net_ ? net_->ns(i) : "", .label = "extra"});
+    EXPECT_TRUE(p.ok()) << p.status();
+    if (!p.ok()) return "";
+    absl::StatusOr<std::string> line = (*p)->ReadLine(kReply);
+    EXPECT_TRUE(line.ok()) << line.status();
+    *keep = std::move(*p);
+    return line.ok() ? *line : "";
   }
 
   // Sends `cmd` to worker i and returns its reply line ("" and a failure on no reply).
@@ -172,6 +214,8 @@ class MultiprocessTest : public ::testing::TestWithParam<Net> {
   }
 
   std::vector<std::unique_ptr<Subprocess>> workers_;
+  std::vector<std::vector<std::string>> argv_;  // each worker's command line
+  std::vector<std::string> peers_;
   std::unique_ptr<NetnsCluster> net_;
   std::string dir_;
   RegionSpec spec_;
@@ -299,6 +343,86 @@ TEST_P(MultiprocessTest, AKilledNodeEndsInSigbusForItsPagesAndNoHang) {
   EXPECT_EQ(Call(2, "read64 40"), "ok 99");
   // Survivors may report the lost pages in their exit status; only their liveness matters.
   expect_clean_exit_ = false;
+}
+
+// A node killed with SIGKILL and started again with the same id rejoins the running cluster:
+// its MapRegion succeeds, it reads what it had synced before it died and what the others
+// wrote while it was gone, and its new writes are read by the others. Five rounds.
+TEST_P(MultiprocessTest, AKilledNodeRestartedWithItsIdRejoinsAndReadsTheLatestData) {
+  Start(3, {.name = "rejoin", .pages = 16});
+  for (int round = 0; round < 5; ++round) {
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    const int mine = 100 + round, theirs = 200 + round, again = 300 + round;
+    EXPECT_EQ(Call(1, absl::StrCat("fill 2 2 ", mine)), "ok");
+    EXPECT_EQ(Call(1, "sync"), "ok");  // at the home now: survives the kill
+    ASSERT_NO_FATAL_FAILURE(Kill(1));
+    // Written while node 1 is gone.
+    EXPECT_EQ(Call(2, absl::StrCat("fill 4 2 ", theirs)), "ok");
+    EXPECT_EQ(Call(0, absl::StrCat("write64 8 ", round + 1)), "ok");
+    ASSERT_NO_FATAL_FAILURE(Restart(1));
+    EXPECT_EQ(Call(1, absl::StrCat("check 2 2 ", mine)), "ok");
+    EXPECT_EQ(Call(1, absl::StrCat("check 4 2 ", theirs)), "ok");
+    EXPECT_EQ(Call(1, "read64 8"), absl::StrCat("ok ", round + 1));
+    EXPECT_EQ(Call(1, absl::StrCat("fill 6 1 ", again)), "ok");
+    for (const std::string& r : CallAll({{0, absl::StrCat("check 6 1 ", again)},
+                                         {2, absl::StrCat("check 6 1 ", again)}})) {
+      EXPECT_EQ(r, "ok");
+    }
+    EXPECT_EQ(Call(2, "write64 8 77"), "ok");
+    EXPECT_EQ(Call(1, "read64 8"), "ok 77") << "the rejoined node sees a later write";
+  }
+}
+
+// A second process started with node 1's id (listening elsewhere, so its bind succeeds) while
+// node 1 runs: its MapRegion fails and says "duplicate node id"; the cluster is undisturbed.
+TEST_P(MultiprocessTest, ASecondProcessWithARunningNodesIdIsRefusedAsDuplicate) {
+  Start(3, {.name = "dup"});
+  EXPECT_EQ(Call(0, "fill 0 1 3"), "ok");
+  std::unique_ptr<Subprocess> extra;
+  const std::string listen =
+      net_ ? net_->address(1) + ":7001" : absl::StrCat("127.0.0.1:", PickFreePorts(1)[0]);
+  std::string line = RunExtra(
+      1, [&](std::vector<std::string>& a) {
+        a.insert(a.end(), {"--listen", listen, "--connect-timeout-ms", "3000"});
+      },
+      &extra);
+  EXPECT_THAT(line, StartsWith("err map: "));
+  EXPECT_THAT(line, HasSubstr("duplicate node id"));
+  if (extra) (void)extra->Wait(milliseconds(30000));
+  EXPECT_EQ(Call(1, "check 0 1 3"), "ok");
+  EXPECT_EQ(Call(1, "write64 64 5"), "ok");
+  EXPECT_EQ(Call(2, "read64 64"), "ok 5");
+}
+
+// A process whose peer list is shorter than the running cluster's (node 0 and one address of
+// its own, as node 1): refused by node 0 at its Hello; its MapRegion fails at once and says
+// "cluster size mismatch" with both sizes (with a cluster key: refused at admission, and
+// reported as such at its connect deadline). The cluster is undisturbed.
+TEST_P(MultiprocessTest, AProcessWithAnotherClusterSizeIsRefusedWithBothSizes) {
+  Start(3, {.name = "size"});
+  std::unique_ptr<Subprocess> extra;
+  const std::string own =
+      net_ ? net_->address(1) + ":7003" : absl::StrCat("127.0.0.1:", PickFreePorts(1)[0]);
+  std::string line = RunExtra(
+      1, [&](std::vector<std::string>& a) {
+        for (size_t k = 0; k + 1 < a.size(); ++k) {
+          if (a[k] == "--peers") a[k + 1] = peers_[0] + "," + own;
+        }
+        a.insert(a.end(), {"--connect-timeout-ms", "3000"});
+      },
+      &extra);
+  EXPECT_THAT(line, StartsWith("err map: "));
+  if (net_) {
+    // A cluster with a key binds the peer list into admission, and node 0 says nothing to a
+    // dialer that has not proven it: the dialer names what can differ.
+    EXPECT_THAT(line, HasSubstr("during admission: the cluster key or the peer list (2 entries"));
+  } else {
+    EXPECT_THAT(line, HasSubstr("cluster size mismatch: node 0 has 3"));
+    EXPECT_THAT(line, HasSubstr("(1) has 2"));
+  }
+  if (extra) (void)extra->Wait(milliseconds(30000));
+  EXPECT_EQ(Call(1, "write64 64 6"), "ok");
+  EXPECT_EQ(Call(0, "read64 64"), "ok 6");
 }
 
 std::string NetName(const ::testing::TestParamInfo<Net>& info) {

@@ -126,6 +126,9 @@ absl::StatusOr<std::string> RunCommand(const std::vector<std::string>& argv,
 
 absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(const Spawn& spawn) {
   if (spawn.argv.empty()) return absl::InvalidArgumentError("empty argv");
+  // A command sent to a child that died (a test that killed it) is an error, not the end of
+  // the test process.
+  signal(SIGPIPE, SIG_IGN);
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe2");
   if (pipe2(out, O_CLOEXEC) != 0) {

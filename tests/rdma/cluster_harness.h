@@ -42,13 +42,17 @@ inline std::vector<std::string> FreeLoopbackAddresses(size_t n) {
 
 struct Recorder final : Transport::Handler {
   void OnMessage(Message&& m) override { messages.push_back(std::move(m)); }
-  void OnPeerUp(NodeId peer) override { up[peer]++; }
+  void OnPeerUp(NodeId peer, Incarnation incarnation) override {
+    up[peer]++;
+    incarnations[peer] = incarnation;
+  }
   void OnPeerDown(NodeId peer, const absl::Status& why) override {
     down_count[peer]++;
     down[peer] = why;
   }
   std::vector<Message> messages;
   std::map<NodeId, int> up;
+  std::map<NodeId, Incarnation> incarnations;  // reported with the last OnPeerUp
   std::map<NodeId, int> down_count;
   std::map<NodeId, absl::Status> down;
 };

@@ -240,6 +240,11 @@ TEST_F(RdmaOverFake, EveryPairComesUpThroughInitRtrRts) {
     EXPECT_EQ(n->rec.up.size(), 2u);
     for (auto& [peer, count] : n->rec.up) EXPECT_EQ(count, 1) << "peer " << peer;
     EXPECT_TRUE(n->rec.down.empty());
+    // Each peer's Hello carried its own incarnation.
+    for (auto& [peer, inc] : n->rec.incarnations) {
+      EXPECT_EQ(inc, nodes_[peer]->transport->incarnation()) << "peer " << peer;
+      EXPECT_NE(inc, 0u);
+    }
   }
   const std::vector<FakeQpState> want = {FakeQpState::kReset, FakeQpState::kInit,
                                          FakeQpState::kRtr, FakeQpState::kRts};

@@ -23,11 +23,12 @@
 namespace dsm::testing {
 namespace {
 
-Message Hello(NodeId src, size_t cluster_size) {
+Message Hello(NodeId src, size_t cluster_size, Incarnation incarnation = 0) {
   Message m;
   m.type = MsgType::kHello;
   m.src = src;
   m.arg = cluster_size;
+  m.req_id = incarnation;
   return m;
 }
 
@@ -68,7 +69,13 @@ TEST(TcpTransport, GarbageAndBadHellosCloseOnlyThatConnection) {
   huge[12] = huge[13] = huge[14] = huge[15] = 0xff;  // payload_len 4 GiB
   cases.push_back({"Hello announcing a 4 GiB payload", huge});
 
-  uint64_t bad_before = cl.node(0).transport().counters().bad_messages;
+  // Garbage is counted as a bad message; a well-formed Hello node 0 may not accept (a
+  // duplicate id, another cluster size) as a refusal.
+  auto rejected = [&cl] {
+    const Transport::Counters k = cl.node(0).transport().counters();
+    return k.bad_messages + k.hellos_refused;
+  };
+  uint64_t bad_before = rejected();
   for (const Case& k : cases) {
     SCOPED_TRACE(k.what);
     RawClient raw(port0);
@@ -76,9 +83,9 @@ TEST(TcpTransport, GarbageAndBadHellosCloseOnlyThatConnection) {
     raw.Write(k.bytes);
     EXPECT_TRUE(raw.WaitClosed()) << "node 0 kept a connection that sent " << k.what;
     EXPECT_TRUE(cl.node(0).rec().WaitUntil([&](const Recorder&) {
-      return cl.node(0).transport().counters().bad_messages > bad_before;
-    })) << "not counted as a bad message";
-    bad_before = cl.node(0).transport().counters().bad_messages;
+      return rejected() > bad_before;
+    })) << "not counted as a bad message or a refusal";
+    bad_before = rejected();
     EXPECT_TRUE(cl.node(0).rec().down().empty()) << "a legitimate peer was reported down";
     ExpectStillServing(cl, 0, 2);
     ExpectStillServing(cl, 2, 0);
@@ -118,14 +125,16 @@ TEST(TcpTransport, CorruptFrameFromPeerReportsItDown) {
     TestCluster& cl = **c;
     RawClient raw(cl.port(0));
     ASSERT_TRUE(raw.connected());
+    raw.WriteMsg(Hello(1, 2, /*incarnation=*/1000));  // the dialer speaks first
     auto hello = raw.ReadMsg(2);
     ASSERT_TRUE(hello.ok()) << hello.status();
     EXPECT_EQ(hello->type, MsgType::kHello);
     EXPECT_EQ(hello->src, 0u);
     EXPECT_EQ(hello->arg, 2u);
-    Message mine = Hello(1, 2);
-    raw.WriteMsg(mine);
+    EXPECT_EQ(hello->page, 0u) << "accepted, not refused";
+    EXPECT_EQ(hello->req_id, cl.node(0).transport().incarnation());
     ASSERT_TRUE(cl.node(0).rec().WaitUp(1));
+    EXPECT_EQ(cl.node(0).rec().incarnation(1), 1000u);
     Message ok = MakeMsg(MsgType::kData, 0, 7, kPageSize);
     ok.src = 1;
     raw.WriteMsg(ok);
@@ -150,12 +159,19 @@ TEST(TcpTransport, CorruptFrameFromPeerReportsItDown) {
     EXPECT_EQ(cl.node(0).transport().counters().bad_messages, 1u);
     EXPECT_EQ(cl.node(0).rec().message_count(), 1u);
     EXPECT_FALSE(cl.node(0).transport().IsUp(1));
-    // Down is final: the same node id connecting again is refused.
+    // Down is final for that incarnation: the same one connecting again is refused, and
+    // told why.
     RawClient again(cl.port(0));
     ASSERT_TRUE(again.connected());
-    again.WriteMsg(Hello(1, 2));
+    again.WriteMsg(Hello(1, 2, 1000));
+    auto refusal = again.ReadMsg(2);
+    ASSERT_TRUE(refusal.ok()) << refusal.status();
+    EXPECT_EQ(refusal->type, MsgType::kHello);
+    EXPECT_EQ(refusal->page, static_cast<uint64_t>(Refusal::kStaleIncarnation));
+    EXPECT_EQ(refusal->region, 1000u) << "names the incarnation declared down";
     EXPECT_TRUE(again.WaitClosed());
     EXPECT_EQ(cl.node(0).rec().up_count()[1], 1);
+    EXPECT_EQ(cl.node(0).transport().counters().hellos_refused, 1u);
   }
 }
 
@@ -185,6 +201,183 @@ TEST(TcpTransport, PeerAtTheWrongAddressIsRejected) {
   EXPECT_TRUE(cl.node(1).rec().up_count().empty());
   close(fd);
   close(lfd);
+}
+
+// A second process claiming node 2's id while node 2 is up (another listen address, so its
+// bind succeeds) is refused by the nodes it dials, which name the reason; it is told too, and
+// reports the duplicate id, not a timeout. The real node 2 keeps working.
+TEST(TcpTransport, ASecondProcessWithAnIdThatIsUpIsRefusedAsDuplicate) {
+  auto c = TestCluster::Create(TransportKind::kTcp, 3);
+  ASSERT_TRUE(c.ok()) << c.status();
+  TestCluster& cl = **c;
+  ASSERT_TRUE(cl.WaitAllUp());
+  const Incarnation real = cl.node(0).rec().incarnation(2);
+  {  // By hand: the refusal Hello names the reason and the incarnation that is up.
+    RawClient raw(cl.port(0));
+    ASSERT_TRUE(raw.connected());
+    raw.WriteMsg(Hello(2, 3, real + 1));
+    auto refusal = raw.ReadMsg(3);
+    ASSERT_TRUE(refusal.ok()) << refusal.status();
+    EXPECT_EQ(refusal->page, static_cast<uint64_t>(Refusal::kDuplicateId));
+    EXPECT_EQ(refusal->region, real);
+    EXPECT_TRUE(raw.WaitClosed());
+  }
+  // A real transport with the same id. Its connect deadline ends its retries.
+  std::unique_ptr<TestNode> dup;
+  Options o;
+  o.peers = cl.peers();
+  o.node_id = 2;
+  o.transport = TransportKind::kTcp;
+  o.connect_timeout = absl::Seconds(2);
+  absl::Status started;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    o.listen = absl::StrCat("127.0.0.1:", 33000 + (getpid() + attempt * 7) % 20000);
+    dup = std::make_unique<TestNode>();
+    started = dup->Init(o);
+    if (started.ok()) started = dup->Start();
+    if (started.ok() || !absl::StrContains(started.message(), "bind")) break;
+  }
+  ASSERT_TRUE(started.ok()) << started;
+  for (NodeId peer : {0u, 1u}) {
+    ASSERT_TRUE(dup->rec().WaitDown(peer)) << "node " << peer;
+    const absl::Status why = dup->rec().down()[peer];
+    EXPECT_TRUE(absl::IsAlreadyExists(why)) << why;
+    EXPECT_TRUE(absl::StrContains(why.message(), "duplicate node id")) << why;
+  }
+  EXPECT_TRUE(dup->rec().up_count().empty());
+  EXPECT_GE(cl.node(0).transport().counters().hellos_refused, 2u);
+  EXPECT_TRUE(cl.node(0).rec().down().empty()) << "the real node 2 was disturbed";
+  EXPECT_EQ(cl.node(0).rec().incarnation(2), real);
+  ExpectStillServing(cl, 2, 0);
+  ExpectStillServing(cl, 0, 2);
+  dup->Shutdown(absl::Milliseconds(100));
+  dup->Stop();
+}
+
+// A node whose peer list has another length than node 0's is refused at its Hello; both
+// sides say "cluster size mismatch" with both sizes, and the odd node reports node 0 down at
+// once with that reason instead of waiting for its connect deadline.
+TEST(TcpTransport, ClusterSizeMismatchIsRefusedWithBothSizes) {
+  auto c = TestCluster::Create(TransportKind::kTcp, 3, {0});
+  ASSERT_TRUE(c.ok()) << c.status();
+  TestCluster& cl = **c;
+  TestNode odd;
+  Options o;
+  o.peers = {cl.peers()[0], cl.peers()[1]};  // 2 entries; node 0 has 3
+  o.node_id = 1;
+  o.transport = TransportKind::kTcp;
+  o.connect_timeout = absl::Seconds(60);
+  ASSERT_TRUE(odd.Init(o).ok());
+  ASSERT_TRUE(odd.Start().ok());
+  ASSERT_TRUE(odd.rec().WaitDown(0));
+  const absl::Status why = odd.rec().down()[0];
+  EXPECT_TRUE(absl::IsFailedPrecondition(why)) << why << " (not the 60 s connect deadline)";
+  EXPECT_TRUE(absl::StrContains(why.message(), "cluster size mismatch")) << why;
+  EXPECT_TRUE(absl::StrContains(why.message(), "node 0 has 3")) << why;
+  EXPECT_TRUE(absl::StrContains(why.message(), "(1) has 2")) << why;
+  EXPECT_EQ(cl.node(0).transport().counters().hellos_refused, 1u);
+  EXPECT_TRUE(cl.node(0).rec().up_count().empty());
+  odd.Shutdown(absl::Milliseconds(100));
+  odd.Stop();
+}
+
+// Node 1 dials "node 0", a raw listener. The first answer (incarnation 5) brings node 0 up;
+// once that connection closes, node 1 dials node 0 again to find a restarted process. An
+// answer from the same incarnation 5 is refused by the dialer, which says why in a refusal
+// Hello; a newer incarnation is accepted as a rejoin.
+TEST(TcpTransport, TheDialerRefusesAStaleIncarnationAndAcceptsANewerOne) {
+  auto c = TestCluster::Create(TransportKind::kTcp, 2, {1});
+  ASSERT_TRUE(c.ok()) << c.status();
+  TestCluster& cl = **c;
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(cl.port(0));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(listen(lfd, 4), 0);
+  timeval tv{20, 0};
+  setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  // Accepts node 1's next dial, reads its Hello, answers as node 0 `incarnation`; returns
+  // what node 1 sends back (or an error), then closes.
+  auto answer = [&](Incarnation incarnation, bool keep_open) -> absl::StatusOr<Message> {
+    int fd = -1;
+    const absl::Time until = absl::Now() + absl::Seconds(20);
+    while (fd < 0 && absl::Now() < until) {
+      fd = accept(lfd, nullptr, nullptr);
+      if (fd < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK) {
+        return absl::ErrnoToStatus(errno, "accept");
+      }
+    }
+    if (fd < 0) return absl::DeadlineExceededError("node 1 did not dial");
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    std::vector<uint8_t> hdr(kWireHeaderSize);
+    if (recv(fd, hdr.data(), hdr.size(), MSG_WAITALL) != static_cast<ssize_t>(hdr.size())) {
+      close(fd);
+      return absl::DataLossError("no Hello from node 1");
+    }
+    auto theirs = DecodeMessage(absl::MakeConstSpan(hdr), 2);
+    std::vector<uint8_t> b;
+    EncodeMessage(Hello(0, 2, incarnation), b);
+    send(fd, b.data(), b.size(), MSG_NOSIGNAL);
+    absl::StatusOr<Message> back = absl::NotFoundError("nothing sent back");
+    if (!keep_open) {
+      std::vector<uint8_t> r(kWireHeaderSize);
+      if (recv(fd, r.data(), r.size(), MSG_WAITALL) == static_cast<ssize_t>(r.size())) {
+        back = DecodeMessage(absl::MakeConstSpan(r), 2);
+      }
+    } else {
+      back = theirs;
+      cl.node(1).rec().WaitUp(0);
+    }
+    close(fd);
+    return back;
+  };
+  auto first = answer(5, /*keep_open=*/true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->type, MsgType::kHello);
+  EXPECT_EQ(first->req_id, cl.node(1).transport().incarnation());
+  ASSERT_TRUE(cl.node(1).rec().WaitDown(0));
+  EXPECT_EQ(cl.node(1).rec().incarnation(0), 5u);
+  auto stale = answer(5, /*keep_open=*/false);
+  ASSERT_TRUE(stale.ok()) << stale.status();
+  EXPECT_EQ(stale->type, MsgType::kHello);
+  EXPECT_EQ(stale->page, static_cast<uint64_t>(Refusal::kStaleIncarnation));
+  EXPECT_EQ(stale->region, 5u) << "names the incarnation it declared down";
+  EXPECT_EQ(cl.node(1).rec().up_count()[0], 1);
+  EXPECT_GE(cl.node(1).transport().counters().hellos_refused, 1u);
+  auto fresh = answer(6, /*keep_open=*/true);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  ASSERT_TRUE(cl.node(1).rec().WaitUntil([](const Recorder& r) { return r.incarnation(0) == 6; }));
+  EXPECT_EQ(cl.node(1).transport().counters().rejoins, 1u);
+  close(lfd);
+}
+
+// Over loopback the hub knows every registered node: a second transport with a registered id,
+// or a peer list of another length, fails Start with that reason.
+TEST(LoopbackTransport, DuplicateIdAndClusterSizeMismatchFailStartWithTheReason) {
+  auto c = TestCluster::Create(TransportKind::kLoopback, 3);
+  ASSERT_TRUE(c.ok()) << c.status();
+  TestCluster& cl = **c;
+  ASSERT_TRUE(cl.WaitAllUp());
+  Options o = cl.node(1).options;
+  TestNode dup;
+  ASSERT_TRUE(dup.Init(o).ok());
+  absl::Status s = dup.Start();
+  EXPECT_TRUE(absl::IsAlreadyExists(s)) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "duplicate node id")) << s;
+  dup.Stop();
+  o.peers.push_back("d");
+  o.node_id = 3;
+  TestNode odd;
+  ASSERT_TRUE(odd.Init(o).ok());
+  s = odd.Start();
+  EXPECT_TRUE(absl::StrContains(s.message(), "cluster size mismatch")) << s;
+  odd.Stop();
+  EXPECT_TRUE(cl.node(0).rec().down().empty()) << "the cluster was disturbed";
+  ExpectStillServing(cl, 1, 0);
 }
 
 TEST(TransportFactory, ValidatesOptions) {
@@ -240,7 +433,7 @@ class PingPong final : public Transport::Handler {
   std::atomic<bool> done{false};
   std::atomic<bool> failed{false};
 
-  void OnPeerUp(NodeId) override {
+  void OnPeerUp(NodeId, Incarnation) override {
     if (self_ == 0) Ping();
   }
   void OnPeerDown(NodeId, const absl::Status&) override {

@@ -5,6 +5,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <map>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "transport/transport_test_util.h"
 #include "transport/wire.h"
@@ -204,6 +208,59 @@ TEST_P(TransportTest, FaultInjectionDropsDelaysAndCorrupts) {
   ASSERT_TRUE(r1.WaitDown(0));
   ASSERT_TRUE(c.node(0).rec().WaitDown(1));
   EXPECT_EQ(c.node(1).transport().counters().bad_messages, 1u);
+}
+
+// A node restarted with the same id (a new transport: a new incarnation) comes up again at
+// every peer, after its old incarnation was reported down, and messages flow both ways. Each
+// node restarts in turn (a dialer, an acceptor and both for TCP), some more than once.
+TEST_P(TransportTest, ARestartedNodeRejoinsWithANewIncarnation) {
+  auto c = MakeCluster(3);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->WaitAllUp());
+  for (NodeId victim : {1u, 0u, 2u, 1u, 1u}) {
+    SCOPED_TRACE(absl::StrCat("restarting node ", victim));
+    std::vector<NodeId> others;
+    for (NodeId i = 0; i < 3; ++i) {
+      if (i != victim) others.push_back(i);
+    }
+    std::map<NodeId, Incarnation> old;
+    for (NodeId i : others) {
+      old[i] = c->node(i).rec().incarnation(victim);
+      ASSERT_NE(old[i], 0u);
+    }
+    ASSERT_TRUE(c->RestartNode(victim).ok());
+    const Incarnation fresh = c->node(victim).transport().incarnation();
+    for (NodeId i : others) {
+      ASSERT_TRUE(c->node(i).rec().WaitUntil([&](const Recorder& r) {
+        return r.incarnation(victim) == fresh;
+      })) << "node " << i << " never saw node " << victim << " rejoin";
+      EXPECT_GT(fresh, old[i]);
+      EXPECT_TRUE(c->node(i).transport().IsUp(victim));
+      // The old incarnation went down exactly once, before the new one came up.
+      std::vector<Recorder::PeerEvent> ev = c->node(i).rec().peer_events();
+      std::vector<Recorder::PeerEvent> mine;
+      for (const auto& e : ev) {
+        if (e.peer == victim) mine.push_back(e);
+      }
+      ASSERT_GE(mine.size(), 3u);
+      EXPECT_TRUE(mine[mine.size() - 1].up);
+      EXPECT_FALSE(mine[mine.size() - 2].up) << "no down between two ups";
+      EXPECT_TRUE(mine[mine.size() - 3].up);
+      EXPECT_EQ(mine[mine.size() - 3].incarnation, old[i]);
+      EXPECT_NE(c->node(i).rec().down()[victim].code(), absl::StatusCode::kInternal)
+          << c->node(i).rec().down()[victim];
+      EXPECT_GE(c->node(i).transport().counters().rejoins, 1u);
+    }
+    for (NodeId i : others) {
+      ASSERT_TRUE(c->node(victim).rec().WaitUp(i)) << "the restarted node never saw node " << i;
+      const size_t before = c->node(victim).rec().message_count();
+      c->node(i).Send(MakeMsg(MsgType::kInv, victim, Recorder::kUnordered));
+      ASSERT_TRUE(c->node(victim).rec().WaitMessages(before + 1));
+      const size_t back = c->node(i).rec().message_count();
+      c->node(victim).Send(MakeMsg(MsgType::kInv, i, Recorder::kUnordered));
+      ASSERT_TRUE(c->node(i).rec().WaitMessages(back + 1));
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTransports, TransportTest,

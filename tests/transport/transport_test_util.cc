@@ -53,20 +53,47 @@ void Recorder::OnMessage(Message&& m) {
   }
 }
 
-void Recorder::OnPeerUp(NodeId peer) {
+void Recorder::OnPeerUp(NodeId peer, Incarnation incarnation) {
   if (in_send_.load()) reentrant_.store(true);
   absl::MutexLock l(&mu_);
   ++up_[peer];
+  events_.push_back({true, peer, incarnation, absl::OkStatus()});
 }
 
 void Recorder::OnPeerDown(NodeId peer, const absl::Status& why) {
   if (in_send_.load()) reentrant_.store(true);
   absl::MutexLock l(&mu_);
-  if (down_.count(peer) != 0) {
+  // Twice means: two downs with no up of a new incarnation between them.
+  bool last_was_down = false;
+  for (const PeerEvent& e : events_) {
+    if (e.peer == peer) last_was_down = !e.up;
+  }
+  events_.push_back({false, peer, 0, why});
+  if (last_was_down) {
     down_[peer] = absl::InternalError("OnPeerDown reported twice");
     return;
   }
   down_[peer] = why;
+}
+
+std::vector<Recorder::PeerEvent> Recorder::peer_events() const {
+  absl::MutexLock l(&mu_);
+  return events_;
+}
+
+Incarnation Recorder::incarnation(NodeId peer) const {
+  absl::MutexLock l(&mu_);
+  Incarnation last = 0;
+  for (const PeerEvent& e : events_) {
+    if (e.peer == peer && e.up) last = e.incarnation;
+  }
+  return last;
+}
+
+void Recorder::ForgetPeer(NodeId peer) {
+  absl::MutexLock l(&mu_);
+  up_.erase(peer);
+  down_.erase(peer);
 }
 
 bool Recorder::WaitUntil(const std::function<bool(const Recorder&)>& pred,
@@ -221,6 +248,17 @@ absl::Status TestCluster::StartNode(NodeId i) {
   absl::Status s = nodes_[i]->Init(o, inject_faults_);
   if (s.ok()) s = nodes_[i]->Start();
   if (s.ok()) started_.push_back(i);
+  return s;
+}
+
+absl::Status TestCluster::RestartNode(NodeId i) {
+  nodes_[i]->Shutdown(absl::Milliseconds(200));
+  nodes_[i]->Stop();
+  nodes_[i] = std::make_unique<TestNode>();
+  Options o = base_;
+  o.node_id = i;
+  absl::Status s = nodes_[i]->Init(o, inject_faults_);
+  if (s.ok()) s = nodes_[i]->Start();
   return s;
 }
 

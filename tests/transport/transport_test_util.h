@@ -31,8 +31,21 @@ class Recorder final : public Transport::Handler {
     bool payload_ok;  // every byte == uint8_t(page + index)
   };
   void OnMessage(Message&& m) override;
-  void OnPeerUp(NodeId peer) override;
+  void OnPeerUp(NodeId peer, Incarnation incarnation) override;
   void OnPeerDown(NodeId peer, const absl::Status& why) override;
+
+  // Every OnPeerUp / OnPeerDown in order.
+  struct PeerEvent {
+    bool up;
+    NodeId peer;
+    Incarnation incarnation;  // up only
+    absl::Status why;         // down only
+  };
+  std::vector<PeerEvent> peer_events() const;
+  // The incarnation of `peer` last reported up (0: none).
+  Incarnation incarnation(NodeId peer) const;
+  // Forgets what was reported about `peer` (a test that waits for the next up or down).
+  void ForgetPeer(NodeId peer);
 
   // Bounded waits: false when `timeout` passed first.
   bool WaitUntil(const std::function<bool(const Recorder&)>& pred,
@@ -62,6 +75,7 @@ class Recorder final : public Transport::Handler {
   int order_violations_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<NodeId, int> up_ ABSL_GUARDED_BY(mu_);
   std::map<NodeId, absl::Status> down_ ABSL_GUARDED_BY(mu_);
+  std::vector<PeerEvent> events_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> in_send_{false};
   std::atomic<bool> reentrant_{false};
   std::atomic<bool> store_{true};
@@ -112,6 +126,9 @@ class TestCluster {
   TestNode& node(NodeId i) { return *nodes_[i]; }
   // Inits and starts node `i` (not in `start`) with the cluster's options.
   absl::Status StartNode(NodeId i);
+  // Shuts node `i` down (its peers see it down) and starts a new transport with the same id:
+  // a restarted process, with a new incarnation.
+  absl::Status RestartNode(NodeId i);
   const std::vector<std::string>& peers() const { return peers_; }
   uint16_t port(NodeId i) const { return ports_[i]; }
   // Every started node sees every other started node up.

@@ -17,6 +17,7 @@ namespace loopback_internal {
 struct Endpoint {
   EventLoop* loop = nullptr;
   LoopbackTransport* owner = nullptr;
+  Incarnation incarnation = 0;  // fixed at registration
 };
 
 // The nodes of one hub name. A node is registered (its loop alive) exactly while its entry is
@@ -47,8 +48,9 @@ absl::StatusOr<std::shared_ptr<Hub>> GetHub(const std::string& name, size_t clus
     slot = hub;
   } else if (hub->cluster_size != cluster_size) {
     return absl::InvalidArgumentError(
-        absl::StrCat("loopback hub '", name, "' has cluster size ", hub->cluster_size,
-                     " but this node's peers list has ", cluster_size, " entries"));
+        absl::StrCat("cluster size mismatch: loopback hub '", name, "' has cluster size ",
+                     hub->cluster_size, " but this node's peers list has ", cluster_size,
+                     " entries"));
   }
   return hub;
 }
@@ -79,7 +81,7 @@ LoopbackTransport::LoopbackTransport(const Options& options)
     : options_(options),
       cluster_size_(options.peers.size()),
       self_(options.node_id),
-      peers_(options.peers.size()) {}
+      table_(options.node_id, options.peers.size(), NewIncarnation(), absl::InfiniteFuture()) {}
 
 LoopbackTransport::~LoopbackTransport() { Shutdown(absl::Now()); }
 
@@ -95,24 +97,28 @@ absl::Status LoopbackTransport::Start(EventLoop* loop, Handler* handler) {
   endpoint_ = std::make_shared<Endpoint>();
   endpoint_->loop = loop;
   endpoint_->owner = this;
+  endpoint_->incarnation = table_.self_incarnation();
+  table_.SetConnectDeadline(absl::Now() + options_.connect_timeout);
   {
     absl::MutexLock l(&(*hub)->mu);
     auto& nodes = (*hub)->nodes_;
     if (nodes[self_] != nullptr) {
-      return absl::AlreadyExistsError(absl::StrCat("loopback hub '", options_.loopback_hub,
-                                                   "' already has a node ", self_));
+      return absl::AlreadyExistsError(absl::StrCat(
+          "duplicate node id: loopback hub '", options_.loopback_hub, "' already has node ",
+          self_, " (incarnation ", nodes[self_]->incarnation, ") running"));
     }
     nodes[self_] = endpoint_;
+    const NodeId me = self_;
+    const Incarnation mine = table_.self_incarnation();
     for (NodeId j = 0; j < nodes.size(); ++j) {
       if (j == self_ || nodes[j] == nullptr) continue;
-      const NodeId me = self_;
-      PostTo(nodes[j], [me](LoopbackTransport* t) { t->OnUp(me); });
-      PostTo(endpoint_, [j](LoopbackTransport* t) { t->OnUp(j); });
+      const Incarnation theirs = nodes[j]->incarnation;
+      PostTo(nodes[j], [me, mine](LoopbackTransport* t) { t->OnUp(me, mine); });
+      PostTo(endpoint_, [j, theirs](LoopbackTransport* t) { t->OnUp(j, theirs); });
     }
   }
   hub_ = std::move(*hub);
   started_ = true;
-  peers_[self_].state = PeerState::kUp;
   connect_timer_ = loop_->RunAfter(options_.connect_timeout,
                                    [this] { OnConnectTimeout(); });
   return absl::OkStatus();
@@ -129,32 +135,36 @@ void LoopbackTransport::Send(Message&& m) {
     DSM_LOG(ERROR) << "loopback: dropping invalid message " << DebugString(m) << ": " << s;
     return;
   }
-  Peer& p = peers_[m.dst];
-  if (p.state == PeerState::kDown) return;
+  if (!table_.Route(m)) return;  // queued while connecting, or dropped (down)
   std::vector<uint8_t> frame;
   EncodeMessage(m, frame);
-  if (p.state == PeerState::kWaiting) {
-    p.pending.push_back(std::move(frame));
-    return;
-  }
   Deliver(m.dst, std::move(frame));
+}
+
+void LoopbackTransport::PostToPeer(NodeId peer, std::function<void(LoopbackTransport*)> fn) {
+  absl::MutexLock l(&hub_->mu);
+  const std::shared_ptr<Endpoint>& ep = hub_->nodes_[peer];
+  if (ep != nullptr) PostTo(ep, std::move(fn));
 }
 
 void LoopbackTransport::Deliver(NodeId dst, std::vector<uint8_t>&& frame) {
   messages_sent_.fetch_add(1, std::memory_order_relaxed);
   bytes_sent_.fetch_add(frame.size(), std::memory_order_relaxed);
   const NodeId from = self_;
+  const Incarnation mine = table_.self_incarnation();
   absl::MutexLock l(&hub_->mu);
   const std::shared_ptr<Endpoint>& ep = hub_->nodes_[dst];
   // Not registered: it shut down and its OnPeerDown is already on its way to us.
   if (ep == nullptr) return;
-  PostTo(ep, [from, frame = std::move(frame)](LoopbackTransport* t) mutable {
-    t->OnBytes(from, std::move(frame));
+  PostTo(ep, [from, mine, frame = std::move(frame)](LoopbackTransport* t) mutable {
+    t->OnBytes(from, mine, std::move(frame));
   });
 }
 
-void LoopbackTransport::OnBytes(NodeId from, std::vector<uint8_t>&& frame) {
-  if (peers_[from].state != PeerState::kUp) return;  // declared down here: drop
+void LoopbackTransport::OnBytes(NodeId from, Incarnation incarnation,
+                                std::vector<uint8_t>&& frame) {
+  // Declared down here, or sent by an incarnation that is not the one up here: drop.
+  if (!table_.IsUp(from) || table_.peer(from).incarnation != incarnation) return;
   auto m = DecodeMessage(absl::MakeConstSpan(frame), cluster_size_);
   absl::Status bad;
   if (!m.ok()) {
@@ -176,57 +186,79 @@ void LoopbackTransport::OnBytes(NodeId from, std::vector<uint8_t>&& frame) {
   handler_->OnMessage(std::move(*m));
 }
 
-void LoopbackTransport::OnUp(NodeId peer) {
-  Peer& p = peers_[peer];
-  if (p.state == PeerState::kDown) {
-    // Declared down here before it appeared: down is final, so tell it we are gone for it.
+void LoopbackTransport::OnUp(NodeId peer, Incarnation incarnation) {
+  const PeerTable::Verdict v = table_.CheckJoin(peer, incarnation);
+  if (v.refusal == Refusal::kSecondConnection) return;  // already up with it
+  if (v.refusal != Refusal::kNone) {
+    table_.NoteRefused(peer);
+    hellos_refused_.fetch_add(1, std::memory_order_relaxed);
+    DSM_LOG(ERROR) << "loopback node " << self_ << ": refusing node " << peer << ": " << v.why;
     const NodeId me = self_;
-    absl::MutexLock l(&hub_->mu);
-    if (hub_->nodes_[peer] != nullptr) {
-      PostTo(hub_->nodes_[peer], [me](LoopbackTransport* t) {
-        t->OnDown(me, absl::UnavailableError(absl::StrCat("node ", me, " declared us down")));
-      });
-    }
+    PostToPeer(peer, [me, r = v.refusal, d = v.detail](LoopbackTransport* t) {
+      t->OnRefusedBy(me, r, d);
+    });
     return;
   }
-  if (p.state == PeerState::kUp) return;
-  p.state = PeerState::kUp;
+  PeerTable::UpResult up = table_.Up(peer, incarnation);
+  // The old incarnation is finished before the new one is reported.
+  if (up.owed_down) handler_->OnPeerDown(peer, *up.owed_down);
+  if (up.rejoin) {
+    rejoins_.fetch_add(1, std::memory_order_relaxed);
+    DSM_LOG(INFO) << "loopback node " << self_ << ": node " << peer
+                  << " rejoined with incarnation " << incarnation << " (incarnation "
+                  << up.previous << " was declared down)";
+  }
   // What was queued goes first, before anything the handler sends from OnPeerUp.
-  std::deque<std::vector<uint8_t>> pending;
-  pending.swap(p.pending);
-  for (auto& frame : pending) Deliver(peer, std::move(frame));
-  handler_->OnPeerUp(peer);
+  for (Message& m : up.pending) {
+    std::vector<uint8_t> frame;
+    EncodeMessage(m, frame);
+    Deliver(peer, std::move(frame));
+  }
+  handler_->OnPeerUp(peer, incarnation);
 }
 
-void LoopbackTransport::OnDown(NodeId peer, const absl::Status& why) {
+void LoopbackTransport::OnRefusedBy(NodeId peer, Refusal refusal, uint64_t detail) {
+  const absl::Status why =
+      RefusalStatus(refusal, peer, self_, table_.self_incarnation(), detail, cluster_size_);
+  table_.NoteRefusedBy(peer, why);
+  DSM_LOG(ERROR) << "loopback node " << self_ << ": node " << peer
+                 << " refused this node: " << why;
+  MarkDown(peer, why, /*tell_peer=*/false, /*notify_now=*/true);
+}
+
+void LoopbackTransport::OnDown(NodeId peer, Incarnation incarnation, const absl::Status& why) {
+  // A report about an incarnation older than the one known here (a restarted peer): stale.
+  if (table_.peer(peer).incarnation != incarnation) return;
   MarkDown(peer, why, /*tell_peer=*/false, /*notify_now=*/true);
 }
 
 void LoopbackTransport::MarkDown(NodeId peer, const absl::Status& why, bool tell_peer,
                                  bool notify_now) {
-  Peer& p = peers_[peer];
-  if (p.state == PeerState::kDown) return;
-  p.state = PeerState::kDown;
-  p.pending.clear();
+  const Incarnation theirs = table_.peer(peer).incarnation;
+  if (!table_.Down(peer, why)) return;
   if (tell_peer) {
     const NodeId me = self_;
+    const Incarnation mine = table_.self_incarnation();
+    // Only that incarnation hears it; a later one of the same id is not affected.
     absl::MutexLock l(&hub_->mu);
-    if (hub_->nodes_[peer] != nullptr) {
-      PostTo(hub_->nodes_[peer], [me](LoopbackTransport* t) {
-        t->OnDown(me, absl::UnavailableError(absl::StrCat("node ", me, " closed the connection")));
+    const std::shared_ptr<Endpoint>& ep = hub_->nodes_[peer];
+    if (ep != nullptr && ep->incarnation == theirs) {
+      PostTo(ep, [me, mine](LoopbackTransport* t) {
+        t->OnDown(me, mine,
+                  absl::UnavailableError(absl::StrCat("node ", me, " closed the connection")));
       });
     }
   }
   if (notify_now) {
-    handler_->OnPeerDown(peer, why);
+    if (auto report = table_.TakeDownReport(peer)) handler_->OnPeerDown(peer, *report);
   } else {
-    PostTo(endpoint_, [peer, why](LoopbackTransport* t) { t->handler_->OnPeerDown(peer, why); });
+    PostTo(endpoint_, [peer](LoopbackTransport* t) {
+      if (auto report = t->table_.TakeDownReport(peer)) t->handler_->OnPeerDown(peer, *report);
+    });
   }
 }
 
-bool LoopbackTransport::IsUp(NodeId peer) const {
-  return peer < cluster_size_ && peers_[peer].state == PeerState::kUp;
-}
+bool LoopbackTransport::IsUp(NodeId peer) const { return started_ && table_.IsUp(peer); }
 
 void LoopbackTransport::Disconnect(NodeId peer, const absl::Status& why) {
   if (!started_ || shut_down_ || peer >= cluster_size_ || peer == self_) return;
@@ -236,8 +268,7 @@ void LoopbackTransport::Disconnect(NodeId peer, const absl::Status& why) {
 
 void LoopbackTransport::OnConnectTimeout() {
   connect_timer_ = 0;
-  for (NodeId j = 0; j < cluster_size_; ++j) {
-    if (peers_[j].state != PeerState::kWaiting) continue;
+  for (NodeId j : table_.ExpiredConnecting(absl::InfiniteFuture())) {
     MarkDown(j,
              absl::DeadlineExceededError(absl::StrCat(
                  "node ", j, " did not join loopback hub '", options_.loopback_hub, "' within ",
@@ -255,15 +286,16 @@ void LoopbackTransport::Shutdown(absl::Time /*deadline*/) {
     absl::MutexLock l(&hub_->mu);
     hub_->nodes_[self_] = nullptr;
     const NodeId me = self_;
+    const Incarnation mine = table_.self_incarnation();
     for (auto& ep : hub_->nodes_) {
       if (ep == nullptr) continue;
-      PostTo(ep, [me](LoopbackTransport* t) {
-        t->OnDown(me, absl::UnavailableError(absl::StrCat("node ", me, " shut down")));
+      PostTo(ep, [me, mine](LoopbackTransport* t) {
+        t->OnDown(me, mine, absl::UnavailableError(absl::StrCat("node ", me, " shut down")));
       });
     }
   }
   endpoint_->owner = nullptr;  // tasks still queued for this node become no-ops
-  for (Peer& p : peers_) p.pending.clear();
+  table_.ClearPending();
 }
 
 Transport::Counters LoopbackTransport::counters() const {
@@ -273,6 +305,8 @@ Transport::Counters LoopbackTransport::counters() const {
   c.bytes_sent = bytes_sent_.load(std::memory_order_relaxed);
   c.bytes_received = bytes_received_.load(std::memory_order_relaxed);
   c.bad_messages = bad_messages_.load(std::memory_order_relaxed);
+  c.rejoins = rejoins_.load(std::memory_order_relaxed);
+  c.hellos_refused = hellos_refused_.load(std::memory_order_relaxed);
   return c;
 }
 

@@ -7,11 +7,15 @@
 //   o.peers = {"a", "b", "c"}; o.node_id = 1;   // only the number of peers matters
 //   auto t = CreateLoopbackTransport(o);
 //
-// Peer state per node: waiting -> up -> down, or waiting -> down (connect_timeout); down is
-// final for this transport instance. A node is up for another once both are registered in
-// the hub; Shutdown() or destruction unregisters and every other registered node sees
-// OnPeerDown. Messages to a waiting peer are queued until it comes up (dropped if it is
-// declared down); messages to a down peer are dropped.
+// Peer state lives in a PeerTable (peer_table.h): connecting -> up -> down, or connecting ->
+// down (connect_timeout); down is final for that incarnation. A node is up for another once
+// both are registered in the hub (each registration is one incarnation); Shutdown() or
+// destruction unregisters and every other registered node sees OnPeerDown. A new transport
+// with the same id registered later is a newer incarnation and comes up again (a rejoin); one
+// registered while the id still is refuses to start (duplicate node id), as does a peers list
+// of another length than the hub's (cluster size mismatch). Messages to a connecting peer are
+// queued until it comes up (dropped if it is declared down); messages to a down peer are
+// dropped.
 //
 // Threading: as Transport (transport.h). Start/Send/Disconnect/Shutdown and the destructor run
 // on the owning loop's thread (or after that thread stopped polling); every Handler call is made
@@ -20,6 +24,7 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -42,22 +47,22 @@ class LoopbackTransport final : public Transport {
   absl::Status Start(EventLoop* loop, Handler* handler) override;
   void Send(Message&& m) override;
   bool IsUp(NodeId peer) const override;
+  Incarnation incarnation() const override { return table_.self_incarnation(); }
   void Disconnect(NodeId peer, const absl::Status& why) override;
   void Shutdown(absl::Time deadline) override;
   Counters counters() const override;
 
  private:
   friend struct loopback_internal::Endpoint;
-  enum class PeerState { kWaiting, kUp, kDown };
-  struct Peer {
-    PeerState state = PeerState::kWaiting;
-    std::deque<std::vector<uint8_t>> pending;  // encoded frames queued while waiting
-  };
-
   // Called on the loop thread from tasks the hub Posted.
-  void OnUp(NodeId peer);
-  void OnDown(NodeId peer, const absl::Status& why);
-  void OnBytes(NodeId from, std::vector<uint8_t>&& frame);
+  void OnUp(NodeId peer, Incarnation incarnation);
+  // `peer` incarnation `incarnation` is gone for us (ignored if we know a newer one).
+  void OnDown(NodeId peer, Incarnation incarnation, const absl::Status& why);
+  // `peer` refused our incarnation.
+  void OnRefusedBy(NodeId peer, Refusal refusal, uint64_t detail);
+  void OnBytes(NodeId from, Incarnation incarnation, std::vector<uint8_t>&& frame);
+  // Posts `fn(t)` to `peer`'s loop if it is registered.
+  void PostToPeer(NodeId peer, std::function<void(LoopbackTransport*)> fn);
   // Moves one encoded frame to `dst`'s loop (the peer must be up, or be this node).
   void Deliver(NodeId dst, std::vector<uint8_t>&& frame);
   // Declares `peer` down (once): drops its queue, optionally tells it, and calls OnPeerDown
@@ -72,13 +77,13 @@ class LoopbackTransport final : public Transport {
   Handler* handler_ = nullptr;
   std::shared_ptr<loopback_internal::Hub> hub_;
   std::shared_ptr<loopback_internal::Endpoint> endpoint_;
-  std::vector<Peer> peers_;
+  PeerTable table_;
   EventLoop::TimerId connect_timer_ = 0;
   bool started_ = false;
   bool shut_down_ = false;
 
   std::atomic<uint64_t> messages_sent_{0}, messages_received_{0}, bytes_sent_{0},
-      bytes_received_{0}, bad_messages_{0};
+      bytes_received_{0}, bad_messages_{0}, rejoins_{0}, hellos_refused_{0};
 };
 
 }  // namespace dsm

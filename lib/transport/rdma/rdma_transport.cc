@@ -15,6 +15,7 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -282,7 +283,8 @@ class RdmaTransportImpl final : public Transport {
   RdmaTransportImpl(const Options& o, const RdmaTuning& t, std::unique_ptr<VerbsOps> v,
                     std::shared_ptr<const admission::ClusterAuth> auth)
       : options_(o), tuning_(t), verbs_(std::move(v)), auth_(std::move(auth)), self_(o.node_id),
-        cluster_(static_cast<uint32_t>(o.peers.size())) {
+        cluster_(static_cast<uint32_t>(o.peers.size())),
+        table_(o.node_id, o.peers.size(), NewIncarnation(), absl::InfiniteFuture()) {
     for (const std::string& s : o.peers) {
       absl::StatusOr<HostPort> hp = ParseHostPort(s);
       peer_ipv4_.push_back(hp.ok() ? hp->ipv4 : 0);
@@ -307,13 +309,19 @@ class RdmaTransportImpl final : public Transport {
   absl::Status Start(EventLoop* loop, Handler* handler) override;
   void Send(Message&& m) override;
   bool IsUp(NodeId peer) const override {
-    return peer < cluster_ && peer != self_ && peers_[peer]->state == ConnState::kUp;
+    return peer < cluster_ && peer != self_ && table_.IsUp(peer) &&
+           peers_[peer]->state == ConnState::kUp;
   }
+  Incarnation incarnation() const override { return table_.self_incarnation(); }
   void Disconnect(NodeId peer, const absl::Status& why) override {
     if (peer < cluster_ && peer != self_) MarkDown(*peers_[peer], why);
   }
   void Shutdown(absl::Time deadline) override;
-  Counters counters() const override { return counters_; }
+  Counters counters() const override {
+    Counters c = counters_;
+    c.hellos_refused = table_.Totals().refused;
+    return c;
+  }
   RdmaCounters rdma_counters() const { return rdma_counters_; }
 
  private:
@@ -400,6 +408,9 @@ class RdmaTransportImpl final : public Transport {
   std::unique_ptr<FnOp> timeout_op_;
   __kernel_timespec timeout_ts_{};
   absl::Time connect_deadline_;
+  // Up/down, incarnations and the report-once of OnPeerDown (peer_table.h). The QP set-up
+  // states stay in Peer::state; a peer is reported up when both agree.
+  PeerTable table_;
 
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   Counters counters_;
@@ -514,6 +525,7 @@ absl::Status RdmaTransportImpl::Start(EventLoop* loop, Handler* handler) {
   accept_op_ = std::make_unique<FnOp>([this](int res) { OnAccept(res); });
   ArmAccept();
   connect_deadline_ = absl::Now() + options_.connect_timeout;
+  table_.SetConnectDeadline(connect_deadline_);
   timeout_op_ = std::make_unique<FnOp>([this](int res) { OnConnectTimeout(res); });
   const timespec connect_ts = absl::ToTimespec(options_.connect_timeout);
   timeout_ts_.tv_sec = connect_ts.tv_sec;
@@ -627,6 +639,14 @@ void RdmaTransportImpl::OnAcceptedRecv(Accepted* a, int res) {
                                 a->admit.h->peer(), h->node_id));
   }
   Peer& p = *peers_[h->node_id];
+  if (table_.state(h->node_id) == PeerState::kDown) {
+    // Its QP and buffers were torn down with it; RDMA does not set them up again.
+    table_.NoteRefused(h->node_id);
+    return drop(absl::StrFormat(
+        "node %d was declared down here; over RDMA a node does not rejoin a running cluster "
+        "(restart the cluster, or use the tcp transport)",
+        h->node_id));
+  }
   if (p.state != ConnState::kIdle) {
     return drop(absl::StrFormat("node %d connected twice", h->node_id));
   }
@@ -836,6 +856,7 @@ void RdmaTransportImpl::BecomeConnected(Peer& p) {
   hello.src = self_;
   hello.dst = p.id;
   hello.arg = cluster_;
+  hello.req_id = table_.self_incarnation();
   std::vector<uint8_t> frame;
   EncodeMessage(hello, frame);
   p.pending.push_front(std::move(frame));
@@ -974,9 +995,17 @@ void RdmaTransportImpl::HandleRecv(Peer& p, uint32_t idx, absl::Span<const uint8
                                "rdma: first message from node %d is %s, not HELLO", p.id,
                                MsgTypeName(m->type))));
     }
+    const Incarnation incarnation = m->req_id;
+    if (PeerTable::Verdict v = table_.CheckJoin(p.id, incarnation);
+        v.refusal != Refusal::kNone) {
+      table_.NoteRefused(p.id);
+      return BadMessage(p, v.why);
+    }
     p.up_reported = true;
     p.state = ConnState::kUp;
-    handler_->OnPeerUp(p.id);
+    PeerTable::UpResult up = table_.Up(p.id, incarnation);
+    if (up.owed_down) handler_->OnPeerDown(p.id, *up.owed_down);
+    handler_->OnPeerUp(p.id, incarnation);
     return;
   }
   if (m->type == MsgType::kHello) {
@@ -1137,6 +1166,7 @@ void RdmaTransportImpl::BadMessage(Peer& p, const absl::Status& why) {
 void RdmaTransportImpl::MarkDown(Peer& p, const absl::Status& why) {
   if (p.state == ConnState::kDown) return;
   p.state = ConnState::kDown;
+  table_.Down(p.id, why);
   p.pending.clear();
   if (p.has_qp) {
     absl::Status s = verbs_->ModifyToError(p.qpn);  // outstanding work completes flushed
@@ -1148,7 +1178,8 @@ void RdmaTransportImpl::MarkDown(Peer& p, const absl::Status& why) {
     close(p.fd);
     p.fd = -1;
   }
-  if (!shutting_down_ && handler_ != nullptr) handler_->OnPeerDown(p.id, why);
+  std::optional<absl::Status> report = table_.TakeDownReport(p.id);
+  if (!shutting_down_ && handler_ != nullptr && report) handler_->OnPeerDown(p.id, *report);
 }
 
 void RdmaTransportImpl::Shutdown(absl::Time deadline) {

@@ -26,7 +26,9 @@
 // Failure: an error completion, a message that fails validation, a protocol violation of the
 // credit scheme, or EOF on the set-up socket marks the peer down (OnPeerDown once; its QP is
 // moved to ERR and later Send()s to it are dropped). Peers not up within connect_timeout are
-// reported down.
+// reported down. Peer up/down state and incarnations are kept in a PeerTable (peer_table.h);
+// the Hello carries this node's incarnation. A peer declared down does not come back over RDMA
+// (its QP and registered buffers are gone): its set-up connection is refused with that reason.
 //
 // Threading: as Transport (transport.h): every call on the engine thread. The EventLoop must
 // outlive the transport; Shutdown() (or the destructor) drains this transport's ring operations.

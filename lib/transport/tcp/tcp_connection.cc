@@ -258,6 +258,10 @@ void TcpConnection::OnSend(int res) {
     }
     tx_.pop_front();
   }
+  if (fin_when_sent_ && tx_.empty()) {
+    ShutdownWrite();
+    return;
+  }
   MaybeSend();
 }
 
@@ -269,6 +273,14 @@ void TcpConnection::Fail(const absl::Status& why, bool bad) {
 
 void TcpConnection::ShutdownWrite() {
   if (!closed_ && fd_ >= 0) shutdown(fd_, SHUT_WR);
+}
+
+void TcpConnection::ShutdownWriteWhenSent() {
+  if (tx_.empty()) {
+    ShutdownWrite();
+  } else {
+    fin_when_sent_ = true;
+  }
 }
 
 void TcpConnection::Close() {

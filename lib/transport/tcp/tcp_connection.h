@@ -74,6 +74,8 @@ class TcpConnection : public std::enable_shared_from_this<TcpConnection> {
   // Half-closes for a graceful shutdown: FIN after what was sent; keeps receiving (frames
   // are still handed to the owner until EOF).
   void ShutdownWrite();
+  // The same once everything queued now has been sent (a refusal's last words).
+  void ShutdownWriteWhenSent();
   // Closes: no further callbacks; pending output is dropped.
   void Close();
   bool closed() const { return closed_; }
@@ -87,6 +89,9 @@ class TcpConnection : public std::enable_shared_from_this<TcpConnection> {
   bool peer_known = false;  // outbound: the expected peer; inbound: set by the owner at Hello
   bool outbound = false;
   bool hello_done = false;
+  // Its Hello was refused (a refusal Hello is on its way): later frames are ignored until the
+  // peer closes or the handshake timer does.
+  bool refused = false;
   // Set before StartReceiving() on an authenticated cluster: received bytes go to it until
   // it is done; frames only after.
   std::unique_ptr<admission::Handshake> admission;
@@ -114,6 +119,7 @@ class TcpConnection : public std::enable_shared_from_this<TcpConnection> {
   const size_t cluster_size_;
   bool closed_ = false;
   bool rx_eof_ = false;
+  bool fin_when_sent_ = false;
   int inflight_ = 0;
   std::unique_ptr<ConnOp> connect_op_, recv_op_, send_op_;
   sockaddr_in connect_addr_{};

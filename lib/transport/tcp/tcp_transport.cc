@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/log.h"
 #include "transport/wire.h"
 
@@ -122,7 +123,8 @@ TcpTransport::TcpTransport(const Options& options, std::vector<HostPort> peers, 
       addrs_(std::move(peers)),
       listen_addr_(listen),
       auth_(std::move(auth)),
-      peers_(cluster_size_) {
+      table_(self_, cluster_size_, NewIncarnation(), absl::InfiniteFuture()),
+      links_(cluster_size_) {
   for (const HostPort& hp : addrs_) peer_ipv4_.push_back(hp.ipv4);
 }
 
@@ -138,10 +140,24 @@ absl::Status TcpTransport::Start(EventLoop* loop, Handler* handler) {
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   const sockaddr_in addr = ToSockaddr(listen_addr_);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+  // A process restarted right after this node id's previous one was killed may find the
+  // address still held for a moment: the kernel closes the old listener only when it has torn
+  // down the old io_uring, after the process is reaped. Wait for that, bounded; a second
+  // process that really runs with this id still fails, after the bound.
+  const absl::Time bind_until = absl::Now() + std::min(kBindRetryLimit, options_.connect_timeout);
+  int bound = bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  while (bound != 0 && errno == EADDRINUSE && absl::Now() < bind_until) {
+    absl::SleepFor(absl::Milliseconds(10));
+    bound = bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  }
+  if (bound != 0) {
     const int err = errno;
     close(fd);
-    return absl::ErrnoToStatus(err, absl::StrCat("bind ", AddrString(listen_addr_)));
+    // The usual cause: another process already runs as this node id.
+    return absl::ErrnoToStatus(
+        err, absl::StrCat("bind ", AddrString(listen_addr_), " (node ", self_, "'s address",
+                          err == EADDRINUSE ? "; is another process running as node " : "",
+                          err == EADDRINUSE ? absl::StrCat(self_, "?") : std::string(), ")"));
   }
   if (listen(fd, 128) != 0) {
     const int err = errno;
@@ -154,9 +170,9 @@ absl::Status TcpTransport::Start(EventLoop* loop, Handler* handler) {
   alive_ = std::make_shared<Alive>(Alive{this});
   listener_ = std::make_shared<Listener>(loop, this, fd);
   listener_->Arm();
-  peers_[self_].state = PeerState::kUp;
   const absl::Duration timeout = options_.connect_timeout;
   connect_deadline_ = absl::Now() + timeout;
+  table_.SetConnectDeadline(connect_deadline_);
   if (cluster_size_ > 1) deadline_timer_ = loop_->RunAfter(timeout, [this] { OnConnectDeadline(); });
   for (NodeId j = 0; j < self_; ++j) Dial(j);
   return absl::OkStatus();
@@ -164,7 +180,9 @@ absl::Status TcpTransport::Start(EventLoop* loop, Handler* handler) {
 
 std::shared_ptr<TcpConnection> TcpTransport::Adopt(int fd) {
   SetNoDelay(fd);
-  auto c = TcpConnection::Create(loop_, this, fd, cluster_size_);
+  // Frames are cut with the widest cluster size: until Hello, the peer's may differ from ours
+  // and is refused with that reason (OnHello); after it, DecodeMessage checks our own.
+  auto c = TcpConnection::Create(loop_, this, fd, kMaxNodes);
   Prune();
   conns_.push_back(c);
   return c;
@@ -189,28 +207,41 @@ void TcpTransport::Dial(NodeId peer) {
   c->outbound = true;
   c->peer = peer;
   c->peer_known = true;
-  peers_[peer].conn = c;
+  links_[peer].conn = c;
   c->StartConnect(ToSockaddr(addrs_[peer]));
 }
 
 void TcpTransport::ScheduleRedial(NodeId peer) {
-  Peer& p = peers_[peer];
-  if (stopping_ || p.state != PeerState::kWaiting || p.redial_timer != 0) return;
-  if (absl::Now() + p.backoff >= connect_deadline_) return;  // the deadline timer decides
-  const absl::Duration delay = p.backoff;
-  p.backoff = std::min(2 * p.backoff, kMaxBackoff);
-  p.redial_timer = loop_->RunAfter(delay, [this, peer] {
-    peers_[peer].redial_timer = 0;
-    if (!stopping_ && peers_[peer].state == PeerState::kWaiting && peers_[peer].conn == nullptr) {
-      Dial(peer);
-    }
+  Link& l = links_[peer];
+  if (stopping_ || l.redial_timer != 0 || l.conn != nullptr) return;
+  absl::Duration delay;
+  switch (table_.state(peer)) {
+    case PeerState::kConnecting:
+      if (absl::Now() + l.backoff >= connect_deadline_) return;  // the deadline timer decides
+      delay = l.backoff;
+      l.backoff = std::min(2 * l.backoff, kMaxBackoff);
+      break;
+    case PeerState::kDown:
+    case PeerState::kLeft:
+      // Looking for a restarted process with that id; only the dialer of the pair probes.
+      if (peer >= self_) return;
+      delay = kProbeInterval;
+      break;
+    case PeerState::kUp:
+      return;
+  }
+  l.redial_timer = loop_->RunAfter(delay, [this, peer] {
+    links_[peer].redial_timer = 0;
+    if (!stopping_ && !table_.IsUp(peer) && links_[peer].conn == nullptr) Dial(peer);
   });
 }
 
 void TcpTransport::OnConnected(TcpConnection* c, int res) {
   if (res < 0) {
-    DSM_LOG(INFO) << "tcp node " << self_ << ": connect to node " << c->peer << " at "
-                  << AddrString(addrs_[c->peer]) << ": " << std::strerror(-res);
+    if (table_.state(c->peer) == PeerState::kConnecting) {  // a probe of a down peer is quiet
+      DSM_LOG(INFO) << "tcp node " << self_ << ": connect to node " << c->peer << " at "
+                    << AddrString(addrs_[c->peer]) << ": " << std::strerror(-res);
+    }
     c->Close();
     ConnectionGone(c, absl::ErrnoToStatus(-res, "connect"));
     return;
@@ -231,12 +262,24 @@ void TcpTransport::OnConnected(TcpConnection* c, int res) {
   c->StartReceiving();
 }
 
-void TcpTransport::SendHello(TcpConnection* c) {
+void TcpTransport::SendHello(TcpConnection* c, Refusal refusal, uint64_t detail) {
   Message hello;
   hello.type = MsgType::kHello;
   hello.src = self_;
   hello.arg = cluster_size_;
+  hello.req_id = table_.self_incarnation();
+  hello.page = static_cast<uint64_t>(refusal);
+  hello.region = detail;
   c->Enqueue(std::move(hello));
+}
+
+void TcpTransport::LogByPeer(NodeId peer, const std::string& what) {
+  uint64_t count = 0;
+  if (!peer_log_.Note(peer, absl::Now(), &count)) return;
+  DSM_LOG(ERROR) << "tcp node " << self_ << ": " << what
+                 << (count > 1 ? absl::StrCat(" (", count, " such events about node ", peer,
+                                              " since the last line about it)")
+                               : std::string());
 }
 
 void TcpTransport::ArmHandshakeTimer(const std::shared_ptr<TcpConnection>& c) {
@@ -309,9 +352,8 @@ void TcpTransport::OnAccept(int fd) {
   if (auth_ != nullptr) {
     // Nothing is sent before the dialer has proven the key.
     c->admission = std::make_unique<admission::Handshake>(admission::Handshake::Acceptor(auth_));
-  } else {
-    SendHello(c.get());
   }
+  // The acceptor answers the dialer's Hello (OnHello): nothing to send yet.
   c->StartReceiving();
 }
 
@@ -331,24 +373,18 @@ void TcpTransport::OnAdmission(TcpConnection* c, const absl::Status& result) {
     return;
   }
   if (!c->outbound) {
-    const NodeId id = c->admission->peer();
-    const Peer& p = peers_[id];
-    if (p.state != PeerState::kWaiting || p.conn != nullptr) {
-      Reject(c,
-             absl::AlreadyExistsError(absl::StrCat(
-                 "second connection from node ", id,
-                 p.state == PeerState::kDown ? " (already declared down)" : " (already up)")),
-             /*bad=*/false);
-      return;
-    }
-    c->peer = id;
+    // Whether that node may come up is decided at its Hello, which carries its incarnation.
+    c->peer = c->admission->peer();
+    return;
   }
   SendHello(c);
 }
 
 void TcpTransport::OnFrame(TcpConnection* c, absl::Span<const uint8_t> frame) {
-  if (stopping_) return;  // draining during Shutdown
-  auto m = DecodeMessage(frame, cluster_size_);
+  if (stopping_ || c->refused) return;  // draining during Shutdown, or refused
+  // Before Hello the peer's cluster size is not known to match: decode within the widest one
+  // so that a mismatch is refused with its reason, not as a bad node id.
+  auto m = DecodeMessage(frame, c->hello_done ? cluster_size_ : kMaxNodes);
   if (!m.ok()) {
     Reject(c, m.status(), /*bad=*/true);
     return;
@@ -363,6 +399,17 @@ void TcpTransport::OnFrame(TcpConnection* c, absl::Span<const uint8_t> frame) {
     OnHello(c, *m);
     return;
   }
+  if (m->type == MsgType::kHello && m->src == c->peer && m->page != 0 &&
+      m->page <= kMaxRefusal) {
+    // The dialer refused our answer (it declared this incarnation down): we are not up for it.
+    const absl::Status why =
+        RefusalStatus(static_cast<Refusal>(m->page), c->peer, self_, table_.self_incarnation(),
+                      m->region, cluster_size_);
+    table_.NoteRefusedBy(c->peer, why);
+    LogByPeer(c->peer, absl::StrCat("node ", c->peer, " refused this node: ", why.ToString()));
+    PeerDown(c->peer, why, /*notify_now=*/true);
+    return;
+  }
   if (m->type == MsgType::kHello || m->src != c->peer) {
     Reject(c, absl::InvalidArgumentError(absl::StrCat("unexpected ", DebugString(*m))),
            /*bad=*/true);
@@ -375,10 +422,41 @@ void TcpTransport::OnFrame(TcpConnection* c, absl::Span<const uint8_t> frame) {
 }
 
 void TcpTransport::OnHello(TcpConnection* c, const Message& hello) {
-  if (hello.arg != cluster_size_) {
+  const Refusal refusal = static_cast<Refusal>(hello.page);
+  if (hello.page > kMaxRefusal) {
     Reject(c, absl::InvalidArgumentError(absl::StrCat("Hello from node ", hello.src,
-                                                      " says cluster size ", hello.arg,
-                                                      ", ours is ", cluster_size_)),
+                                                      " with unknown refusal ", hello.page)),
+           /*bad=*/true);
+    return;
+  }
+  if (c->outbound && refusal != Refusal::kNone) return OnRefused(c, hello);
+  if (refusal != Refusal::kNone) {
+    Reject(c, absl::InvalidArgumentError(absl::StrCat("node ", hello.src,
+                                                      " dialed us with a refusal Hello")),
+           /*bad=*/true);
+    return;
+  }
+  if (hello.arg != cluster_size_) {
+    PeerTable::Verdict v;
+    v.refusal = Refusal::kClusterSize;
+    v.detail = cluster_size_;
+    v.why = absl::FailedPreconditionError(absl::StrCat(
+        "cluster size mismatch: node ", hello.src, " has ", hello.arg,
+        " nodes in its peer list, this node (", self_, ") has ", cluster_size_));
+    if (c->outbound) {
+      // Our peer answered (it should have refused): treat it as a refusal of it.
+      LogByPeer(c->peer, v.why.ToString());
+      c->Close();
+      table_.NoteRefusedBy(c->peer, v.why);
+      links_[c->peer].conn.reset();
+      PeerDown(c->peer, v.why, /*notify_now=*/true);
+      return;
+    }
+    return RefuseHello(c, hello.src < cluster_size_ ? hello.src : self_, v);
+  }
+  if (hello.src >= cluster_size_) {
+    Reject(c, absl::InvalidArgumentError(absl::StrCat("Hello from node ", hello.src,
+                                                      " outside the cluster")),
            /*bad=*/true);
     return;
   }
@@ -397,15 +475,6 @@ void TcpTransport::OnHello(TcpConnection* c, const Message& hello) {
              /*bad=*/true);
       return;
     }
-    const Peer& p = peers_[hello.src];
-    if (p.state != PeerState::kWaiting || p.conn != nullptr) {
-      Reject(c,
-             absl::AlreadyExistsError(absl::StrCat(
-                 "second connection from node ", hello.src,
-                 p.state == PeerState::kDown ? " (already declared down)" : " (already up)")),
-             /*bad=*/p.state == PeerState::kUp);
-      return;
-    }
     if (auth_ != nullptr && hello.src != c->peer) {
       Reject(c, absl::InvalidArgumentError(absl::StrCat("node ", c->peer,
                                                         " was admitted but said Hello as node ",
@@ -413,11 +482,70 @@ void TcpTransport::OnHello(TcpConnection* c, const Message& hello) {
              /*bad=*/true);
       return;
     }
+  }
+  const Incarnation incarnation = hello.req_id;
+  PeerTable::Verdict v = table_.CheckJoin(hello.src, incarnation);
+  if (v.refusal == Refusal::kNone && !c->outbound && links_[hello.src].conn != nullptr) {
+    // Another connection of that id is between its Hello and ours: one per pair.
+    v.refusal = Refusal::kSecondConnection;
+    v.detail = incarnation;
+    v.why = absl::AlreadyExistsError(
+        absl::StrCat("second connection from node ", hello.src, " while one is being set up"));
+  }
+  if (v.refusal != Refusal::kNone) {
+    if (c->outbound) {
+      // Our own dial reached a process we may not accept (its incarnation was declared down
+      // here): nothing was accepted on either side; we say why and close.
+      table_.NoteRefused(hello.src);
+      hellos_refused_.fetch_add(1, std::memory_order_relaxed);
+      LogByPeer(hello.src, absl::StrCat("refusing node ", hello.src, ": ", v.why.ToString()));
+      SendHello(c, v.refusal, v.detail);
+      c->refused = true;
+      c->ShutdownWriteWhenSent();
+      c->hello_done = false;
+      return;
+    }
+    return RefuseHello(c, hello.src, v);
+  }
+  if (!c->outbound) {
     c->peer = hello.src;
     c->peer_known = true;
+    SendHello(c);
   }
   c->hello_done = true;
-  PeerUp(hello.src, c);
+  PeerUp(hello.src, incarnation, c);
+}
+
+void TcpTransport::RefuseHello(TcpConnection* c, NodeId id, const PeerTable::Verdict& v) {
+  if (id < cluster_size_ && id != self_) table_.NoteRefused(id);
+  hellos_refused_.fetch_add(1, std::memory_order_relaxed);
+  LogBySource(c->source_ipv4, absl::StrCat("refusing node ", id, " from ",
+                                           admission::Ipv4String(c->source_ipv4), ": ",
+                                           v.why.ToString()));
+  SendHello(c, v.refusal, v.detail);
+  c->refused = true;
+  c->ShutdownWriteWhenSent();  // the handshake timer closes it if the dialer does not
+}
+
+void TcpTransport::OnRefused(TcpConnection* c, const Message& hello) {
+  const NodeId peer = c->peer;
+  const Refusal refusal = static_cast<Refusal>(hello.page);
+  const absl::Status why = RefusalStatus(refusal, hello.src, self_, table_.self_incarnation(),
+                                         hello.region, cluster_size_);
+  c->Close();
+  links_[peer].conn.reset();
+  table_.NoteRefusedBy(peer, why);
+  const PeerState state = table_.state(peer);
+  LogByPeer(peer, absl::StrCat("node ", hello.src, " refused this node: ", why.ToString()));
+  if (state == PeerState::kConnecting &&
+      (refusal == Refusal::kClusterSize || refusal == Refusal::kStaleIncarnation)) {
+    // Retrying cannot help: this process is misconfigured or was declared down there.
+    PeerDown(peer, why, /*notify_now=*/true);
+    return;
+  }
+  // A duplicate id (the old process may be on its way out), a second connection, or a probe
+  // of a down peer: try again later; the connect deadline reports the last refusal.
+  ScheduleRedial(peer);
 }
 
 void TcpTransport::Reject(TcpConnection* c, const absl::Status& why, bool bad) {
@@ -450,7 +578,16 @@ void TcpTransport::OnFailed(TcpConnection* c, const absl::Status& why, bool bad)
                                                admission::Ipv4String(c->source_ipv4),
                                                " closed: ", why.ToString()));
     }
-  } else if (bad || (c->hello_done && !(c->peer_known && peers_[c->peer].close_expected))) {
+  } else if (c->outbound && !c->admitted()) {
+    // The node we dialed closed while we were proving the key: it says nothing to a dialer
+    // that has not proven it, so name what can differ. The connect deadline reports it.
+    const absl::Status refused = absl::PermissionDeniedError(absl::StrCat(
+        "node ", c->peer, " closed the connection during admission: the cluster key or the "
+        "peer list (", cluster_size_, " entries here) differs from node ", c->peer,
+        "'s, or it has too many connections in their handshake"));
+    table_.NoteRefusedBy(c->peer, refused);
+    LogByPeer(c->peer, refused.ToString());
+  } else if (bad || (c->hello_done && !(c->peer_known && links_[c->peer].close_expected))) {
     DSM_LOG(WARNING) << "tcp node " << self_ << ": connection"
                      << (c->peer_known ? absl::StrCat(" to node ", c->peer) : std::string())
                      << " closed: " << why;
@@ -460,63 +597,80 @@ void TcpTransport::OnFailed(TcpConnection* c, const absl::Status& why, bool bad)
 
 void TcpTransport::ConnectionGone(TcpConnection* c, const absl::Status& why) {
   if (stopping_ || !c->peer_known) return;
-  Peer& p = peers_[c->peer];
-  if (p.conn.get() != c) return;
+  Link& l = links_[c->peer];
+  if (l.conn.get() != c) return;
   if (c->hello_done) {
     PeerDown(c->peer, why, /*notify_now=*/true);
   } else {
-    // A dial that failed before Hello: try again until the connect deadline.
-    p.conn.reset();
+    // A dial that failed before Hello: try again until the connect deadline (or, for a peer
+    // declared down, look for a restarted process later).
+    l.conn.reset();
     ScheduleRedial(c->peer);
   }
 }
 
-void TcpTransport::PeerUp(NodeId peer, TcpConnection* c) {
-  Peer& p = peers_[peer];
-  p.state = PeerState::kUp;
-  p.conn = c->shared_from_this();
-  if (p.redial_timer != 0) loop_->CancelTimer(p.redial_timer);
-  p.redial_timer = 0;
+void TcpTransport::PeerUp(NodeId peer, Incarnation incarnation, TcpConnection* c) {
+  Link& l = links_[peer];
+  l.conn = c->shared_from_this();
+  if (l.redial_timer != 0) loop_->CancelTimer(l.redial_timer);
+  l.redial_timer = 0;
+  l.backoff = absl::Milliseconds(10);
+  l.close_expected = false;  // a new incarnation has said no goodbye
+  PeerTable::UpResult up = table_.Up(peer, incarnation);
+  // The old incarnation is finished before the new one is reported.
+  if (up.owed_down) handler_->OnPeerDown(peer, *up.owed_down);
+  if (up.rejoin) {
+    rejoins_.fetch_add(1, std::memory_order_relaxed);
+    DSM_LOG(INFO) << "tcp node " << self_ << ": node " << peer << " rejoined with incarnation "
+                  << incarnation << " (incarnation " << up.previous << " was declared down)";
+  }
   // What was queued goes first, before anything the handler sends from OnPeerUp.
-  std::deque<Message> pending;
-  pending.swap(p.pending);
-  for (Message& m : pending) {
+  for (Message& m : up.pending) {
     messages_sent_.fetch_add(1, std::memory_order_relaxed);
     bytes_sent_.fetch_add(kWireHeaderSize + m.payload.size(), std::memory_order_relaxed);
     c->Enqueue(std::move(m));
   }
-  handler_->OnPeerUp(peer);
+  handler_->OnPeerUp(peer, incarnation);
 }
 
 void TcpTransport::PeerDown(NodeId peer, const absl::Status& why, bool notify_now) {
-  Peer& p = peers_[peer];
-  if (p.state == PeerState::kDown) return;
-  p.state = PeerState::kDown;
-  p.pending.clear();
-  if (p.redial_timer != 0) loop_->CancelTimer(p.redial_timer);
-  p.redial_timer = 0;
-  if (p.stall_timer != 0) loop_->CancelTimer(p.stall_timer);
-  p.stall_timer = 0;
-  if (p.conn != nullptr) p.conn->Close();
-  p.conn.reset();
+  Link& l = links_[peer];
+  // After its goodbye the peer has left (not failed); either way that incarnation is over.
+  if (!(l.close_expected ? table_.Leave(peer, why) : table_.Down(peer, why))) return;
+  if (l.redial_timer != 0) loop_->CancelTimer(l.redial_timer);
+  l.redial_timer = 0;
+  if (l.stall_timer != 0) loop_->CancelTimer(l.stall_timer);
+  l.stall_timer = 0;
+  if (l.conn != nullptr) l.conn->Close();
+  l.conn.reset();
   if (notify_now) {
-    handler_->OnPeerDown(peer, why);
+    if (auto report = table_.TakeDownReport(peer)) handler_->OnPeerDown(peer, *report);
   } else {
-    loop_->Post([a = alive_, peer, why] {
-      if (a->t != nullptr) a->t->handler_->OnPeerDown(peer, why);
+    loop_->Post([a = alive_, peer] {
+      if (a->t == nullptr) return;
+      if (auto report = a->t->table_.TakeDownReport(peer)) {
+        a->t->handler_->OnPeerDown(peer, *report);
+      }
     });
   }
+  ScheduleRedial(peer);  // a dialer looks for a restarted process with that id
 }
 
 void TcpTransport::OnConnectDeadline() {
   deadline_timer_ = 0;
-  for (NodeId j = 0; j < cluster_size_; ++j) {
-    if (peers_[j].state != PeerState::kWaiting) continue;
-    PeerDown(j,
-             absl::DeadlineExceededError(absl::StrCat(
-                 "node ", j, " at ", AddrString(addrs_[j]), " did not connect within ",
-                 absl::FormatDuration(options_.connect_timeout))),
-             /*notify_now=*/true);
+  for (NodeId j : table_.ExpiredConnecting(absl::InfiniteFuture())) {
+    const absl::Status& refused = table_.peer(j).last_refusal;
+    absl::Status why =
+        refused.ok()
+            ? absl::DeadlineExceededError(absl::StrCat(
+                  "node ", j, " at ", AddrString(addrs_[j]), " did not connect within ",
+                  absl::FormatDuration(options_.connect_timeout)))
+            : absl::Status(refused.code(),
+                           absl::StrCat("node ", j, " refused this node until the connect "
+                                        "deadline: ",
+                                        refused.message()));
+    if (!refused.ok()) DSM_LOG(ERROR) << "tcp node " << self_ << ": " << why.message();
+    PeerDown(j, why, /*notify_now=*/true);
   }
 }
 
@@ -541,25 +695,17 @@ void TcpTransport::Send(Message&& m) {
     return;
   }
   const NodeId dst = m.dst;
-  Peer& p = peers_[dst];
-  switch (p.state) {
-    case PeerState::kDown:
-      return;
-    case PeerState::kWaiting:
-      p.pending.push_back(std::move(m));
-      return;
-    case PeerState::kUp:
-      messages_sent_.fetch_add(1, std::memory_order_relaxed);
-      bytes_sent_.fetch_add(kWireHeaderSize + m.payload.size(), std::memory_order_relaxed);
-      p.conn->Enqueue(std::move(m));
-      if (p.conn->queued_bytes() > kSendQueueLimit) CheckSendQueue(dst);
-      return;
-  }
+  if (!table_.Route(m)) return;  // queued while connecting, or dropped (down)
+  Link& l = links_[dst];
+  messages_sent_.fetch_add(1, std::memory_order_relaxed);
+  bytes_sent_.fetch_add(kWireHeaderSize + m.payload.size(), std::memory_order_relaxed);
+  l.conn->Enqueue(std::move(m));
+  if (l.conn->queued_bytes() > kSendQueueLimit) CheckSendQueue(dst);
 }
 
 void TcpTransport::CheckSendQueue(NodeId peer) {
-  Peer& p = peers_[peer];
-  if (p.state != PeerState::kUp || p.conn == nullptr) return;
+  Link& p = links_[peer];
+  if (!table_.IsUp(peer) || p.conn == nullptr) return;
   const absl::Duration limit =
       std::min(kSendStallLimit, options_.peer_timeout);
   const size_t queued = p.conn->queued_bytes();
@@ -576,17 +722,17 @@ void TcpTransport::CheckSendQueue(NodeId peer) {
   }
   if (p.stall_timer != 0) return;
   p.stall_timer = loop_->RunAfter(limit - stalled + absl::Milliseconds(1), [this, peer] {
-    peers_[peer].stall_timer = 0;
+    links_[peer].stall_timer = 0;
     if (!stopping_) CheckSendQueue(peer);
   });
 }
 
 bool TcpTransport::IsUp(NodeId peer) const {
-  return peer < cluster_size_ && peers_[peer].state == PeerState::kUp;
+  return started_ && table_.IsUp(peer);
 }
 
 void TcpTransport::ExpectClose(NodeId peer) {
-  if (peer < cluster_size_) peers_[peer].close_expected = true;
+  if (peer < cluster_size_) links_[peer].close_expected = true;
 }
 
 void TcpTransport::Disconnect(NodeId peer, const absl::Status& why) {
@@ -607,13 +753,13 @@ void TcpTransport::Shutdown(absl::Time deadline) {
   alive_->t = nullptr;  // Posted tasks (self-sends, OnPeerDown) become no-ops
   if (deadline_timer_ != 0) loop_->CancelTimer(deadline_timer_);
   deadline_timer_ = 0;
-  for (Peer& p : peers_) {
+  for (Link& p : links_) {
     if (p.redial_timer != 0) loop_->CancelTimer(p.redial_timer);
     p.redial_timer = 0;
     if (p.stall_timer != 0) loop_->CancelTimer(p.stall_timer);
     p.stall_timer = 0;
-    p.pending.clear();
   }
+  table_.ClearPending();
   listener_->Close();
   auto poll_until = [this](absl::Time until, bool (*busy)(const TcpConnection&)) {
     while (AnyConnection(busy)) {
@@ -637,7 +783,7 @@ void TcpTransport::Shutdown(absl::Time deadline) {
   poll_until(deadline, [](const TcpConnection& c) { return !c.closed(); });
   // 3. Close everything and wait for every ring operation's final completion.
   for (const auto& c : conns_) c->Detach();
-  for (Peer& p : peers_) p.conn.reset();
+  for (Link& p : links_) p.conn.reset();
   const absl::Time drain_until = absl::Now() + kDrainLimit;
   while ((!listener_->finished() || AnyConnection([](const TcpConnection& c) {
             return !c.finished();
@@ -666,6 +812,8 @@ Transport::Counters TcpTransport::counters() const {
   c.admission_failures = admission_failures_.load(std::memory_order_relaxed);
   c.connections_refused = connections_refused_.load(std::memory_order_relaxed);
   c.send_queue_cutoffs = send_queue_cutoffs_.load(std::memory_order_relaxed);
+  c.rejoins = rejoins_.load(std::memory_order_relaxed);
+  c.hellos_refused = hellos_refused_.load(std::memory_order_relaxed);
   return c;
 }
 
