@@ -9,9 +9,13 @@
 #                                                  build: every protocol mutation must fail a test
 #                                       clang-tsa  clang -Wthread-safety -Werror: build only
 #                                       asan       ASan + UBSan: build, every test
+#                                       fuzz       clang libFuzzer targets (tests/fuzz), each
+#                                                  run 5 s from the seed corpus (scripts/fuzz.sh;
+#                                                  the stage, its build included, takes ~90 s)
 #        scripts/test.sh <preset>     one preset: configure, build, run its tests (clang-tsa:
 #                                     build only), e.g. scripts/test.sh asan
 #        scripts/test.sh mutation     the mutation check alone (configures and builds `ci`)
+#        scripts/test.sh fuzz         the fuzz stage alone (DSM_FUZZ_SECONDS per target, default 5)
 # Env:   DSM_TEST_JOBS (ctest -j, default: nproc), DSM_TEST_TIMEOUT (per test, default 600 s)
 #
 # Each stage prints its wall time; a failing stage stops the run with its output.
@@ -51,6 +55,10 @@ mutation() {  # the protocol mutations against the ci build (rebuilds coherence_
   BUILD=build/ci python3 tests/coherence/mutation_check.py --fail-fast
 }
 
+fuzz() {  # every libFuzzer target for a bounded time; a crash fails the stage
+  bash scripts/fuzz.sh "${DSM_FUZZ_SECONDS:-5}"
+}
+
 bash scripts/setup.sh
 total_start=$(date +%s)
 case "${1:-all}" in
@@ -59,8 +67,10 @@ case "${1:-all}" in
     stage mutation mutation
     stage clang-tsa one_preset clang-tsa
     stage asan one_preset asan
+    stage fuzz fuzz
     ;;
   mutation) stage mutation mutation ;;
+  fuzz) stage fuzz fuzz ;;
   *) stage "$1" one_preset "$1" ;;
 esac
 echo "=== all stages passed in $(($(date +%s) - total_start)) s"

@@ -42,6 +42,8 @@ struct Stats {
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
   uint64_t bad_messages = 0;     // failed validation; the connection was closed
+  uint64_t authority_violations = 0;  // a peer sent what it may not (a forged Inv, a grant
+                                     // nobody asked it for, ...); the connection was closed
   uint64_t peers_down = 0;
   // Resident pages of all mapped regions, by state.
   uint64_t pages_shared = 0;
@@ -98,6 +100,7 @@ struct Stats {
     fn("bytes_sent", Kind::kCounter, &Stats::bytes_sent);
     fn("bytes_received", Kind::kCounter, &Stats::bytes_received);
     fn("bad_messages", Kind::kCounter, &Stats::bad_messages);
+    fn("authority_violations", Kind::kCounter, &Stats::authority_violations);
     fn("peers_down", Kind::kCounter, &Stats::peers_down);
     fn("pages_shared", Kind::kGauge, &Stats::pages_shared);
     fn("pages_modified", Kind::kGauge, &Stats::pages_modified);

@@ -541,6 +541,23 @@ void Directory::OnPeerDown(NodeId peer, absl::Time now) {
   for (PageIndex page : touched) s.Drain(page, now);
 }
 
+bool Directory::RecordsHolder(PageIndex page, NodeId node) const {
+  const Impl& s = *impl_;
+  if (page >= s.cfg.num_pages || node >= kMaxNodes) return false;
+  return s.IsLost(page) || (s.Sharers(page) & NodeBit(node)) != 0 || s.IsOwner(page, node);
+}
+
+bool Directory::AwaitsAck(PageIndex page, NodeId node, MsgType ack) const {
+  const Impl& s = *impl_;
+  if (node >= kMaxNodes) return false;
+  auto it = s.txns.find(page);
+  if (it == s.txns.end() || !it->second.active) return false;
+  const Impl::Txn& t = it->second;
+  if (ack == MsgType::kInvAck) return (t.waiting & NodeBit(node)) != 0;
+  if (ack == MsgType::kRecallAck) return t.recalling && t.recall_from == node;
+  return false;
+}
+
 void Directory::OnPeerRejoined(NodeId peer) {
   Impl& s = *impl_;
   if (peer >= kMaxNodes) return;

@@ -156,6 +156,13 @@ class Directory {
   // For unmapping at the home: whether any node other than `self` holds a copy of any page.
   bool HasRemoteCopies() const;
 
+  // Message authority (protocol/authority.h), for a page homed here: whether `node` is
+  // recorded holding `page` (a sharer or the owner) or the page is lost, so a write-back from
+  // it is legitimate; whether the page's active transaction waits for `ack` (kInvAck or kRecallAck)
+  // from `node`. False for a page outside the region.
+  bool RecordsHolder(PageIndex page, NodeId node) const;
+  bool AwaitsAck(PageIndex page, NodeId node, MsgType ack) const;
+
   struct Counters {
     uint64_t requests_served = 0, invalidations_sent = 0, recalls_sent = 0, writebacks = 0,
              lost_pages = 0, nacks_sent = 0, queued_requests = 0;

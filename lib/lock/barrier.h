@@ -35,6 +35,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -128,6 +129,12 @@ class BarrierClient {
   void FailAll(const absl::Status& why);
 
   size_t num_pending() const { return pending_.size(); }
+  // The arbiter pending barrier request `req_id` waits at; nullopt if it is not pending.
+  std::optional<NodeId> arbiter_of(uint64_t req_id) const {
+    auto it = pending_.find(req_id);
+    if (it == pending_.end()) return std::nullopt;
+    return it->second.arbiter;
+  }
 
  private:
   using Key = std::pair<std::string, uint64_t>;

@@ -67,6 +67,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -140,6 +141,12 @@ class LockClient {
 
   bool is_pending(uint64_t id) const;
   bool is_held(uint64_t id) const;
+  // The arbiter lock `id` (pending or held) was asked of; nullopt for an id not known here.
+  std::optional<NodeId> arbiter_of(uint64_t id) const {
+    auto it = requests_.find(id);
+    if (it == requests_.end()) return std::nullopt;
+    return it->second.arbiter;
+  }
   size_t num_pending() const { return num_pending_; }
   size_t num_held() const { return requests_.size() - num_pending_; }
 

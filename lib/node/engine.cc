@@ -15,6 +15,7 @@
 #include "common/payload_pool.h"
 #include "common/status_macros.h"
 #include "common/timeouts.h"
+#include "node/authority_gate.h"
 #include "node/lock_service.h"
 #include "node/region_stats.h"
 
@@ -89,6 +90,8 @@ absl::StatusOr<std::shared_ptr<Engine>> Engine::Start(const Options& options) {
           [raw](NodeId peer) {
             return peer < kMaxNodes ? raw->down_why_[peer] : absl::OkStatus();
           }});
+  e->authority_ = std::make_unique<AuthorityGate>(options.node_id, &e->regions_,
+                                                  e->lifecycle_.get(), e->locks_.get());
   e->ArmUffdPoll();
   // The thread does not run yet when this is posted, and Start waits for it without a limit:
   // the references cannot outlive this frame.
@@ -234,7 +237,17 @@ void Engine::OnMessage(Message&& m) {
   // (this node was stalled) renews nothing: the sender may have reassigned our copies.
   if (leases_.Expired(m.src, now)) OnLeaseExpired(m.src);
   leases_.OnReceived(m.src, now);
-  if (!InNodeSet(down_mask_, m.src) || m.src == options_.node_id) Dispatch(m);
+  if (!InNodeSet(down_mask_, m.src) || m.src == options_.node_id) {
+    // Only what its sender may send is dispatched; a sender that breaks the authority table
+    // is cut off, as for an invalid message. (Answers made here on behalf of a down peer
+    // reach Dispatch directly: they come from no peer.)
+    if (absl::Status denied = authority_->Check(m); denied.ok()) {
+      Dispatch(m);
+    } else {
+      transport_->Disconnect(m.src, denied);
+      OnPeerDown(m.src, denied);
+    }
+  }
   // The handlers copy what they keep: a page run's buffer serves the next run.
   if (!m.payload.empty()) RecyclePayloadBuffer(std::move(m.payload));
 }
@@ -507,6 +520,7 @@ Stats Engine::CollectStats() {
   net.bytes_sent = t.bytes_sent;
   net.bytes_received = t.bytes_received;
   net.bad_messages = t.bad_messages;
+  net.authority_violations = authority_->violations();
   const lock::LockClient::Counters lc = locks_->counters().client;
   net.lock_requests = lc.requests;
   net.locks_granted = lc.granted;

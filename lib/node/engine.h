@@ -31,7 +31,7 @@
 //
 // Failure handling (engine_liveness.cc; the timeout hierarchy is LivenessTimes in
 // common/timeouts.h): a peer is declared down when its connection breaks, when it sends an
-// invalid message, when its lease expires (nothing heard from it for lease_duration; every
+// invalid message or one it may not send (node/authority_gate.h), when its lease expires (nothing heard from it for lease_duration; every
 // node sends heartbeats to its peers when idle), or when it owes an answer for too long (a home
 // owing one to a requester: `requester`; a holder owing an ack to a home: `holder`). Declaring
 // a peer down fences this node for it at once: requests to it fail and copies of pages homed
@@ -82,8 +82,9 @@
 
 namespace dsm {
 
-class LockService;   // node/lock_service.h
-class StatsGathers;  // node/engine_stats.cc
+class AuthorityGate;  // node/authority_gate.h
+class LockService;    // node/lock_service.h
+class StatsGathers;   // node/engine_stats.cc
 
 class Engine final : public Transport::Handler, public RegionHost {
  public:
@@ -215,6 +216,7 @@ class Engine final : public Transport::Handler, public RegionHost {
   // Engine-thread state.
   RegionTable regions_;  // after evictor_: regions go first
   std::unique_ptr<RegionLifecycle> lifecycle_;
+  std::unique_ptr<AuthorityGate> authority_;  // who may send what (protocol/authority.h)
   uint64_t down_mask_ = 0;   // peers declared down or left (bit per node id)
   // Peers declared down whose copies the directories have not forgotten yet (before their
   // ReassignAt): invalidations and recalls to them are held back, not answered locally.

@@ -39,6 +39,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -112,6 +113,15 @@ class LockService final : lock::LockTablePort, lock::LockClientPort, lock::Barri
   };
   // Engine thread (tests and stats).
   Counters counters() const;
+  // Message authority (protocol/authority.h), engine thread: the arbiter this node asked for
+  // lock `lock_id`, and the arbiter pending barrier request `req_id` waits at; nullopt if
+  // neither is known here.
+  std::optional<NodeId> LockArbiterOf(uint64_t lock_id) const {
+    return client_.arbiter_of(lock_id);
+  }
+  std::optional<NodeId> BarrierArbiterOf(uint64_t req_id) const {
+    return barrier_client_.arbiter_of(req_id);
+  }
 
  private:
   // lock::*Port: queue for Flush().

@@ -47,6 +47,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
@@ -130,6 +131,13 @@ class RegionLifecycle {
   void OnPeerUp(NodeId peer);
   void OnPeerDown(NodeId peer, const absl::Status& why);
   void OnTick(absl::Time now);  // ops past their deadline fail
+  // Message authority (protocol/authority.h): the peers (bit per id) operation `req_id` still
+  // waits for an answer from; nullopt if no such operation is in progress.
+  std::optional<uint64_t> AwaitedBy(uint64_t req_id) const {
+    auto it = ops_.find(req_id);
+    if (it == ops_.end()) return std::nullopt;
+    return it->second->pending_mask_;
+  }
 
  private:
   void Track(const std::shared_ptr<RegionOp>& op);

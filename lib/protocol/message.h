@@ -19,7 +19,8 @@ inline constexpr size_t kMaxPayload = kMaxRunPages * kPageSize + 4096;
 // Region names (kRegionOpen) and barrier group names (kBarrierEnter): 1..255 bytes, no NUL.
 inline constexpr size_t kMaxNameLength = 255;
 
-// Wire values are part of the protocol version: never renumber, only append.
+// Wire values are part of the protocol version: never renumber, only append. A new type
+// needs a row in the validation table (validation.cc) and a sender rule (authority.cc).
 enum class MsgType : uint8_t {
   // Connection set-up.
   kHello = 1,         // arg = cluster size; first message on every connection
