@@ -40,8 +40,12 @@ class AuthorityCluster : public ::testing::Test {
     base.peers = peers;
     base.transport = TransportKind::kLoopback;
     base.loopback_hub = hub;
-    base.connect_timeout = absl::Seconds(15);
+    // MapRegion waits this long for the forger, which never answers its identity check.
+    base.connect_timeout = absl::Seconds(4);
     base.peer_timeout = absl::Seconds(5);
+    // The forger is a bare transport that sends no heartbeats: a long lease keeps it a member
+    // (whose forgeries are judged) for the whole test instead of a peer declared down.
+    base.lease_duration = absl::Minutes(10);
 
     Options f = base;
     f.node_id = kForger;
