@@ -607,22 +607,13 @@ class LockProcessTest : public ::testing::TestWithParam<Net> {
         ASSERT_TRUE(p.ok()) << p.status();
         workers_.push_back(std::move(*p));
       }
-      bool collided = false;
-      std::vector<std::string> errors;
-      for (auto& w : workers_) {
-        absl::StatusOr<std::string> line = w->ReadLine(kReply);
-        if (line.ok() && *line == "ready") continue;
-        std::string what = line.ok() ? *line : line.status().ToString();
-        if (what.find("in use") != std::string::npos) collided = true;
-        errors.push_back(w->label() + ": " + what);
+      const WorkersStart started = AwaitWorkersReady(workers_, kReply, /*may_collide=*/!net_);
+      if (started.outcome == WorkersStart::kReady) return;
+      if (started.outcome == WorkersStart::kUffdUnavailable) {
+        GTEST_SKIP() << "userfaultfd unavailable: " << started.errors;
       }
-      if (errors.empty()) return;
-      if (!collided || net_) {
-        absl::StatusOr<int> st = workers_[0]->Wait(milliseconds(5000));
-        if (st.ok() && WIFEXITED(*st) && WEXITSTATUS(*st) == 77) {
-          GTEST_SKIP() << "userfaultfd unavailable: " << absl::StrJoin(errors, "; ");
-        }
-        FAIL() << "workers did not start: " << absl::StrJoin(errors, "; ");
+      if (started.outcome == WorkersStart::kFailed) {
+        FAIL() << "workers did not start: " << started.errors;
       }
     }
     FAIL() << "ports kept colliding";

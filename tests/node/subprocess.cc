@@ -288,4 +288,29 @@ absl::StatusOr<int> Subprocess::Wait(std::chrono::milliseconds timeout) {
   }
 }
 
+WorkersStart AwaitWorkersReady(const std::vector<std::unique_ptr<Subprocess>>& workers,
+                               std::chrono::milliseconds timeout, bool may_collide) {
+  bool collided = false;
+  std::vector<std::string> errors;
+  for (const auto& w : workers) {
+    absl::StatusOr<std::string> line = w->ReadLine(timeout);
+    if (line.ok() && *line == "ready") continue;
+    std::string what = line.ok() ? *line : line.status().ToString();
+    if (what.find("in use") != std::string::npos) collided = true;
+    errors.push_back(w->label() + ": " + what);
+  }
+  WorkersStart start;
+  if (errors.empty()) return start;
+  start.errors = absl::StrJoin(errors, "; ");
+  if (collided && may_collide) {
+    start.outcome = WorkersStart::kPortsCollided;
+    return start;
+  }
+  absl::StatusOr<int> st = workers[0]->Wait(std::chrono::milliseconds(5000));
+  start.outcome = st.ok() && WIFEXITED(*st) && WEXITSTATUS(*st) == 77
+                      ? WorkersStart::kUffdUnavailable
+                      : WorkersStart::kFailed;
+  return start;
+}
+
 }  // namespace dsm::testing

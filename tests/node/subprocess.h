@@ -83,4 +83,19 @@ class Subprocess {
 // Describes a wait status ("exit 0", "killed by SIGBUS").
 std::string DescribeWaitStatus(int status);
 
+// How a set of node_worker processes came up: each prints "ready", or an error, as its first
+// line.
+struct WorkersStart {
+  enum Outcome { kReady, kPortsCollided, kUffdUnavailable, kFailed };
+  Outcome outcome = kReady;
+  std::string errors;  // "node1: ...; node2: ..." unless kReady
+};
+
+// Reads each worker's first line (each within `timeout`). With `may_collide` (loopback ports
+// picked at random) a worker that found its port in use makes the start kPortsCollided, to be
+// retried with other ports; otherwise a failed start is kUffdUnavailable when the first
+// worker exited with 77, else kFailed.
+WorkersStart AwaitWorkersReady(const std::vector<std::unique_ptr<Subprocess>>& workers,
+                               std::chrono::milliseconds timeout, bool may_collide);
+
 }  // namespace dsm::testing
