@@ -102,7 +102,7 @@ def fmt_int(v):
 
 
 def fmt_speedup(v):
-    """plain / dsm: '1.7×' when faster than the plain run, '0.28× (3.6× slower)' when not."""
+    """'1.70×' when faster than the plain run, '0.28× (3.6× slower)' when not."""
     if v is None or v <= 0:
         return "—"
     if v >= 1:
@@ -124,15 +124,18 @@ def app_figures(w, F, n):
     w("The example applications' kernels (examples/app_kernels.h) on 1-3 nodes, node 0 the "
       "home, each beside a plain run of the same kernel in one process on private memory, "
       "measured in the same iteration and compared with it byte for byte (a wrong result is "
-      "an error, never a figure). Wall and CPU: the compute phase only (after every node "
-      "initialized its share); CPU of all six node processes. Speed-up = plain wall / dsm "
-      "wall. Pages moved: pages installed at, plus pages sent home by, the nodes other than "
-      "the home. CPU per page: the run's CPU beyond the plain run's, per page moved. With 3 "
-      "nodes the 2 vCPUs are oversubscribed: read CPU per page and pages moved, not the wall "
-      "speed-up (see \"Application figures\" in the notes below).")
+      "an error, never a figure). Wall and CPU cover the compute phase only (after every node "
+      "initialized its share). CPU: all six node processes; plain CPU: the plain run's thread. "
+      "Speed-up = plain CPU / dsm wall (the plain run's CPU time is its wall time on an idle "
+      "vCPU; its measured wall here mostly measures the other tenants). Pages moved: pages "
+      "installed at, plus pages sent home by, the nodes other than the home. CPU per page: the "
+      "run's CPU beyond the plain run's, per page moved. With 3 nodes the 2 vCPUs are "
+      "oversubscribed: read CPU per page and pages moved there, not the speed-up (see "
+      "\"Application figures\" in the notes below).")
     w("")
-    w("| application | nodes | wall ms | plain ms | speed-up vs plain | CPU ms, all nodes | "
-      "plain CPU ms | pages moved | faults | CPU µs per page moved, beyond plain |")
+    w("| application | nodes | wall ms | plain ms | speed-up vs plain (plain CPU ÷ wall) | "
+      "CPU ms, all nodes | plain CPU ms | pages moved | faults | "
+      "CPU µs per page moved, beyond plain |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind, nodes, key in keys:
         a, b = F.get(key, "size_a"), F.get(key, "size_b")
