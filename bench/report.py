@@ -108,6 +108,8 @@ def fmt_speedup(v):
     if v >= 1:
         return f"{v:.2f}×"
     slower = 1 / v
+    if slower >= 100:
+        return f"{'<0.01' if v < 0.01 else f'{v:.2f}'}× ({slower:,.0f}× slower)"
     if slower >= 10:
         return f"{v:.2g}× ({slower:,.0f}× slower)"
     return f"{v:.2f}× ({slower:.1f}× slower)"
