@@ -8,6 +8,8 @@
 // same path: a raw TCP server (this binary with --raw-server) in node 1's namespace, and
 // local userfaultfd round trips (bench_floors.cc). Every figure reports median_us and p99_us
 // of per-operation latencies collected here (manual time = the sum of those latencies).
+// The application figures (bench_apps.h) run the examples' kernels on nodes 0-2 of the same
+// cluster beside a plain single-process run.
 //
 // Needs root (userfaultfd here; namespaces for veth). Without userfaultfd it exits 77.
 //
