@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "app_kernels.h"
 
 namespace dsm::bench {
 
@@ -46,13 +47,9 @@ class Samples {
 };
 
 // The record the counter-table kernel touches at its k-th operation on the node seeded
-// `seed`, out of `records` (a fixed mixing function, as examples/counter_table.cc picks).
+// `seed`, out of `records` (the pick of examples/counter_table.cc).
 inline uint64_t CounterRecord(uint64_t seed, uint64_t k, uint64_t records) {
-  uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ULL + k * 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 31;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 29;
-  return x % records;
+  return app::CounterPick(seed, k, records);
 }
 
 // ---- raw TCP floor protocol ---------------------------------------------------------------

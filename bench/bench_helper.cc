@@ -14,6 +14,8 @@
 //   counter <name> <records> <n>  the counter table's lock phase: n times, pick a 64-byte
 //                                record (CounterRecord, seeded with this node's id), lock its
 //                                first 8 bytes exclusively, increment them, unlock; "ok <ns>"
+//   app <name> <kernel> <index> <nodes> <a> <b>  node <index>'s share of an application
+//                                figure on region <name> (bench_apps.h); "ok" when done
 //   quit                         leave (unmaps what is still mapped)
 #include <sched.h>
 
@@ -27,6 +29,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "bench_apps.h"
 #include "bench_common.h"
 #include "bench_helper.h"
 #include "dsm/lock.h"
@@ -116,6 +119,7 @@ std::string Helper::Run(const std::vector<std::string>& c) {
     }
     return absl::StrCat("ok ", NowNs() - t0);
   }
+  if (cmd == "app") return RunAppCommand(*node_, *r, c);
   if (cmd == "pong") {
     uint64_t rounds = num(2);
     auto* word = reinterpret_cast<uint64_t*>(const_cast<uint8_t*>(base));

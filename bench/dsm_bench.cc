@@ -8,6 +8,8 @@
 // same path: a raw TCP server (this binary with --raw-server) in node 1's namespace, and
 // local userfaultfd round trips (bench_floors.cc). Every figure reports median_us and p99_us
 // of per-operation latencies collected here (manual time = the sum of those latencies).
+// The application figures (bench_apps.h) run the examples' kernels on nodes 0-2 of the same
+// cluster beside a plain single-process run.
 //
 // Needs root (userfaultfd here; namespaces for veth). Without userfaultfd it exits 77.
 //
@@ -37,6 +39,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "bench_apps.h"
 #include "bench_common.h"
 #include "bench_floors.h"
 #include "bench_helper.h"
@@ -219,6 +222,27 @@ Cluster::~Cluster() {
   }
   ns_.reset();
 }
+
+}  // namespace
+
+// The cluster as the application figures (bench_apps.cc) see it.
+absl::StatusOr<AppCluster*> GetAppCluster(Net net) {
+  class View final : public AppCluster {
+   public:
+    Cluster* c = nullptr;
+    dsm::Node* node() override { return c->node(); }
+    std::vector<pid_t> node_pids() override { return c->node_pids(); }
+    absl::Status Send(int id, const std::string& cmd) override { return c->Send(id, cmd); }
+    absl::StatusOr<std::string> Read(int id) override { return c->Read(id); }
+  };
+  static View view;
+  absl::StatusOr<Cluster*> c = Cluster::Get(net);
+  if (!c.ok()) return c.status();
+  view.c = *c;
+  return &view;
+}
+
+namespace {
 
 // A region mapped on node 0 and on some helpers (the home first); unmapped in reverse order.
 class SharedRegion {
@@ -976,6 +1000,7 @@ int main(int argc, char** argv) {
 
   dsm::bench::RegisterFloorBenchmarks(cfg);
   dsm::bench::RegisterClusterBenchmarks(cfg);
+  dsm::bench::RegisterAppBenchmarks(cfg);
   benchmark::AddCustomContext("dsm_smoke", cfg.smoke ? "1" : "0");
   const int64_t effective_spin =
       cfg.poll_spin_us >= 0 ? cfg.poll_spin_us
@@ -987,5 +1012,11 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks();
   dsm::bench::Cluster::DestroyCurrent();
   benchmark::Shutdown();
+  // A wrong application result is an error row in a full run; the smoke test fails on it.
+  if (cfg.smoke && dsm::bench::AppWrongResults() > 0) {
+    std::fprintf(stderr, "dsm_bench: %d application run(s) computed a wrong result\n",
+                 dsm::bench::AppWrongResults());
+    return 1;
+  }
   return 0;
 }

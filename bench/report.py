@@ -97,6 +97,75 @@ def verdict(ok):
     return "**met**" if ok else "**not met**"
 
 
+def fmt_int(v):
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def fmt_speedup(v):
+    """'1.70×' when faster than the plain run, '0.28× (3.6× slower)' when not."""
+    if v is None or v <= 0:
+        return "—"
+    if v >= 1:
+        return f"{v:.2f}×"
+    slower = 1 / v
+    if slower >= 100:
+        return f"{'<0.01' if v < 0.01 else f'{v:.2f}'}× ({slower:,.0f}× slower)"
+    if slower >= 10:
+        return f"{v:.2g}× ({slower:,.0f}× slower)"
+    return f"{v:.2f}× ({slower:.1f}× slower)"
+
+
+def app_figures(w, F, n):
+    """The table "application figures" over network n (bench/bench_apps.cc)."""
+    keys = [(kind, nodes, f"App_{kind}/{n}/nodes:{nodes}")
+            for kind in ("Sor", "Matmul", "CounterTable") for nodes in (1, 2, 3)]
+    if not any(k in F.runs for _, _, k in keys):
+        return
+    w(f"### Application figures over `{n}`")
+    w("")
+    w("The example applications' kernels (examples/app_kernels.h) on 1-3 nodes, node 0 the "
+      "home, each beside a plain run of the same kernel in one process on private memory, "
+      "measured in the same iteration and compared with it byte for byte (a wrong result is "
+      "an error, never a figure). Wall and CPU cover the compute phase only (after every node "
+      "initialized its share). CPU: all six node processes; plain CPU: the plain run's thread. "
+      "Speed-up = plain CPU / dsm wall (the plain run's CPU time is its wall time on an idle "
+      "vCPU; its measured wall here mostly measures the other tenants). Pages moved: pages "
+      "installed at, plus pages sent home by, the nodes other than the home. CPU per page: the "
+      "run's CPU beyond the plain run's, per page moved. With 3 nodes the 2 vCPUs are "
+      "oversubscribed: read CPU per page and pages moved there, not the speed-up (see "
+      "\"Application figures\" in the notes below).")
+    w("")
+    w("| application | nodes | wall ms | plain ms | speed-up vs plain (plain CPU ÷ wall) | "
+      "CPU ms, all nodes | plain CPU ms | pages moved | faults | "
+      "CPU µs per page moved, beyond plain |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for kind, nodes, key in keys:
+        a, b = F.get(key, "size_a"), F.get(key, "size_b")
+        if kind == "Sor":
+            label = (f"red-black SOR, {fmt_int(a + 2) if a else '?'}² doubles, "
+                     f"{fmt_int(b)} iterations")
+        elif kind == "Matmul":
+            label = f"matrix multiply, {fmt_int(a)}² doubles"
+        else:
+            label = (f"counter table, {fmt_int(a)} packed records, {fmt_int(b)} ops per node "
+                     f"(per op: wall {fmt(F.get(key, 'us_per_op'))} µs, CPU "
+                     f"{fmt(F.get(key, 'cpu_us_per_op'))} µs)")
+        wall = F.get(key, "wall_ms")
+        if wall is None:
+            if key in F.runs:
+                w(f"| {label} | {nodes} | error: {F.err(key)} | | | | | | | |")
+            continue
+        pages = fmt_int(F.get(key, "pages_moved"))
+        per_it = F.get(key, "pages_per_iteration")
+        if per_it is not None:
+            pages += f" ({fmt(per_it)} per iteration)"
+        w(f"| {label} | {nodes} | {fmt(wall)} | {fmt(F.get(key, 'plain_ms'))} | "
+          f"{fmt_speedup(F.get(key, 'speedup'))} | {fmt(F.get(key, 'cpu_ms'))} | "
+          f"{fmt(F.get(key, 'plain_cpu_ms'))} | {pages} | {fmt_int(F.get(key, 'faults'))} | "
+          f"{fmt(F.get(key, 'extra_cpu_us_per_page'))} |")
+    w("")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True, action="append")
@@ -348,6 +417,7 @@ def main():
               f"B/page; map took {fmt(F.get(key, 'map_ms'))} ms) | {fmt(v)} B/page | ≤ 16 B/page | "
               f"{verdict(v <= 16)} |")
         w("")
+        app_figures(w, F, n)
 
     if args.spin_json:
         ctx2, runs2 = load(args.spin_json)

@@ -20,28 +20,9 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "app_kernels.h"
 #include "app_util.h"
 #include "dsm/heap.h"
-
-namespace {
-
-struct alignas(64) Record {
-  uint64_t value;
-  uint64_t pad[7];
-};
-static_assert(sizeof(Record) == 64);
-
-// The record a node touches at its k-th operation (a fixed mixing function, so node 0 can
-// recompute every node's sequence).
-uint64_t Pick(uint64_t node, uint64_t k, uint64_t records) {
-  uint64_t x = (node + 1) * 0x9e3779b97f4a7c15ULL + k * 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 31;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 29;
-  return x % records;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   app::Flags flags(argc, argv, "counter_table [--records 256] [--ops 2000] [--pad 0]");
@@ -53,7 +34,7 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<dsm::Node> node = app::StartNode("counter_table");
   const uint64_t nodes = node->cluster_size(), me = node->id();
-  const uint64_t record_bytes = pad ? 4096 : sizeof(Record);
+  const uint64_t record_bytes = pad ? 4096 : sizeof(app::CounterRecord);
   const uint64_t table_bytes = (records * record_bytes + 4095) / 4096 * 4096;
   const uint64_t report_bytes = records * sizeof(uint32_t);
 
@@ -82,9 +63,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "counter_table: allocating the tables failed\n");
     return 1;
   }
-  auto record = [&](void* table, uint64_t r) {
-    return reinterpret_cast<Record*>(static_cast<uint8_t*>(table) + r * record_bytes);
-  };
+  const app::CounterTables tables{static_cast<uint8_t*>(*locked), static_cast<uint8_t*>(*atomic),
+                                  record_bytes, records};
 
   // This node's report, from the shared heap; its offset goes into this node's slot.
   absl::StatusOr<absl::Span<uint32_t>> report = heap->AllocateArray<uint32_t>(records);
@@ -98,21 +78,19 @@ int main(int argc, char** argv) {
   const absl::Duration timeout = absl::Seconds(120);
   app::BarrierOrExit(*node, "counter_table", "counters", "ready", timeout);
   const absl::Time start = absl::Now();
-  for (uint64_t k = 0; k < ops; ++k) {
-    const uint64_t r = Pick(me, k, records);
-    const uint64_t offset = heap->OffsetOf(record(*locked, r));
-    absl::StatusOr<dsm::LockGuard> g = (*region)->Lock(offset, sizeof(uint64_t),
-                                                       dsm::LockMode::kExclusive,
-                                                       absl::Now() + timeout);
-    if (!g.ok()) {
-      std::fprintf(stderr, "counter_table node %lu: lock: %s\n",
-                   static_cast<unsigned long>(me), g.status().ToString().c_str());
-      return 1;
-    }
-    record(*locked, r)->value = record(*locked, r)->value + 1;  // plain read-modify-write
-    (void)g->Unlock();
-    __atomic_fetch_add(&record(*atomic, r)->value, 1, __ATOMIC_RELAXED);
-    ++(*report)[r];
+  absl::Status ops_done = app::CounterOps(
+      tables, report->data(), me, ops, [&](void* rec, const auto& update) -> absl::Status {
+        absl::StatusOr<dsm::LockGuard> g =
+            (*region)->Lock(heap->OffsetOf(rec), sizeof(uint64_t), dsm::LockMode::kExclusive,
+                            absl::Now() + timeout);
+        if (!g.ok()) return g.status();
+        update();  // a plain read-modify-write, under the lock
+        return g->Unlock();
+      });
+  if (!ops_done.ok()) {
+    std::fprintf(stderr, "counter_table node %lu: lock: %s\n", static_cast<unsigned long>(me),
+                 ops_done.ToString().c_str());
+    return 1;
   }
   const absl::Duration took = absl::Now() - start;
   app::BarrierOrExit(*node, "counter_table", "counters", "done", timeout);
@@ -124,7 +102,7 @@ int main(int argc, char** argv) {
     for (uint64_t n = 0; n < nodes; ++n) {
       const uint32_t* rep = static_cast<const uint32_t*>(heap->At((*slots)[n]));
       std::vector<uint32_t> mine(records, 0);
-      for (uint64_t k = 0; k < ops; ++k) ++mine[Pick(n, k, records)];
+      for (uint64_t k = 0; k < ops; ++k) ++mine[app::CounterPick(n, k, records)];
       for (uint64_t r = 0; r < records; ++r) {
         if (rep[r] != mine[r]) ++bad_reports;
         expect[r] += rep[r];
@@ -135,8 +113,8 @@ int main(int argc, char** argv) {
       }
     }
     for (uint64_t r = 0; r < records; ++r) {
-      if (record(*locked, r)->value != expect[r]) ++bad_locked;
-      if (record(*atomic, r)->value != expect[r]) ++bad_atomic;
+      if (tables.Locked(r)->value != expect[r]) ++bad_locked;
+      if (tables.Atomic(r)->value != expect[r]) ++bad_atomic;
     }
     const bool exact = bad_reports == 0 && bad_locked == 0 && bad_atomic == 0;
     std::printf("counter_table: %lu nodes x %lu ops on %lu %s records: %s (wrong: %lu reports, "

@@ -18,29 +18,9 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "app_kernels.h"
 #include "app_util.h"
 #include "dsm/heap.h"
-
-namespace {
-
-double AValue(uint64_t i, uint64_t j) { return static_cast<double>((i * 7 + j * 3) % 17) - 8.0; }
-double BValue(uint64_t i, uint64_t j) { return static_cast<double>((i * 5 + j * 11) % 13) * 0.5; }
-
-// Rows [first, end) of C = A x B (n x n, row-major).
-void Multiply(const double* a, const double* b, double* c, uint64_t n, uint64_t first,
-              uint64_t end) {
-  for (uint64_t i = first; i < end; ++i) {
-    double* row = c + i * n;
-    for (uint64_t j = 0; j < n; ++j) row[j] = 0;
-    for (uint64_t k = 0; k < n; ++k) {
-      const double aik = a[i * n + k];
-      const double* brow = b + k * n;
-      for (uint64_t j = 0; j < n; ++j) row[j] += aik * brow[j];
-    }
-  }
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   app::Flags flags(argc, argv, "matmul [--n 256] [--interleave 0|1]");
@@ -51,7 +31,7 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<dsm::Node> node = app::StartNode("matmul");
   const uint64_t nodes = node->cluster_size(), me = node->id();
-  const uint64_t matrix_bytes = (n * n * sizeof(double) + 4095) / 4096 * 4096;
+  const uint64_t matrix_bytes = app::MatmulMatrixBytes(n);
 
   dsm::RegionOptions ro;
   ro.name = "matmul";
@@ -77,19 +57,13 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  const uint64_t per = (n + nodes - 1) / nodes;
-  const uint64_t first = std::min(n, me * per), end = std::min(n, (me + 1) * per);
-  for (uint64_t i = first; i < end; ++i) {
-    for (uint64_t j = 0; j < n; ++j) {
-      (*a)[i * n + j] = AValue(i, j);
-      (*b)[i * n + j] = BValue(i, j);
-    }
-  }
+  const auto [first, end] = app::MatmulRows(n, nodes, me);
+  app::MatmulFill(a->data(), b->data(), n, first, end);
   const absl::Duration timeout = absl::Seconds(120);
   app::BarrierOrExit(*node, "matmul", "matmul", "filled", timeout);
   const absl::StatusOr<dsm::Stats> before = node->GetStats();
   const absl::Time start = absl::Now();
-  Multiply(a->data(), b->data(), c->data(), n, first, end);
+  app::MatmulMultiply(a->data(), b->data(), c->data(), n, first, end);
   app::BarrierOrExit(*node, "matmul", "matmul", "multiplied", timeout);
   const absl::Duration took = absl::Now() - start;
   const absl::StatusOr<dsm::Stats> after = node->GetStats();
@@ -97,13 +71,8 @@ int main(int argc, char** argv) {
   int result = 0;
   if (me == 0) {
     std::vector<double> ra(n * n), rb(n * n), rc(n * n);
-    for (uint64_t i = 0; i < n; ++i) {
-      for (uint64_t j = 0; j < n; ++j) {
-        ra[i * n + j] = AValue(i, j);
-        rb[i * n + j] = BValue(i, j);
-      }
-    }
-    Multiply(ra.data(), rb.data(), rc.data(), n, 0, n);
+    app::MatmulFill(ra.data(), rb.data(), n, 0, n);
+    app::MatmulMultiply(ra.data(), rb.data(), rc.data(), n, 0, n);
     const bool same = std::memcmp(rc.data(), c->data(), n * n * sizeof(double)) == 0;
     double trace = 0;
     for (uint64_t i = 0; i < n; ++i) trace += (*c)[i * n + i];

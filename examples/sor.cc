@@ -18,37 +18,9 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "app_kernels.h"
 #include "app_util.h"
 #include "dsm/heap.h"
-
-namespace {
-
-constexpr uint64_t kPage = 4096;
-
-struct Grid {
-  double* cells;
-  uint64_t n;       // interior points per side; rows and columns 0 and n+1 are the boundary
-  uint64_t stride;  // doubles per row, padded to whole pages
-  double& at(uint64_t i, uint64_t j) const { return cells[i * stride + j]; }
-};
-
-void Init(const Grid& g, uint64_t first_row, uint64_t end_row) {
-  for (uint64_t i = first_row; i < end_row; ++i) {
-    for (uint64_t j = 0; j < g.n + 2; ++j) g.at(i, j) = i == 0 ? 1.0 : 0.0;  // hot top edge
-  }
-}
-
-// One colour of rows [first, end): points with (i + j) % 2 == colour.
-void HalfStep(const Grid& g, uint64_t first, uint64_t end, int colour, double omega) {
-  for (uint64_t i = first; i < end; ++i) {
-    for (uint64_t j = 1 + (i + 1 + colour) % 2; j <= g.n; j += 2) {
-      const double sum = g.at(i - 1, j) + g.at(i + 1, j) + g.at(i, j - 1) + g.at(i, j + 1);
-      g.at(i, j) = (1.0 - omega) * g.at(i, j) + omega * 0.25 * sum;
-    }
-  }
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   app::Flags flags(argc, argv, "sor [--n 510] [--iters 40] [--omega 1.5]");
@@ -60,12 +32,12 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<dsm::Node> node = app::StartNode("sor");
   const uint64_t nodes = node->cluster_size(), me = node->id();
-  const uint64_t stride = (((n + 2) * sizeof(double) + kPage - 1) / kPage) * kPage / sizeof(double);
-  const uint64_t grid_bytes = (n + 2) * stride * sizeof(double);
+  const uint64_t stride = app::SorStride(n);
+  const uint64_t grid_bytes = app::SorGridBytes(n);
 
   dsm::RegionOptions ro;
   ro.name = "sor";
-  ro.size = grid_bytes + 2 * kPage;  // the heap's header page, and room to round
+  ro.size = grid_bytes + 2 * app::kKernelPage;  // the heap's header page, and room to round
   absl::StatusOr<std::unique_ptr<dsm::Region>> region = node->MapRegion(ro);
   if (!region.ok()) {
     std::fprintf(stderr, "sor: %s\n", region.status().ToString().c_str());
@@ -81,19 +53,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sor: %s\n", cells.status().ToString().c_str());
     return 1;
   }
-  const Grid g{cells->data(), n, stride};
+  const app::SorGrid g{cells->data(), n, stride};
 
   // Rows 1..n in blocks; node 0 also owns row 0, the last node row n+1 (the boundary).
-  const uint64_t per = (n + nodes - 1) / nodes;
-  const uint64_t first = 1 + me * per, end = std::min(n + 1, 1 + (me + 1) * per);
-  Init(g, me == 0 ? 0 : first, me + 1 == nodes ? n + 2 : end);
+  const auto [first, end] = app::SorRows(n, nodes, me);
+  const app::RowBlock init = app::SorInitRows(n, nodes, me);
+  app::SorInit(g, init.first, init.end);
   const absl::Duration timeout = absl::Seconds(120);
   app::BarrierOrExit(*node, "sor", "sor", "init", timeout);
   const absl::StatusOr<dsm::Stats> before = node->GetStats();
   const absl::Time start = absl::Now();
   for (uint64_t it = 0; it < iters; ++it) {
     for (int colour = 0; colour < 2; ++colour) {
-      if (first < end) HalfStep(g, first, end, colour, omega);
+      if (first < end) app::SorHalfStep(g, first, end, colour, omega);
       app::BarrierOrExit(*node, "sor", "sor", "sweep", timeout);
     }
   }
@@ -104,11 +76,9 @@ int main(int argc, char** argv) {
   if (me == 0) {
     // The same iterations on private memory, in one process.
     std::vector<double> ref_cells((n + 2) * stride);
-    const Grid ref{ref_cells.data(), n, stride};
-    Init(ref, 0, n + 2);
-    for (uint64_t it = 0; it < iters; ++it) {
-      for (int colour = 0; colour < 2; ++colour) HalfStep(ref, 1, n + 1, colour, omega);
-    }
+    const app::SorGrid ref{ref_cells.data(), n, stride};
+    app::SorInit(ref, 0, n + 2);
+    app::SorSweeps(ref, iters, omega);
     double sum = 0;
     uint64_t wrong = 0;
     for (uint64_t i = 0; i < n + 2; ++i) {
