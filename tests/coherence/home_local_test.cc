@@ -16,6 +16,7 @@ namespace {
 
 using test::HomeAt;
 using test::kT0;
+using test::Msg;
 using sim::Sim;
 using ES = Directory::EntryState;
 using TS = Sim::ThreadState;
@@ -62,17 +63,6 @@ class LocalPort final : public DirectoryPort {
   int loads = 0, stores = 0, invalidate_calls = 0;
   bool fail_write_protect = false;
 };
-
-Message Msg(MsgType t, NodeId src, PageIndex page, uint64_t arg = 0, uint64_t req_id = 1) {
-  Message m;
-  m.type = t;
-  m.src = src;
-  m.dst = 0;
-  m.page = page;
-  m.arg = arg;
-  m.req_id = req_id;
-  return m;
-}
 
 Directory::Config HomeConfig() {
   return {0, 1, 4, 4, [](PageIndex) -> NodeId { return 0; }};
