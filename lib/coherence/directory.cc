@@ -166,7 +166,6 @@ struct Directory::Impl {
   }
 
   // The latest data of `page` is gone (see the rules above DirectoryPort): lost for good.
-
   void Lose(PageIndex page, const char* what, const absl::Status& why) {
     DSM_LOG(ERROR) << "region " << cfg.region << " page " << page << " lost: " << what << ": "
                    << why;
