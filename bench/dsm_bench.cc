@@ -303,6 +303,7 @@ struct Params {
   Net net = Net::kLoopback;
   int64_t a = 0;
   int64_t b = 0;
+  int64_t c = 0;
 };
 
 Cluster* GetClusterOrSkip(benchmark::State& state, const Params& p) {
@@ -468,12 +469,16 @@ void BM_ReadFault(benchmark::State& state, const Params& p) {
 
 // Write miss (I -> M, p.a=k other sharers) or upgrade (S -> M, node 0 holds the page
 // Shared too; p.b=1). Sharers are nodes 2..k+1; they read a batch of pages (not timed),
-// node 0 reads them for an upgrade (not timed), then each store is timed.
+// node 0 reads them for an upgrade (not timed), then each store is timed. Home-written
+// (p.c=1): the home first writes the batch itself (not timed), so a write miss takes the
+// page from the home's writable copy and an upgrade finds the home a sharer (its copy
+// write-protected by node 0's read).
 void BM_WriteFault(benchmark::State& state, const Params& p) {
   Cluster* c = GetClusterOrSkip(state, p);
   if (c == nullptr) return;
   const int k = static_cast<int>(p.a);
   const bool upgrade = p.b != 0;
+  const bool home_written = p.c != 0;
   const size_t n = Iters(state);
   const size_t batch = 64;
   const size_t pages = (n + batch - 1) / batch * batch;
@@ -491,6 +496,10 @@ void BM_WriteFault(benchmark::State& state, const Params& p) {
     if (i % batch == 0) {
       // Prepare the next batch; manual time and the CPU meter leave this out.
       cpu.Pause();
+      if (home_written) {
+        BENCH_CHECK_OK(
+            c->Call(kHome, absl::StrCat("write ", (*r)->name(), " ", i, " ", batch)).status());
+      }
       for (int s = 0; s < k; ++s) {
         BENCH_CHECK_OK(c->Send(2 + s, absl::StrCat("read ", (*r)->name(), " ", i, " ", batch)));
       }
@@ -903,6 +912,8 @@ void RegisterClusterBenchmarks(const BenchConfig& cfg) {
     }
     reg("Recall" + sfx, BM_Recall, {net, 2}, wr_iters);
     reg("ReadFaultHomeWritten" + sfx, BM_Recall, {net, kHome}, wr_iters);
+    reg("WriteMissHomeWritten" + sfx, BM_WriteFault, {net, 0, 0, 1}, wr_iters);
+    reg("UpgradeHomeWritten" + sfx, BM_WriteFault, {net, 0, 1, 1}, wr_iters);
     reg("PingPong" + sfx, BM_PingPong, {net}, wr_iters);
     reg("SeqScan" + sfx, BM_Scan, {net, scan_pages, 0}, smoke ? 1 : 3);
     reg("RandScan" + sfx, BM_Scan, {net, scan_pages, 1}, smoke ? 1 : 3);

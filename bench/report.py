@@ -308,6 +308,17 @@ def main():
             s(miss, rtt, wp), "MISSING + raw 4K RTT + WP (the home's write-protect)",
             "≤ 1.3× the untouched read fault" + (f" ({fmt(1.3 * rf_med)} µs)" if rf_med else ""),
             (lambda m, p, r: rf_med is not None and m <= 1.3 * rf_med), cpu(MISS, RTT, WP))
+        for kind, label, untouched, fl, fc, fl_is in (
+                ("WriteMiss", "write miss I→M", f"WriteMiss/{n}/k:0", s(miss, rtt, wp),
+                 cpu(MISS, RTT, WP),
+                 "MISSING + raw 4K RTT + WP (the home's write-protect; its unmap not counted)"),
+                ("Upgrade", "write upgrade S→M", f"Upgrade/{n}/k:0", s(wp, rtt),
+                 cpu(WP, RTT), "WP + raw 4K RTT (the home's unmap not counted)")):
+            key = f"{kind}HomeWritten/{n}"
+            row(key, f"{label} of a page the home has written (the home's copy is taken in "
+                f"place; home CPU {fmt(F.get(key, 'cpu_home_us_per_op'))} µs/op against "
+                f"{fmt(F.get(untouched, 'cpu_home_us_per_op'))}; untouched page "
+                f"{fmt(F.get(untouched, 'median_us'))} µs)", fl, fl_is, floor_cpu=fc)
         pp_floor = s(miss, rtt, rtt, miss, rtt, rtt)
         row(f"PingPong/{n}", "ping-pong round (two hand-offs of one page)", pp_floor,
             "2 × (MISSING + 2 raw 4K RTT)", floor_cpu=cpu(MISS, RTT, RTT, MISS, RTT, RTT))

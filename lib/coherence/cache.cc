@@ -623,6 +623,21 @@ absl::StatusOr<bool> Cache::DowngradeForHome(PageIndex page, uint8_t* out) {
   return true;
 }
 
+absl::StatusOr<bool> Cache::InvalidateForHome(PageIndex page, PageState held, uint8_t* out) {
+  Impl& s = *impl_;
+  if (page >= s.cfg.num_pages || held == PageState::kInvalid || s.State(page) != held) {
+    return false;
+  }
+  if (held == PageState::kModified) {
+    absl::StatusOr<bool> downgraded = DowngradeForHome(page, out);  // -> S, data in out
+    if (!downgraded.ok() || !*downgraded) return downgraded;
+  } else {
+    ++s.c.invalidations;
+  }
+  s.DropOrLose(page);
+  return true;
+}
+
 void Cache::LoseCopy(PageIndex page) {
   Impl& s = *impl_;
   if (page >= s.cfg.num_pages || s.IsLost(page)) return;

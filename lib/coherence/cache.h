@@ -200,6 +200,14 @@ class Cache {
   // Returns false, changing nothing, unless the page is M here; an error if the write-protect
   // failed (the copy is then lost here: the home must report the page lost).
   absl::StatusOr<bool> DowngradeForHome(PageIndex page, uint8_t* out);
+  // The home's directory takes this node's copy of a page it homes (another node's kGetM
+  // needs it gone), as a kRecall(kInvalidate) or a kInv would, without the message: a
+  // Modified copy is write-protected and copied to out[kPageSize], then the page is dropped
+  // (poisoned if the unmap fails); a pending request stays pending. Returns false, changing
+  // nothing, unless the page is `held` (kModified or kShared) here; an error if the
+  // write-protect of a Modified copy failed (the copy is then lost here: the home must report
+  // the page lost).
+  absl::StatusOr<bool> InvalidateForHome(PageIndex page, PageState held, uint8_t* out);
 
   // Sync: every M page is written back and kept S (runs of consecutive pages with one home in
   // one kPut of up to kMaxRunPages pages). Appends each home written to (once).

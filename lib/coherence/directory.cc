@@ -43,6 +43,8 @@ struct Directory::Impl {
     NodeId recall_from = 0;
     absl::Time since;         // when the current wait began (for CollectOverdue)
     std::deque<Request> queue;
+    // The home's own copy taken in place for req (TakeOwnCopy), sent by Finish; else empty.
+    std::vector<uint8_t> own_copy;
   };
 
   Impl(Config config, DirectoryPort* p)
@@ -110,20 +112,35 @@ struct Directory::Impl {
   void OnPut(const Message& m);
   void ApplyWriteback(PageIndex page, PutKind kind, NodeId src, const uint8_t* data);
 
-  // The latest data of `page` is gone (see the rules above DirectoryPort): lost for good.
-  // The home holds `page` Modified itself: write-protects its copy and stores it, leaving the
-  // page Shared{self}, with the effect of a kRecall(kDowngrade) to itself. False if the cache
-  // does not hold it Modified after all (nothing changed: recall as usual); true also when
-  // the page was lost trying (the transaction then nacks).
-  bool DowngradeOwnCopy(PageIndex page) {
-    own_copy.resize(kPageSize);
-    absl::StatusOr<bool> downgraded = port->DowngradeLocal(page, own_copy.data());
-    if (!downgraded.ok()) {
-      Lose(page, "the home could not write-protect its copy", downgraded.status());
+  // The home holds `page` Modified itself and t.req needs it: for a kGetS its copy is
+  // write-protected and stored, leaving the page Shared{self} (a kRecall(kDowngrade) to
+  // itself); for a kGetM it is given up (a kRecall(kInvalidate)), leaving it Uncached, and
+  // not stored (the grant makes the page Modified at the requester). Either way the data is
+  // kept in t.own_copy for the grant, which Finish sends instead of loading the page again.
+  // False if the cache does not hold it Modified after all (nothing changed: recall as
+  // usual); true also when the page was lost trying (the transaction then nacks).
+  bool TakeOwnCopy(PageIndex page, Txn& t) {
+    const bool read = t.req.type == MsgType::kGetS;
+    t.own_copy.resize(kPageSize);
+    absl::StatusOr<bool> taken =
+        read ? port->DowngradeLocal(page, t.own_copy.data())
+             : port->InvalidateLocal(page, PageState::kModified, t.own_copy.data());
+    if (!taken.ok()) {
+      t.own_copy.clear();
+      Lose(page, "the home could not write-protect its copy", taken.status());
       return true;
     }
-    if (!*downgraded) return false;
-    if (absl::Status stored = port->StorePage(page, own_copy.data()); !stored.ok()) {
+    if (!*taken) {
+      t.own_copy.clear();
+      return false;
+    }
+    if (!read) {
+      SetUncached(page);
+      ++c.local_invalidations;
+      return true;
+    }
+    if (absl::Status stored = port->StorePage(page, t.own_copy.data()); !stored.ok()) {
+      t.own_copy.clear();
       Lose(page, "StorePage", stored);
       return true;
     }
@@ -131,8 +148,24 @@ struct Directory::Impl {
     ++c.local_downgrades;
     return true;
   }
-  std::vector<uint8_t> own_copy;  // DowngradeOwnCopy's buffer
+  // The home is a sharer of `page` and another node's kGetM needs its copy gone: dropped in
+  // place (a kInv to itself). False if the cache does not hold it Shared after all (send the
+  // kInv as usual).
+  bool DropOwnSharedCopy(PageIndex page) {
+    absl::StatusOr<bool> dropped = port->InvalidateLocal(page, PageState::kShared, nullptr);
+    if (!dropped.ok()) {  // not in the port's contract; the copy is gone either way
+      ++c.protocol_errors;
+      DSM_LOG(ERROR) << "dropping the home's Shared copy of page " << page << ": "
+                     << dropped.status();
+    } else if (!*dropped) {
+      return false;
+    }
+    RemoveSharer(page, cfg.self);
+    ++c.local_invalidations;
+    return true;
+  }
 
+  // The latest data of `page` is gone (see the rules above DirectoryPort): lost for good.
   void Lose(PageIndex page, const char* what, const absl::Status& why) {
     DSM_LOG(ERROR) << "region " << cfg.region << " page " << page << " lost: " << what << ": "
                    << why;
@@ -143,7 +176,7 @@ struct Directory::Impl {
   void OnInvAck(const Message& m);
   void OnRecallAck(const Message& m);
   void Begin(PageIndex page, Txn& t, absl::Time now);
-  void Finish(PageIndex page, const Txn& t);
+  void Finish(PageIndex page, Txn& t);
   void Drain(PageIndex page, absl::Time now);
 };
 
@@ -310,9 +343,9 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
       ++c.protocol_errors;
       DSM_LOG(ERROR) << "node " << owner << " requests page " << page << " it owns";
       SetUncached(page);
-    } else if (owner == cfg.self && r.type == MsgType::kGetS && DowngradeOwnCopy(page)) {
-      // The home wrote the page itself: its copy was downgraded in place (one write-protect
-      // and a copy), as OnRunRequest does, not by a recall to itself through the event loop.
+    } else if (owner == cfg.self && TakeOwnCopy(page, t)) {
+      // The home wrote the page itself: its copy was downgraded (kGetS) or given up (kGetM)
+      // in place, as OnRunRequest does, not by a recall to itself through the event loop.
     } else {
       const RecallKind kind =
           r.type == MsgType::kGetS ? RecallKind::kDowngrade : RecallKind::kInvalidate;
@@ -323,7 +356,10 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
     }
   }
   if (r.type == MsgType::kGetM) {
-    const uint64_t others = Sharers(page) & ~NodeBit(r.src);
+    uint64_t others = Sharers(page) & ~NodeBit(r.src);
+    if ((others & NodeBit(cfg.self)) != 0 && DropOwnSharedCopy(page)) {
+      others &= ~NodeBit(cfg.self);  // no kInv to itself
+    }
     t.waiting = others;
     for (uint64_t m = others; m != 0; m &= m - 1) {
       const NodeId n = static_cast<NodeId>(std::countr_zero(m));
@@ -334,8 +370,12 @@ void Directory::Impl::Begin(PageIndex page, Txn& t, absl::Time now) {
 }
 
 // Completes t.req: every other copy it needed gone is gone.
-void Directory::Impl::Finish(PageIndex page, const Txn& t) {
+void Directory::Impl::Finish(PageIndex page, Txn& t) {
   const Request& r = t.req;
+  // The home's copy Begin took in place, if it did. Finish follows that Begin at once (a page
+  // Modified at the home has no sharers to wait for), so the grant below always uses it.
+  std::vector<uint8_t> own_copy = std::move(t.own_copy);
+  t.own_copy.clear();
   if (r.reclaim) return FinishReclaim();  // the recall ack stored the data (or it is lost)
   if ((down & NodeBit(r.src)) != 0) return;  // nobody to grant to; state is already consistent
   if (IsLost(page)) {
@@ -361,12 +401,16 @@ void Directory::Impl::Finish(PageIndex page, const Txn& t) {
   } else {
     const Grant g = r.type == MsgType::kGetM ? Grant::kModified : Grant::kShared;
     m = Make(MsgType::kData, r.src, page, r.req_id, static_cast<uint64_t>(g));
-    m.payload.resize(kPageSize);
-    absl::Status st_load = port->LoadPage(page, m.payload.data());
-    if (!st_load.ok()) {
-      DSM_LOG(ERROR) << "LoadPage(" << page << "): " << st_load;
-      Nack(r, page, ErrorCode::kIoError);
-      return;
+    if (own_copy.size() == kPageSize) {
+      m.payload = std::move(own_copy);  // the home's own copy, taken in place by Begin
+    } else {
+      m.payload.resize(kPageSize);
+      absl::Status st_load = port->LoadPage(page, m.payload.data());
+      if (!st_load.ok()) {
+        DSM_LOG(ERROR) << "LoadPage(" << page << "): " << st_load;
+        Nack(r, page, ErrorCode::kIoError);
+        return;
+      }
     }
   }
   // Record the grant before it is sent (the superset invariant).

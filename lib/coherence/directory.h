@@ -33,6 +33,13 @@
 //    delay any page's queue. A page Modified at the home itself is downgraded in place
 //    (DirectoryPort::DowngradeLocal) with the same effect as the recall a kGetS would send;
 //    a kGetS of such a page is served the same way (no recall to itself).
+//  - A kGetM from another node takes the home's own copy in place (DirectoryPort::
+//    InvalidateLocal), with the effect of the kRecall(kInvalidate) or kInv it would send to
+//    itself: a Modified copy's data goes straight into the grant (the storage need not hold
+//    it: the page leaves the home Modified elsewhere); a Shared copy is dropped. Only when
+//    the home's cache holds the page exactly as recorded: otherwise a message from it about
+//    the page is in flight on the self channel (a write-back, a drop), and the recall or
+//    invalidation is sent as to any node, so it arrives after that message.
 //
 // Races handled here:
 //  - Recall crosses a write-back: the kPut is applied when it arrives (state Uncached or
@@ -51,6 +58,14 @@
 //  - Reclaim crosses a write-back or the owner's failure: a reclaim is an ordinary transaction
 //    (a recall queued like a kGetS from the home itself), so the kPut, the dataless recall ack
 //    and OnPeerDown end it exactly as they end a kGetS's recall; it completes either way.
+//  - The home's own copy taken in place while its application writes: a Modified copy is
+//    write-protected before it is read, so a store either landed before the copy or faults
+//    and waits; after the unmap the writer's fault is a write miss (a kGetM from the home to
+//    itself), queued behind the transaction that took the copy. Its own upgrade in flight
+//    (a kGetM from a Shared copy) is handled as for any sharer: the copy is dropped, the
+//    request stays queued and is later answered with data.
+//  - A local take while the page has requests queued: it happens only when a transaction
+//    begins (the page's turn), never ahead of the queue.
 //
 // Entry checks (one place, OnMessage): messages from a node declared down are ignored; a
 // message for a page outside the region or not homed here is a protocol error, and a request
@@ -82,6 +97,9 @@ namespace dsm::coherence {
 //    Shared copy, after a downgrade or a kWritebackKeep, reads it until it drops it.)
 //  - DowngradeLocal fails (this node could not write-protect its own Modified copy, which it
 //    has therefore lost): the page is lost.
+//  - InvalidateLocal fails for a Modified copy (the same write-protect failed): the page is
+//    lost. For a Shared copy it cannot fail (an unmap that fails poisons the copy instead;
+//    the home's storage still holds the data).
 //  - A Modified owner answers a recall without data: its copy is gone (it could not give up
 //    write access and poisoned it), so the page is lost.
 class DirectoryPort {
@@ -96,6 +114,18 @@ class DirectoryPort {
   // would. False if the copy is not Modified here after all (nothing changed); an error if
   // the write-protect failed (the copy is lost here).
   virtual absl::StatusOr<bool> DowngradeLocal(PageIndex /*page*/, uint8_t* /*out*/) {
+    return false;
+  }
+  // This node (the home) holds `page` with access `held` (kModified or kShared) and another
+  // node's kGetM needs the copy gone: give it up in place (unmapped, or poisoned if the unmap
+  // fails), a Modified copy write-protected and copied into out[kPageSize] first (so no
+  // store lands after the copy), and return true, as a kRecall(kInvalidate) or a kInv to
+  // itself would. `out` is unused for kShared. False if the copy is not held so here after
+  // all (its change is then reported by a message to the home already sent; nothing
+  // changed: the caller sends the recall or invalidation). An error only for kModified, if
+  // the write-protect failed (the copy is lost here).
+  virtual absl::StatusOr<bool> InvalidateLocal(PageIndex /*page*/, PageState /*held*/,
+                                               uint8_t* /*out*/) {
     return false;
   }
 
@@ -168,7 +198,9 @@ class Directory {
              lost_pages = 0, nacks_sent = 0, queued_requests = 0;
     // Readahead: kGetSRun answered, and the pages granted by them (also in requests_served).
     // local_downgrades: pages this node held Modified itself, downgraded in place (runs, kGetS).
-    uint64_t run_requests = 0, run_pages_granted = 0, local_downgrades = 0;
+    // local_invalidations: copies this node held itself, given up in place for a kGetM.
+    uint64_t run_requests = 0, run_pages_granted = 0, local_downgrades = 0,
+             local_invalidations = 0;
     // "Cannot happen" events handled defensively (logged): a correct run keeps this 0.
     uint64_t protocol_errors = 0;
   };

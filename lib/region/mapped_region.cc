@@ -336,6 +336,11 @@ absl::StatusOr<bool> MappedRegion::DowngradeLocal(PageIndex page, uint8_t* out) 
   return cache_->DowngradeForHome(page, out);
 }
 
+absl::StatusOr<bool> MappedRegion::InvalidateLocal(PageIndex page, coherence::PageState held,
+                                                   uint8_t* out) {
+  return cache_->InvalidateForHome(page, held, out);
+}
+
 absl::Status MappedRegion::StorePage(PageIndex page, const uint8_t* data) {
   if (!storage_) return absl::FailedPreconditionError("not a home of this region");
   if (page >= num_pages_) return absl::OutOfRangeError(absl::StrCat("page ", page));

@@ -96,6 +96,8 @@ class MappedRegion final : public coherence::CachePort, public coherence::Direct
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
   absl::Status StorePage(PageIndex page, const uint8_t* data) override;
   absl::StatusOr<bool> DowngradeLocal(PageIndex page, uint8_t* out) override;
+  absl::StatusOr<bool> InvalidateLocal(PageIndex page, coherence::PageState held,
+                                       uint8_t* out) override;
 
   uint64_t pages_installed() const { return pages_installed_; }
 

@@ -19,6 +19,7 @@ namespace dsm::coherence {
 namespace {
 
 using test::kT0;
+using test::Msg;
 
 using ES = Directory::EntryState;
 
@@ -40,17 +41,6 @@ class HomePort final : public DirectoryPort {
   int stores = 0;
   bool fail_loads = false;
 };
-
-Message Msg(MsgType t, NodeId src, PageIndex page, uint64_t arg = 0, uint64_t req_id = 1) {
-  Message m;
-  m.type = t;
-  m.src = src;
-  m.dst = 0;
-  m.page = page;
-  m.arg = arg;
-  m.req_id = req_id;
-  return m;
-}
 
 Directory::Config HomeConfig(uint64_t pages) {
   return {0, 1, pages, 4, [](PageIndex) -> NodeId { return 0; }};

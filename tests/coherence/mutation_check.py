@@ -35,6 +35,12 @@ muts = [
  ("grant that could not be mapped not handed back", "lib/coherence/cache.cc", "    MarkLost(page, ErrorCode::kIoError);  // unmapped and poisoned before the home hears\n    port->Send(std::move(put));", "    MarkLost(page, ErrorCode::kIoError);  // unmapped and poisoned before the home hears\n    (void)put;"),
  ("home serves its stale copy after the owner lost its own", "lib/coherence/directory.cc", "      Lose(page, \"the owner answered the recall without data\", absl::DataLossError(\n          absl::StrCat(\"node \", m.src, \" lost its Modified copy\")));", "      SetUncached(page);"),
  ("failed unprotect lets the fault through as stale", "lib/coherence/replacement.cc", "    if (!cache.Release(page)) {\n      cache.LoseCopy(page);\n      return;\n    }", "    return;"),
+ ("home's copy taken for a kGetM stays mapped", "lib/coherence/cache.cc", "    ++s.c.invalidations;\n  }\n  s.DropOrLose(page);\n  return true;", "    ++s.c.invalidations;\n  }\n  return true;"),
+ ("home's Shared copy counted dropped without dropping it", "lib/coherence/directory.cc", "absl::StatusOr<bool> dropped = port->InvalidateLocal(page, PageState::kShared, nullptr);", "absl::StatusOr<bool> dropped = true;"),
+ ("home's copy taken although its cache does not hold it as recorded", "lib/coherence/directory.cc", "    if (!*taken) {\n      t.own_copy.clear();\n      return false;\n    }", "    if (!*taken) {\n      t.own_copy.assign(kPageSize, 0);\n    }"),
+ ("failed take of the home's copy served from the storage", "lib/coherence/directory.cc", "      Lose(page, \"the home could not write-protect its copy\", taken.status());\n      return true;", "      SetUncached(page);\n      return true;"),
+ ("write miss granted from the storage instead of the home's taken copy", "lib/coherence/directory.cc", "    if (own_copy.size() == kPageSize) {", "    if (false) {"),
+ ("home stays recorded a sharer after its copy was dropped in place", "lib/coherence/directory.cc", "    RemoveSharer(page, cfg.self);\n    ++c.local_invalidations;", "    ++c.local_invalidations;"),
  ("refused run page with a waiter not asked again", "lib/coherence/cache.cc", "      SendRequest(q, r.want_write, now);  // a thread joined", "      (void)0;  // a thread joined"),
 ]
 fail_fast = "--fail-fast" in sys.argv[1:]

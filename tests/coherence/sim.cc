@@ -33,6 +33,7 @@ class Sim::Port final : public CachePort, public DirectoryPort, public Replaceme
   absl::Status LoadPage(PageIndex page, uint8_t* out) override;
   absl::Status StorePage(PageIndex page, const uint8_t* data) override;
   absl::StatusOr<bool> DowngradeLocal(PageIndex page, uint8_t* out) override;
+  absl::StatusOr<bool> InvalidateLocal(PageIndex page, PageState held, uint8_t* out) override;
   // ReplacementPort (space 0 is the one region).
   absl::Status Protect(int space, PageIndex first, uint64_t n) override;
   absl::Status Unprotect(int space, PageIndex page) override;
@@ -230,6 +231,10 @@ bool Sim::Port::ReservePrefetch(PageIndex page) {
 
 absl::StatusOr<bool> Sim::Port::DowngradeLocal(PageIndex page, uint8_t* out) {
   return sim_->nodes_[id_]->cache.DowngradeForHome(page, out);
+}
+
+absl::StatusOr<bool> Sim::Port::InvalidateLocal(PageIndex page, PageState held, uint8_t* out) {
+  return sim_->nodes_[id_]->cache.InvalidateForHome(page, held, out);
 }
 
 void Sim::Port::CancelPrefetch(PageIndex page) {

@@ -193,6 +193,42 @@ TEST_P(ClusterTest, WritePromotesASharedPageAndOtherSharersSeeTheNewValue) {
   }
 }
 
+// The home writes pages itself; another node then write-misses some (the home's writable
+// copy is taken in place) and reads then upgrades the others (the home's write-protected
+// copy is dropped in place): each writer sees every byte the home wrote, and the home then
+// sees the writers' stores.
+TEST_P(ClusterTest, RemoteWritesToPagesTheHomeWroteSeeTheHomesData) {
+  auto r = Map({.name = "homewrite", .size = 8 * kPage, .home = 0});
+  ASSERT_EQ(r.size(), 3u);
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    const uint64_t seed = 40 + static_cast<uint64_t>(round);
+    Step(absl::StrCat("home fills 8 pages, round ", round));
+    FillPattern(r[0]->data(), 8 * kPage, seed, 0);
+    Step("node 1 write-misses pages 0..3, node 2 reads pages 4..7");
+    uint64_t upgrades = node(2)->GetStats().value().upgrade_faults;
+    for (uint64_t pg = 0; pg < 4; ++pg) *Bytes(r[1], pg * kPage + kPage - 1) ^= 0xff;
+    auto bad2 = CheckPattern(Bytes(r[2], 4 * kPage), 4 * kPage, seed, 4 * kPage);
+    EXPECT_FALSE(bad2) << "node 2: " << *bad2;
+    Step("node 2 upgrades pages 4..7");
+    for (uint64_t pg = 4; pg < 8; ++pg) *Bytes(r[2], pg * kPage + kPage - 1) ^= 0xff;
+    EXPECT_GE(node(2)->GetStats().value().upgrade_faults, upgrades + 4);
+    Step("each writer sees the home's bytes, and the home the writers' stores");
+    for (uint64_t pg = 0; pg < 8; ++pg) {
+      Region* writer = pg < 4 ? r[1] : r[2];
+      Bytes(writer, pg * kPage + kPage - 1)[0] ^= 0xff;  // back to the home's byte
+      for (Region* reader : {writer, r[0]}) {
+        auto bad = CheckPattern(Bytes(reader, pg * kPage), kPage, seed, pg * kPage);
+        EXPECT_FALSE(bad) << "page " << pg << (reader == r[0] ? " at the home: " : ": ")
+                          << *bad;
+      }
+    }
+  }
+  for (int n = 0; n < kNodes; ++n) {
+    EXPECT_EQ(node(n)->GetStats().value().pages_lost, 0u) << "node " << n;
+  }
+}
+
 TEST_P(ClusterTest, PingPongWritesToOnePage) {
   auto r = Map({.name = "pingpong", .size = 2 * kPage, .home = 0});
   ASSERT_EQ(r.size(), 3u);
