@@ -44,10 +44,10 @@
 // the transport is not asked to send to self.
 //
 // Dispatch of received messages (after the decoder checked them, protocol/validation.h):
-//   kLockAcquire, kLockRelease, kLockCancel -> LockTable of m.region .OnMessage(m, now);
-//       no table for m.region: reply kLockReply(kNoSuchRegion), or (kNotArbiter) if the region
-//       is mapped but arbitrated elsewhere; for Release/Cancel, drop.
-//   kLockReply                              -> LockClient::OnMessage(m, now)
+//   kLockAcquire, kLockRelease, kLockCancel, kLockPassed -> LockTable of m.region
+//       .OnMessage(m, now); no table for m.region: reply kLockReply(kNoSuchRegion), or
+//       (kNotArbiter) if the region is mapped but arbitrated elsewhere; otherwise, drop.
+//   kLockReply, kLockSuccessor, kLockHandoff -> LockClient::OnMessage(m, now)
 //   kBarrierEnter, kBarrierCancel           -> BarrierArbiter::OnMessage(m)
 //   kBarrierReply                           -> BarrierClient::OnMessage(m, now)
 //
