@@ -786,12 +786,22 @@ void BM_LockHandoff(benchmark::State& state, const Params& p) {
   for (int h = 2; h <= nodes; ++h) {  // warm up every node's path to the arbiter
     BENCH_CHECK_OK(c->Call(h, absl::StrCat("lockloop ", (*r)->name(), " 0 64 10")).status());
   }
+  absl::StatusOr<dsm::Stats> before = c->node()->GetStats();
+  BENCH_CHECK_OK(before.status());
   RunOnNodes(state, c, nodes, absl::StrCat("lockloop ", (*r)->name(), " 0 64 ", Iters(state)),
              [region](size_t) -> absl::Status {
                absl::StatusOr<dsm::LockGuard> g = region->Lock(0, 64, dsm::LockMode::kExclusive);
                if (!g.ok()) return g.status();
                return g->Unlock();
              });
+  // The share of node 0's grants handed over directly by the previous holder (one message).
+  absl::StatusOr<dsm::Stats> after = c->node()->GetStats();
+  BENCH_CHECK_OK(after.status());
+  const uint64_t grants = after->locks_granted - before->locks_granted;
+  state.counters["direct_share"] =
+      grants == 0 ? 0.0
+                  : static_cast<double>(after->lock_handoffs - before->lock_handoffs) /
+                        static_cast<double>(grants);
 }
 
 // The counter table's lock phase (examples/counter_table.cc): p.a nodes (node 0 and helpers

@@ -65,6 +65,9 @@ struct Stats {
   uint64_t locks_queued = 0;
   uint64_t locks_failed = 0;
   uint64_t locks_lost = 0;
+  // Of locks_granted, those handed over by the previous holder's node directly (one message,
+  // the arbiter told afterwards; see docs/ARCHITECTURE.md, Locks).
+  uint64_t lock_handoffs = 0;
   // Options::lock_memory: whether every lock asked for succeeded, and the bytes locked.
   bool memory_locked = false;
   uint64_t memory_locked_bytes = 0;
@@ -119,6 +122,7 @@ struct Stats {
     fn("locks_lost", Kind::kCounter, &Stats::locks_lost);
     fn("memory_locked", Kind::kFlag, &Stats::memory_locked);
     fn("memory_locked_bytes", Kind::kGauge, &Stats::memory_locked_bytes);
+    fn("lock_handoffs", Kind::kCounter, &Stats::lock_handoffs);
   }
 
   // Field by field: counters and gauges add, flags or.

@@ -125,7 +125,7 @@ absl::Status LockClient::Release(uint64_t id) {
   }
   switch (it->second.state) {
     case State::kHeld:
-      SendSimple(MsgType::kLockRelease, it->second, id);
+      SendRelease(it->second, id);
       requests_.erase(it);
       ++counters_.released;
       return absl::OkStatus();
@@ -145,9 +145,95 @@ absl::Status LockClient::Release(uint64_t id) {
   return absl::InternalError("bad lock state");
 }
 
+void LockClient::SendRelease(const Request& r, uint64_t id) {
+  if (!r.has_successor || IsDown(down_mask_, r.successor_node)) {
+    SendSimple(MsgType::kLockRelease, r, id);
+    return;
+  }
+  ++counters_.handoffs_sent;
+  Message h;  // the grant first: it is what the successor waits for
+  h.type = MsgType::kLockHandoff;
+  h.src = config_.self;
+  h.dst = r.successor_node;
+  h.region = r.region;
+  h.req_id = r.successor_id;
+  h.page = id;
+  h.arg = r.successor_died ? 1 : 0;
+  port_->Send(std::move(h));
+  Message p;
+  p.type = MsgType::kLockPassed;
+  p.src = config_.self;
+  p.dst = r.arbiter;
+  p.region = r.region;
+  p.req_id = id;
+  p.page = r.successor_id;
+  p.arg = PackSuccessorArg(r.successor_node, /*died=*/false);
+  port_->Send(std::move(p));
+}
+
 void LockClient::OnMessage(const Message& m, absl::Time now) {
   (void)now;
-  if (m.type != MsgType::kLockReply) return;
+  switch (m.type) {
+    case MsgType::kLockReply:
+      return OnReply(m);
+    case MsgType::kLockSuccessor:
+      return OnSuccessor(m);
+    case MsgType::kLockHandoff:
+      return OnHandoff(m);
+    default:
+      return;
+  }
+}
+
+void LockClient::OnSuccessor(const Message& m) {
+  auto it = requests_.find(m.req_id);
+  if (it == requests_.end() || it->second.arbiter != m.src || it->second.region != m.region ||
+      it->second.state == State::kLost) {
+    return;  // released before the hint arrived: the arbiter grants as it always did
+  }
+  Request& r = it->second;
+  ++counters_.hints;
+  r.has_successor = true;
+  r.successor_node = SuccessorNode(m.arg);
+  r.successor_died = SuccessorDied(m.arg);
+  r.successor_id = m.page;
+}
+
+void LockClient::OnHandoff(const Message& m) {
+  auto it = requests_.find(m.req_id);
+  if (it == requests_.end() || it->second.region != m.region ||
+      (it->second.state != State::kPending && it->second.state != State::kQueued)) {
+    ++counters_.stray_handoffs;  // withdrawn, or granted already (by the arbiter's reply)
+    return;
+  }
+  Request& r = it->second;
+  if (!r.pred_named) {  // crossed the naming: keep it until the naming arrives
+    r.early |= NodeBit(m.src);
+    if (m.arg != 0) r.early_died |= NodeBit(m.src);
+    return;
+  }
+  if (r.pred != m.src) {
+    ++counters_.forged_handoffs;
+    return;
+  }
+  ++counters_.handoffs_received;
+  GrantPending(it, m.arg != 0);
+}
+
+void LockClient::GrantPending(absl::flat_hash_map<uint64_t, Request>::iterator it, bool died) {
+  Request& r = it->second;
+  const uint64_t id = it->first;
+  r.state = State::kHeld;
+  r.early = r.early_died = 0;
+  --num_pending_;
+  deadlines_.erase({r.request.deadline, id});
+  ++counters_.granted;
+  LockCallback done = std::move(r.done);
+  r.done = nullptr;
+  done(LockHandle(id, r.request.offset, r.request.length, r.request.mode, died));
+}
+
+void LockClient::OnReply(const Message& m) {
   auto it = requests_.find(m.req_id);
   if (it == requests_.end() || it->second.arbiter != m.src ||
       it->second.region != m.region ||
@@ -160,20 +246,26 @@ void LockClient::OnMessage(const Message& m, absl::Time now) {
   if (code == LockReplyCode::kQueued) {
     if (r.state == State::kPending) ++counters_.queued;
     r.state = State::kQueued;
+    if (LockReplyNamesPredecessor(m.arg) && !r.pred_named) {
+      r.pred_named = true;
+      r.pred = LockReplyPredecessor(m.arg);
+      const uint64_t bit = NodeBit(r.pred);
+      const bool died = (r.early_died & bit) != 0;
+      if ((r.early & ~bit) != 0) ++counters_.forged_handoffs;
+      if ((r.early & bit) != 0) {
+        ++counters_.handoffs_received;
+        GrantPending(it, died);
+        return;
+      }
+      r.early = r.early_died = 0;
+    }
     return;
   }
   if (code != LockReplyCode::kGranted) {
     FailPending(m.req_id, LockReplyStatus(code, m.src));
     return;
   }
-  r.state = State::kHeld;
-  --num_pending_;
-  deadlines_.erase({r.request.deadline, m.req_id});
-  ++counters_.granted;
-  LockCallback done = std::move(r.done);
-  r.done = nullptr;
-  done(LockHandle(m.req_id, r.request.offset, r.request.length, r.request.mode,
-                  LockReplyDied(m.arg)));
+  GrantPending(it, LockReplyDied(m.arg));
 }
 
 void LockClient::OnPeerDown(NodeId peer) {

@@ -14,7 +14,20 @@
 //  - A pending request that is withdrawn (deadline, Release) is told to the arbiter with
 //    kLockCancel, which also releases it there if a grant was crossing; a reply for an id this
 //    client no longer knows is ignored. So no grant is ever leaked.
-//  - Replies are accepted only from the request's arbiter.
+//  - Replies and successor hints are accepted only from the request's arbiter.
+//
+// One-message hand-off (see lock/lock_table.h). A hint (kLockSuccessor) for a lock this node
+// asked for, pending or held, names the successor; the lock's Release then sends kLockHandoff
+// to the successor's node (the grant) before kLockPassed to the arbiter, instead of
+// kLockRelease (a plain release if the successor's node is known down). A late hint (the id
+// already released) is ignored. On the receiving side:
+//  - A kLockHandoff grants a pending request only if it comes from the predecessor the
+//    arbiter named (its kQueued reply naming a predecessor; at most one per request). One
+//    that arrives before the naming is kept, per sender, and granted when the naming names
+//    its sender; kept ones from any other node are dropped and counted (forged_handoffs), as
+//    is one from a node other than the named predecessor.
+//  - A grant for an id that is already held or no longer known (the arbiter's repeated grant
+//    after the predecessor died, a crossing kLockHandoff) is dropped by id.
 //
 // ---------------------------------------------------------------------------------------------
 // Integration note: what the node layer (lib/node) must do.
@@ -31,10 +44,10 @@
 // the transport is not asked to send to self.
 //
 // Dispatch of received messages (after the decoder checked them, protocol/validation.h):
-//   kLockAcquire, kLockRelease, kLockCancel -> LockTable of m.region .OnMessage(m, now);
-//       no table for m.region: reply kLockReply(kNoSuchRegion), or (kNotArbiter) if the region
-//       is mapped but arbitrated elsewhere; for Release/Cancel, drop.
-//   kLockReply                              -> LockClient::OnMessage(m, now)
+//   kLockAcquire, kLockRelease, kLockCancel, kLockPassed -> LockTable of m.region
+//       .OnMessage(m, now); no table for m.region: reply kLockReply(kNoSuchRegion), or
+//       (kNotArbiter) if the region is mapped but arbitrated elsewhere; otherwise, drop.
+//   kLockReply, kLockSuccessor, kLockHandoff -> LockClient::OnMessage(m, now)
 //   kBarrierEnter, kBarrierCancel           -> BarrierArbiter::OnMessage(m)
 //   kBarrierReply                           -> BarrierClient::OnMessage(m, now)
 //
@@ -116,7 +129,7 @@ class LockClient {
   // at an arbiter that went down since (the id is forgotten).
   absl::Status Release(uint64_t id);
 
-  // kLockReply. Other types are ignored.
+  // kLockReply, kLockSuccessor, kLockHandoff. Other types are ignored.
   void OnMessage(const Message& m, absl::Time now);
 
   // Pending requests at `peer` fail with kUnavailable; locks held there become lost (Release
@@ -147,12 +160,22 @@ class LockClient {
     if (it == requests_.end()) return std::nullopt;
     return it->second.arbiter;
   }
+  // The predecessor the arbiter named for lock `id` (pending or held); nullopt if none.
+  std::optional<NodeId> predecessor_of(uint64_t id) const {
+    auto it = requests_.find(id);
+    if (it == requests_.end() || !it->second.pred_named) return std::nullopt;
+    return it->second.pred;
+  }
   size_t num_pending() const { return num_pending_; }
   size_t num_held() const { return requests_.size() - num_pending_; }
 
   struct Counters {
     uint64_t requests = 0, granted = 0, queued = 0, failed = 0, deadline_expired = 0,
-             cancelled = 0, released = 0, lost = 0, stray_replies = 0;
+             cancelled = 0, released = 0, lost = 0, stray_replies = 0,
+             // Hand-off: hints taken, hand-offs sent, grants taken by hand-off, hand-offs
+             // dropped as duplicates or for ids withdrawn, and from a node not named.
+             hints = 0, handoffs_sent = 0, handoffs_received = 0, stray_handoffs = 0,
+             forged_handoffs = 0;
   };
   const Counters& counters() const { return counters_; }
 
@@ -165,9 +188,26 @@ class LockClient {
     State state;
     LockCallback done;  // empty once delivered
     absl::Time sent;    // when kLockAcquire went out
+    // Named by the arbiter: the node whose release hands this lock over.
+    bool pred_named = false;
+    NodeId pred = 0;
+    // kLockHandoffs received before the naming: senders, and their died flags (NodeBit).
+    uint64_t early = 0, early_died = 0;
+    // Named by the arbiter: the waiter this lock's release hands over to.
+    bool has_successor = false;
+    bool successor_died = false;
+    NodeId successor_node = 0;
+    uint64_t successor_id = 0;
   };
 
   void SendSimple(MsgType type, const Request& r, uint64_t id);
+  // Pending `it` is granted (by the arbiter's reply or a hand-off).
+  void GrantPending(absl::flat_hash_map<uint64_t, Request>::iterator it, bool died);
+  void OnReply(const Message& m);
+  void OnSuccessor(const Message& m);
+  void OnHandoff(const Message& m);
+  // Release of held `r`: the hand-off to the named successor, or kLockRelease.
+  void SendRelease(const Request& r, uint64_t id);
   // Removes pending `id` and delivers `status` to its callback.
   void FailPending(uint64_t id, absl::Status status);
 

@@ -38,6 +38,9 @@ void LockTable::OnMessage(const Message& m, absl::Time now) {
     case MsgType::kLockAcquire:
       Acquire(m);
       break;
+    case MsgType::kLockPassed:
+      Passed(m);
+      break;
     case MsgType::kLockRelease:
     case MsgType::kLockCancel: {
       auto it = owners_.find(Owner{m.src, m.req_id});
@@ -83,7 +86,90 @@ void LockTable::Acquire(const Message& m) {
   owners_.emplace(Owner{l.node, l.id}, seq);
   IndexFor(l).Insert(l.start, l.end, seq);
   ++counters_.queued;
+  if (const std::optional<NodeId> pred = MaybeHint(seq, /*reply=*/false)) {
+    Message r;
+    r.type = MsgType::kLockReply;
+    r.src = config_.self;
+    r.dst = l.node;
+    r.region = config_.region;
+    r.req_id = l.id;
+    r.arg = PackQueuedWithPredecessor(*pred);
+    port_->Send(std::move(r));
+    return;
+  }
   Reply(l.node, l.id, LockReplyCode::kQueued);
+}
+
+void LockTable::Passed(const Message& m) {
+  if (m.region != config_.region || down_.contains(m.src)) return;  // its locks go by death
+  auto it = owners_.find(Owner{m.src, m.req_id});
+  if (it == owners_.end()) return;  // already gone, as for a release
+  const uint64_t hseq = it->second;
+  const Lock& h = locks_.at(hseq);
+  auto w = owners_.find(Owner{SuccessorNode(m.arg), m.page});
+  if (!h.held || h.successor == 0 || w == owners_.end() || w->second != h.successor) {
+    // The named successor withdrew (or was never named): a plain release; a waiting W is
+    // granted by reply, and its node drops the hand-off of an id it withdrew.
+    ++counters_.handoffs_refused;
+    (h.held ? counters_.released : counters_.cancelled)++;
+    EraseSeq(hseq, /*by_death=*/false);
+    return;
+  }
+  const uint64_t wseq = w->second;
+  ++counters_.released;
+  ++counters_.handoffs;
+  const Lock gone = Unlink(hseq, /*by_death=*/false);
+  Lock& next = locks_.at(wseq);
+  next.via_died = Grant(wseq, next, /*reply=*/false);
+  next.via_set = true;
+  next.via = m.src;
+  GrantWaiters(gone.start, gone.end);
+}
+
+std::optional<NodeId> LockTable::MaybeHint(uint64_t seq, bool reply) {
+  Lock& w = locks_.at(seq);
+  if (!config_.direct_handoff || w.held || w.mode != LockMode::kExclusive || w.hinted_by != 0) {
+    return std::nullopt;
+  }
+  // W's blockers: exactly one held exclusive lock, no held shared lock, no earlier waiter.
+  uint64_t blocker = 0;
+  int blockers = 0;
+  held_excl_.ForEachOverlap(w.start, w.end, [&](uint64_t, uint64_t, uint64_t s) {
+    blocker = s;
+    return ++blockers < 2;
+  });
+  const auto any = [](uint64_t, uint64_t, uint64_t) { return false; };
+  const auto earlier = [seq](uint64_t, uint64_t, uint64_t s) { return s >= seq; };
+  if (blockers != 1 || !held_shared_.ForEachOverlap(w.start, w.end, any) ||
+      !wait_excl_.ForEachOverlap(w.start, w.end, earlier) ||
+      !wait_shared_.ForEachOverlap(w.start, w.end, earlier)) {
+    return std::nullopt;
+  }
+  Lock& h = locks_.at(blocker);
+  if (h.successor != 0 || down_.contains(h.node)) return std::nullopt;
+  h.successor = seq;
+  w.hinted_by = blocker;
+  ++counters_.hints;
+  Message m;
+  m.type = MsgType::kLockSuccessor;
+  m.src = config_.self;
+  m.dst = h.node;
+  m.region = config_.region;
+  m.req_id = h.id;
+  m.page = w.id;
+  m.arg = PackSuccessorArg(w.node, dead_.Overlaps(w.start, w.end));
+  port_->Send(std::move(m));
+  if (reply) {
+    Message r;
+    r.type = MsgType::kLockReply;
+    r.src = config_.self;
+    r.dst = w.node;
+    r.region = config_.region;
+    r.req_id = w.id;
+    r.arg = PackQueuedWithPredecessor(h.node);
+    port_->Send(std::move(r));
+  }
+  return h.node;
 }
 
 bool LockTable::Blocked(const Lock& l, uint64_t seq) const {
@@ -98,21 +184,30 @@ bool LockTable::Blocked(const Lock& l, uint64_t seq) const {
 }
 
 // `l` is in locks_ and owners_; if it was waiting it is in a wait index.
-void LockTable::Grant(uint64_t seq, Lock& l) {
+bool LockTable::Grant(uint64_t seq, Lock& l, bool reply) {
   if (!l.held) IndexFor(l).Erase(l.start, seq);  // no-op for a request granted on arrival
   l.held = true;
+  l.hinted_by = 0;  // its holder is gone (that is why it is grantable)
   IndexFor(l).Insert(l.start, l.end, seq);
   ++held_count_;
   const bool died = dead_.Overlaps(l.start, l.end);
   if (l.mode == LockMode::kExclusive) dead_.Subtract(l.start, l.end);
   ++counters_.granted;
   if (died) ++counters_.died_flags;
-  Reply(l.node, l.id, LockReplyCode::kGranted, died);
+  if (reply) Reply(l.node, l.id, LockReplyCode::kGranted, died);
+  return died;
 }
 
 void LockTable::EraseSeq(uint64_t seq, bool by_death) {
+  const Lock l = Unlink(seq, by_death);
+  GrantWaiters(l.start, l.end);
+}
+
+LockTable::Lock LockTable::Unlink(uint64_t seq, bool by_death) {
   auto it = locks_.find(seq);
   const Lock l = it->second;
+  if (l.successor != 0) locks_.at(l.successor).hinted_by = 0;
+  if (l.hinted_by != 0) locks_.at(l.hinted_by).successor = 0;
   IndexFor(l).Erase(l.start, seq);
   if (l.held) {
     --held_count_;
@@ -125,7 +220,7 @@ void LockTable::EraseSeq(uint64_t seq, bool by_death) {
   }
   owners_.erase(Owner{l.node, l.id});
   locks_.erase(it);
-  GrantWaiters(l.start, l.end);
+  return l;
 }
 
 void LockTable::GrantWaiters(uint64_t a, uint64_t b) {
@@ -137,9 +232,43 @@ void LockTable::GrantWaiters(uint64_t a, uint64_t b) {
   wait_excl_.ForEachOverlap(a, b, collect);
   wait_shared_.ForEachOverlap(a, b, collect);
   std::sort(seqs.begin(), seqs.end());
+  std::vector<uint64_t> granted_excl;
   for (uint64_t s : seqs) {
     Lock& l = locks_.at(s);  // granting removes no other entry
-    if (!Blocked(l, s)) Grant(s, l);
+    if (Blocked(l, s)) continue;
+    Grant(s, l);
+    if (l.mode == LockMode::kExclusive) granted_excl.push_back(s);
+  }
+  if (!config_.direct_handoff) return;
+  // Waiters now blocked by one exclusive holder alone: among those examined, and those behind
+  // a lock just granted (they were behind it as a waiter, and need not overlap [a, b)).
+  std::vector<uint64_t> waiting;
+  for (uint64_t s : seqs) {
+    if (!locks_.at(s).held) waiting.push_back(s);
+  }
+  for (uint64_t g : granted_excl) {
+    const Lock& l = locks_.at(g);
+    wait_excl_.ForEachOverlap(l.start, l.end, [&waiting](uint64_t, uint64_t, uint64_t s) {
+      waiting.push_back(s);
+      return true;
+    });
+  }
+  std::sort(waiting.begin(), waiting.end());
+  waiting.erase(std::unique(waiting.begin(), waiting.end()), waiting.end());
+  for (uint64_t s : waiting) MaybeHint(s, /*reply=*/true);
+}
+
+void LockTable::Regrant(NodeId node) {
+  std::vector<uint64_t> seqs;
+  for (const auto& [seq, l] : locks_) {
+    if (l.held && l.via_set && l.via == node) seqs.push_back(seq);
+  }
+  std::sort(seqs.begin(), seqs.end());
+  for (uint64_t s : seqs) {
+    Lock& l = locks_.at(s);
+    l.via_set = false;
+    ++counters_.regrants;
+    Reply(l.node, l.id, LockReplyCode::kGranted, l.via_died);
   }
 }
 
@@ -165,6 +294,7 @@ void LockTable::OnTick(absl::Time now) {
     }
     std::sort(held.begin(), held.end());
     for (uint64_t s : held) EraseSeq(s, /*by_death=*/true);
+    Regrant(node);
   }
 }
 
@@ -199,7 +329,7 @@ std::vector<LockTable::LockInfo> LockTable::Dump() const {
   std::vector<LockInfo> out;
   out.reserve(locks_.size());
   for (const auto& [seq, l] : locks_) {
-    out.push_back(LockInfo{l.node, l.id, l.start, l.end, l.mode, seq, l.held});
+    out.push_back(LockInfo{l.node, l.id, l.start, l.end, l.mode, seq, l.held, l.hinted_by != 0});
   }
   std::sort(out.begin(), out.end(), [](const LockInfo& x, const LockInfo& y) {
     return x.held != y.held ? x.held : x.seq < y.seq;
@@ -238,6 +368,32 @@ absl::Status LockTable::CheckInvariants() const {
       }
     }
     if (!x.held && !blocked) return absl::InternalError("grantable waiter " + str(x));
+  }
+  // Hints: linked both ways; the named waiter conflicts with its holder alone (and with no
+  // earlier waiter), so the holder's going makes it grantable.
+  for (const auto& [seq, l] : locks_) {
+    if (l.successor != 0) {
+      auto w = locks_.find(l.successor);
+      if (!l.held || l.mode != LockMode::kExclusive || w == locks_.end() || w->second.held ||
+          w->second.mode != LockMode::kExclusive || w->second.hinted_by != seq) {
+        return absl::InternalError(absl::StrFormat("hint of #%d to #%d out of step", seq,
+                                                   l.successor));
+      }
+      for (const LockInfo& z : all) {
+        if (z.seq == l.successor || z.seq == seq || (!z.held && z.seq > l.successor)) continue;
+        if (Conflict(w->second.mode, w->second.start, w->second.end, z.mode, z.start, z.end)) {
+          return absl::InternalError(absl::StrFormat(
+              "successor #%d of #%d is also behind %s", l.successor, seq, str(z)));
+        }
+      }
+    }
+    if (l.hinted_by != 0) {
+      auto h = locks_.find(l.hinted_by);
+      if (l.held || h == locks_.end() || h->second.successor != seq) {
+        return absl::InternalError(absl::StrFormat("waiter #%d names holder #%d out of step",
+                                                   seq, l.hinted_by));
+      }
+    }
   }
   if (held != held_count_ || owners_.size() != locks_.size() ||
       held_shared_.size() + held_excl_.size() != held_count_ ||

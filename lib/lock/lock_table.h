@@ -30,12 +30,43 @@
 //    clears the marks in its range (its holder was told and is the one to repair). Shared
 //    locks of a dead node leave no mark: a shared holder cannot have written.
 //
+// One-message hand-off (Config::direct_handoff). When an exclusive waiter W conflicts with
+// exactly one lock, a held exclusive lock H, and with no earlier waiter, the table names W to
+// H (kLockSuccessor: W's node and id, and whether W's range carries a dead mark) and H's node
+// to W (a kQueued reply naming the predecessor). H's release then goes as kLockHandoff to W's
+// node (the grant, one message) and as kLockPassed naming W to the arbiter, which records W
+// holding without a reply. Invariants, in addition to the above:
+//  - Hint: H has at most one successor and W at most one predecessor, each naming the other;
+//    while both stay (H held, W waiting), W conflicts with H alone and with no earlier waiter.
+//    (A waiter's blocker set only shrinks: a later request is never granted over it.) So when
+//    H goes, W is grantable, and its dead-mark flag is the one sent in the hint (only H's
+//    death could add a mark in W's range, and a dead node's kLockPassed is never applied).
+//  - kLockPassed is applied as a hand-off only if it names H's current successor; otherwise
+//    (W withdrew, or the hint was never sent) it is a plain release and W, if waiting, is
+//    granted by kLockReply as before. Shared locks, and waiters behind more than one lock or
+//    an earlier waiter, always take the arbiter path.
+//  - A lock recorded as handed over by node P (`via`) is granted again by kLockReply when P's
+//    grace time ends after P was declared down: P may have died between its two messages, so
+//    W's node may never have seen the kLockHandoff. A duplicate grant is dropped by id there.
+//
+// Races (each a named test in tests/lock/lock_handoff_test.cc):
+//  - W cancels before the hand-off: the kLockCancel arrives first (the kLockPassed is a plain
+//    release) or after (it releases the lock W was recorded holding); W's node drops the
+//    hand-off of an id it withdrew.
+//  - H releases before the hint arrives: a plain kLockRelease; the arbiter grants W; H's node
+//    ignores the late hint (an id it no longer knows).
+//  - H dies after its kLockHandoff only: H's lock goes at the end of its grace time and W is
+//    granted then (duplicate, dropped). After its kLockPassed only: W is re-granted then.
+//  - The hand-off reaches W's node before the naming: the lock client keeps it until the
+//    naming arrives (then grants if it names the sender, else counts it forged).
+//
 // Cost: acquire, release and cancel are O(log n + k), n locks in the table and k locks or
 // waiters overlapping the range (IntervalIndex). A node's death scans the table once.
 // Memory: about 150 bytes per held or waiting lock, nothing per byte.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -68,11 +99,13 @@ class LockTable {
     uint64_t region_size = 0;
     // How long after a node is declared down its locks stay held (Options: lock_release_grace).
     absl::Duration release_grace = absl::Seconds(1);
+    // Name successors to holders (the one-message hand-off); false: every grant is a reply.
+    bool direct_handoff = true;
   };
   LockTable(Config config, LockTablePort* port);
 
-  // kLockAcquire, kLockRelease, kLockCancel for this region (already validated by the decoder;
-  // checked again here). Other types are ignored.
+  // kLockAcquire, kLockRelease, kLockCancel, kLockPassed for this region (already validated by
+  // the decoder; checked again here). Other types are ignored.
   void OnMessage(const Message& m, absl::Time now);
 
   // The node layer declared `node` down at `now`.
@@ -93,6 +126,7 @@ class LockTable {
     LockMode mode;
     uint64_t seq;
     bool held;
+    bool named = false;  // waiting, and named as a holder's successor (its node may hold it)
   };
   // Every lock and waiting request, held first, each group in sequence order (tests, debug).
   std::vector<LockInfo> Dump() const;
@@ -106,7 +140,10 @@ class LockTable {
   struct Counters {
     uint64_t acquires = 0, granted = 0, queued = 0, busy = 0, bad_requests = 0,
              released = 0, cancelled = 0, released_by_death = 0, dropped_by_death = 0,
-             died_flags = 0;
+             died_flags = 0,
+             // Hand-off: successors named, kLockPassed applied as hand-offs / as plain
+             // releases, grants repeated because the node that handed over died.
+             hints = 0, handoffs = 0, handoffs_refused = 0, regrants = 0;
   };
   const Counters& counters() const { return counters_; }
 
@@ -117,15 +154,28 @@ class LockTable {
     uint64_t start, end;
     LockMode mode;
     bool held;
+    uint64_t successor = 0;  // held: the waiter named to this holder (sequence number)
+    uint64_t hinted_by = 0;  // waiting: the holder this waiter was named to
+    bool via_set = false;    // held: recorded by a hand-off from node `via`
+    bool via_died = false;   // the previous_holder_died flag of that hand-off
+    NodeId via = 0;
   };
   using Owner = std::pair<NodeId, uint64_t>;
 
   void Acquire(const Message& m);
-  void Remove(NodeId node, uint64_t id, bool by_death);
+  void Passed(const Message& m);
+  // Removes `seq` (unlinking its hint) without re-examining the waiters; returns it.
+  Lock Unlink(uint64_t seq, bool by_death);
   void EraseSeq(uint64_t seq, bool by_death);
+  // If waiter `seq` may take the one-message hand-off, names it to its one blocker (hint
+  // sent) and returns that holder's node. `reply`: also send the waiter the naming.
+  std::optional<NodeId> MaybeHint(uint64_t seq, bool reply);
+  // Re-grants (kLockReply) the locks `node` handed over, once its grace time ended.
+  void Regrant(NodeId node);
   // Whether `l` (sequence `seq`) conflicts with a holder or an earlier waiter.
   bool Blocked(const Lock& l, uint64_t seq) const;
-  void Grant(uint64_t seq, Lock& l);
+  // `reply` false: recorded without a reply (a hand-off); returns the died flag.
+  bool Grant(uint64_t seq, Lock& l, bool reply = true);
   // Re-examines the waiters overlapping [a, b) in sequence order, granting the eligible.
   void GrantWaiters(uint64_t a, uint64_t b);
   void Reply(NodeId node, uint64_t id, LockReplyCode code, bool died = false);

@@ -50,6 +50,10 @@ std::optional<NodeId> AuthorityGate::LockArbiterOf(uint64_t lock_id) const {
   return locks_->LockArbiterOf(lock_id);
 }
 
+std::optional<NodeId> AuthorityGate::LockPredecessorOf(uint64_t lock_id) const {
+  return locks_->LockPredecessorOf(lock_id);
+}
+
 std::optional<NodeId> AuthorityGate::BarrierArbiterOf(uint64_t req_id) const {
   return locks_->BarrierArbiterOf(req_id);
 }

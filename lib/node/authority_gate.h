@@ -40,6 +40,7 @@ class AuthorityGate final : public AuthorityFacts {
   bool AwaitsAck(RegionId region, PageIndex page, NodeId node, MsgType ack) const override;
   std::optional<uint64_t> OpAwaits(uint64_t req_id) const override;
   std::optional<NodeId> LockArbiterOf(uint64_t lock_id) const override;
+  std::optional<NodeId> LockPredecessorOf(uint64_t lock_id) const override;
   std::optional<NodeId> BarrierArbiterOf(uint64_t req_id) const override;
 
  private:

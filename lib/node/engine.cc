@@ -527,6 +527,7 @@ Stats Engine::CollectStats() {
   net.locks_queued = lc.queued;
   net.locks_failed = lc.failed;
   net.locks_lost = lc.lost;
+  net.lock_handoffs = lc.handoffs_received;
   out += net;
   return out;
 }

@@ -84,8 +84,11 @@ void LockService::Dispatch(const Message& m) {
     case MsgType::kLockAcquire:
     case MsgType::kLockRelease:
     case MsgType::kLockCancel:
+    case MsgType::kLockPassed:
       return DispatchToTable(m, now);
     case MsgType::kLockReply:
+    case MsgType::kLockSuccessor:
+    case MsgType::kLockHandoff:
       return client_.OnMessage(m, now);
     case MsgType::kBarrierEnter:
     case MsgType::kBarrierCancel:
@@ -99,7 +102,8 @@ void LockService::Dispatch(const Message& m) {
 
 void LockService::DispatchToTable(const Message& m, absl::Time now) {
   if (lock::LockTable* t = TableFor(m.region)) return t->OnMessage(m, now);
-  if (m.type != MsgType::kLockAcquire) return;  // release/cancel of a table gone: nothing held
+  // Release / cancel / passed of a table gone: nothing held.
+  if (m.type != MsgType::kLockAcquire) return;
   const lock::LockReplyCode code = find_(m.region) != nullptr
                                        ? lock::LockReplyCode::kNotArbiter
                                        : lock::LockReplyCode::kNoSuchRegion;
@@ -242,6 +246,10 @@ LockService::Counters LockService::counters() const {
     c.tables.released_by_death += x.released_by_death;
     c.tables.dropped_by_death += x.dropped_by_death;
     c.tables.died_flags += x.died_flags;
+    c.tables.hints += x.hints;
+    c.tables.handoffs += x.handoffs;
+    c.tables.handoffs_refused += x.handoffs_refused;
+    c.tables.regrants += x.regrants;
   }
   return c;
 }

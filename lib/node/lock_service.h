@@ -74,7 +74,7 @@ class LockService final : lock::LockTablePort, lock::LockClientPort, lock::Barri
   LockService(const LockService&) = delete;
   LockService& operator=(const LockService&) = delete;
 
-  // Whether `type` is one of the lock and barrier messages (40..46) this service handles.
+  // Whether `type` is one of the lock and barrier messages (40..49) this service handles.
   static bool Handles(MsgType type);
 
   // ---- engine thread ----
@@ -118,6 +118,9 @@ class LockService final : lock::LockTablePort, lock::LockClientPort, lock::Barri
   // neither is known here.
   std::optional<NodeId> LockArbiterOf(uint64_t lock_id) const {
     return client_.arbiter_of(lock_id);
+  }
+  std::optional<NodeId> LockPredecessorOf(uint64_t lock_id) const {
+    return client_.predecessor_of(lock_id);
   }
   std::optional<NodeId> BarrierArbiterOf(uint64_t req_id) const {
     return barrier_client_.arbiter_of(req_id);

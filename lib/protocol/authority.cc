@@ -34,6 +34,11 @@ SenderRule SenderRuleOf(MsgType type) {
     case MsgType::kLockReply: return SenderRule::kLockArbiter;
     case MsgType::kLockRelease: return SenderRule::kAnyMember;
     case MsgType::kLockCancel: return SenderRule::kAnyMember;
+    // The hint names a lock the receiver asked the sender for; kLockPassed, like a release,
+    // names the sender's own lock (and the arbiter checks the successor against its hint).
+    case MsgType::kLockSuccessor: return SenderRule::kLockArbiter;
+    case MsgType::kLockHandoff: return SenderRule::kNamedPredecessor;
+    case MsgType::kLockPassed: return SenderRule::kAnyMember;
     case MsgType::kBarrierEnter: return SenderRule::kToBarrierArbiter;
     case MsgType::kBarrierReply: return SenderRule::kBarrierArbiter;
     case MsgType::kBarrierCancel: return SenderRule::kToBarrierArbiter;
@@ -54,6 +59,7 @@ const char* SenderRuleName(SenderRule rule) {
     case SenderRule::kRecordedHolder: return "only to the home; write-backs from a holder";
     case SenderRule::kAwaitedAck: return "only to the home, from a node it waits for";
     case SenderRule::kLockArbiter: return "only the region's lock arbiter";
+    case SenderRule::kNamedPredecessor: return "only the predecessor the arbiter named";
     case SenderRule::kToBarrierArbiter: return "only to the barrier group's arbiter";
     case SenderRule::kBarrierArbiter: return "only the barrier's arbiter";
     case SenderRule::kAboutItself: return "any member, about itself";
@@ -144,6 +150,13 @@ absl::Status CheckAuthority(const Message& m, const AuthorityFacts& facts) {
       const std::optional<NodeId> arbiter = facts.HomeOf(m.region, 0);
       if (!arbiter.has_value() || *arbiter == m.src) return absl::OkStatus();
       return Denied(m, rule, absl::StrCat("the region's locks are arbitrated by node ", *arbiter));
+    }
+    case SenderRule::kNamedPredecessor: {
+      const std::optional<NodeId> named = facts.LockPredecessorOf(m.req_id);
+      if (!named.has_value() || *named == m.src) return absl::OkStatus();
+      return Denied(m, rule,
+                    absl::StrCat("the arbiter named node ", *named, " as lock ", m.req_id,
+                                 "'s predecessor"));
     }
     case SenderRule::kToBarrierArbiter: {
       // Validation guarantees a non-zero mask.

@@ -49,6 +49,12 @@ enum class SenderRule : uint8_t {
   // Only the arbiter of m.region's locks (home of page 0); for a lock this node knows, the
   // arbiter it asked.
   kLockArbiter,
+  // A direct grant (kLockHandoff) of lock m.req_id: only from the node the lock's arbiter
+  // named as its predecessor (the kQueued reply naming a predecessor). Not judged while the
+  // lock is unknown here (withdrawn, released) or no predecessor is named yet (the hand-off
+  // crossed the naming: the lock client keeps it until the naming arrives and drops it, as
+  // forged, if the naming names another node).
+  kNamedPredecessor,
   // Only to the arbiter of the barrier group (its lowest member), from a member (the member
   // rule is validation's).
   kToBarrierArbiter,
@@ -86,6 +92,9 @@ class AuthorityFacts {
   virtual std::optional<uint64_t> OpAwaits(uint64_t req_id) const = 0;
   // The arbiter this node asked for lock `lock_id` (pending or held); nullopt if unknown.
   virtual std::optional<NodeId> LockArbiterOf(uint64_t lock_id) const = 0;
+  // The predecessor the arbiter named for lock `lock_id` of this node (in a kQueued reply);
+  // nullopt if the lock is unknown or none was named.
+  virtual std::optional<NodeId> LockPredecessorOf(uint64_t lock_id) const = 0;
   // The arbiter of barrier request `req_id` this node waits in; nullopt if none.
   virtual std::optional<NodeId> BarrierArbiterOf(uint64_t req_id) const = 0;
 

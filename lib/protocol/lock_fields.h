@@ -1,4 +1,4 @@
-// How the lock and barrier messages (MsgType 40..46, protocol/message.h) pack their fields,
+// How the lock and barrier messages (MsgType 40..49, protocol/message.h) pack their fields,
 // and their reply codes. The rules these fields must satisfy are enforced by the one
 // validation table (protocol/validation.h), next to this packing, so the two cannot drift.
 // Header-only and pure: the lock layer packs and unpacks with it, the wire decoder checks.
@@ -54,15 +54,37 @@ inline LockMode AcquireMode(uint64_t arg) {
 inline uint64_t AcquireFlags(uint64_t arg) { return (arg >> kAcquireFlagsShift) & 0xf; }
 inline bool AcquireTry(uint64_t arg) { return (AcquireFlags(arg) & kTryFlag) != 0; }
 
-// --- kLockReply arg: code (bits 0..7) | previous_holder_died (bit 8) | 0 (9..63).
-inline constexpr int kLockReplyReservedShift = 9;
+// --- kLockReply arg: code (bits 0..7) | previous_holder_died (bit 8) | predecessor named
+// (bit 9) | 0 (10..15) | predecessor node (16..23) | 0 (24..63).
+inline constexpr uint64_t kLockReplyPredFlag = uint64_t{1} << 9;
+inline constexpr int kLockReplyPredShift = 16;
+// Bits that must be 0 in every kLockReply.
+inline constexpr uint64_t kLockReplyReservedMask =
+    ~(uint64_t{0x1ff} | kLockReplyPredFlag | (uint64_t{0xff} << kLockReplyPredShift));
 inline uint64_t PackLockReply(LockReplyCode code, bool previous_holder_died = false) {
   return uint64_t{static_cast<uint8_t>(code)} | (previous_holder_died ? uint64_t{1} << 8 : 0);
+}
+// kQueued naming the node whose release will hand the lock over (kLockHandoff).
+inline uint64_t PackQueuedWithPredecessor(NodeId predecessor) {
+  return PackLockReply(LockReplyCode::kQueued) | kLockReplyPredFlag |
+         (uint64_t{predecessor & 0xff} << kLockReplyPredShift);
 }
 inline LockReplyCode LockReplyCodeOf(uint64_t arg) {
   return static_cast<LockReplyCode>(arg & 0xff);
 }
 inline bool LockReplyDied(uint64_t arg) { return (arg >> 8) & 1; }
+inline bool LockReplyNamesPredecessor(uint64_t arg) { return (arg & kLockReplyPredFlag) != 0; }
+inline NodeId LockReplyPredecessor(uint64_t arg) {
+  return static_cast<NodeId>((arg >> kLockReplyPredShift) & 0xff);
+}
+
+// --- kLockSuccessor arg: successor node (bits 0..7) | previous_holder_died (bit 8) | 0.
+// --- kLockPassed arg: successor node (bits 0..7) | 0.   kLockHandoff arg: 0 or 1 (died).
+inline uint64_t PackSuccessorArg(NodeId node, bool died) {
+  return uint64_t{node & 0xff} | (died ? uint64_t{1} << 8 : 0);
+}
+inline NodeId SuccessorNode(uint64_t arg) { return static_cast<NodeId>(arg & 0xff); }
+inline bool SuccessorDied(uint64_t arg) { return (arg >> 8) & 1; }
 
 // --- kBarrierReply arg: code (bits 0..7) | down node (bits 8..15, kNodeDown only) | 0.
 inline constexpr int kBarrierReplyReservedShift = 16;
@@ -78,7 +100,7 @@ inline NodeId BarrierReplyNode(uint64_t arg) { return static_cast<NodeId>((arg >
 inline bool IsLockMessage(MsgType t) {
   const auto v = static_cast<uint8_t>(t);
   return v >= static_cast<uint8_t>(MsgType::kLockAcquire) &&
-         v <= static_cast<uint8_t>(MsgType::kBarrierCancel);
+         v <= static_cast<uint8_t>(MsgType::kLockPassed);
 }
 
 }  // namespace dsm::lock

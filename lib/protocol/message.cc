@@ -27,6 +27,9 @@ const char* MsgTypeName(MsgType t) {
     case MsgType::kLockReply: return "LockReply";
     case MsgType::kLockRelease: return "LockRelease";
     case MsgType::kLockCancel: return "LockCancel";
+    case MsgType::kLockSuccessor: return "LockSuccessor";
+    case MsgType::kLockHandoff: return "LockHandoff";
+    case MsgType::kLockPassed: return "LockPassed";
     case MsgType::kBarrierEnter: return "BarrierEnter";
     case MsgType::kBarrierReply: return "BarrierReply";
     case MsgType::kBarrierCancel: return "BarrierCancel";

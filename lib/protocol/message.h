@@ -59,8 +59,10 @@ enum class MsgType : uint8_t {
                       // 48..51: 1 shared, 2 exclusive) | flags (bits 52..55: bit 0 = try,
                       // others 0) | bits 56..63 = 0. offset + len must not overflow 2^64.
   kLockReply = 41,    // region; req_id = the lock id; page = 0; arg = LockReplyCode (bits
-                      // 0..7: 1..7) | bit 8 = previous_holder_died (only with kGranted);
-                      // other bits 0. A request may get kQueued and later one final code.
+                      // 0..7: 1..7) | bit 8 = previous_holder_died (only with kGranted) |
+                      // bit 9 = a predecessor is named, bits 16..23 = its node (< cluster
+                      // size; only with kQueued); other bits 0. A request may get kQueued
+                      // (at most one naming a predecessor) and later one final code.
   kLockRelease = 42,  // region; req_id = lock id; page = 0, arg = 0. Releases a held lock;
                       // no reply. Unknown ids are ignored.
   kLockCancel = 43,   // region; req_id = lock id; page = 0, arg = 0. Withdraws a request
@@ -77,7 +79,20 @@ enum class MsgType : uint8_t {
                         // size), so every member can name the ones that had not.
   kBarrierCancel = 46,  // as kBarrierEnter: the member stopped waiting (deadline); answered
                         // like the enter (kAborted with the entered mask if still open).
-  // 47..49 reserved for locks. RDMA control at 60.
+  // One-message hand-off (lock/lock_table.h): the arbiter names a holder's successor; the
+  // holder's release grants the lock directly to it and tells the arbiter.
+  kLockSuccessor = 47,  // arbiter -> holder. region; req_id = the holder's lock id; page = the
+                        // successor's lock id (non-zero); arg = successor node (bits 0..7,
+                        // < cluster size) | bit 8 = previous_holder_died; other bits 0.
+  kLockHandoff = 48,    // holder -> successor. region; req_id = the successor's lock id;
+                        // page = the releaser's lock id (non-zero); arg = 0 or 1
+                        // (previous_holder_died). Grants the lock; accepted only from the
+                        // predecessor the arbiter named in its kQueued reply.
+  kLockPassed = 49,     // holder -> arbiter. region; req_id = the releaser's lock id; page =
+                        // the successor's lock id (non-zero); arg = successor node (< cluster
+                        // size). Releases the lock and records the successor as holding it
+                        // (no reply) if the arbiter named that successor; else a release.
+  // RDMA control at 60.
   // Membership: a node leaving in order (node.h: Shutdown, Finalize). No reply.
   kGoodbye = 50,  // arg = GoodbyeKind; region = 0, page = 0, payload empty. Per-pair FIFO: it
                   // follows every message the sender sent to this peer before it.

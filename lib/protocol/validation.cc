@@ -92,15 +92,43 @@ Violation LockAcquireArg(const MessageFields& f, size_t) {
   return Violation::kNone;
 }
 
-Violation LockReplyArg(const MessageFields& f, size_t) {
+Violation LockReplyArg(const MessageFields& f, size_t cluster_size) {
   const uint64_t code = f.arg & 0xff;
   if (code < 1 || code > lock::kMaxLockReplyCode) return Violation::kBadLockReplyCode;
-  if ((f.arg >> lock::kLockReplyReservedShift) != 0) return Violation::kLockReplyReserved;
+  if ((f.arg & lock::kLockReplyReservedMask) != 0) return Violation::kLockReplyReserved;
   if (lock::LockReplyDied(f.arg) &&
       lock::LockReplyCodeOf(f.arg) != lock::LockReplyCode::kGranted) {
     return Violation::kDiedWithoutGrant;
   }
+  if (lock::LockReplyNamesPredecessor(f.arg)) {
+    if (lock::LockReplyCodeOf(f.arg) != lock::LockReplyCode::kQueued) {
+      return Violation::kPredecessorWithoutQueued;
+    }
+    if (lock::LockReplyPredecessor(f.arg) >= cluster_size) return Violation::kNodeOutsideCluster;
+  } else if (lock::LockReplyPredecessor(f.arg) != 0) {
+    return Violation::kPredecessorWithoutQueued;
+  }
   return Violation::kNone;
+}
+
+// kLockSuccessor (died bit allowed) and kLockPassed: page = the successor's lock id, arg's
+// low byte its node.
+Violation SuccessorArg(const MessageFields& f, size_t cluster_size, bool died_allowed) {
+  if (f.page == 0) return Violation::kReqIdZero;
+  if ((f.arg >> (died_allowed ? 9 : 8)) != 0) return Violation::kLockReplyReserved;
+  return lock::SuccessorNode(f.arg) < cluster_size ? Violation::kNone
+                                                    : Violation::kNodeOutsideCluster;
+}
+Violation LockSuccessorArg(const MessageFields& f, size_t cluster_size) {
+  return SuccessorArg(f, cluster_size, /*died_allowed=*/true);
+}
+Violation LockPassedArg(const MessageFields& f, size_t cluster_size) {
+  return SuccessorArg(f, cluster_size, /*died_allowed=*/false);
+}
+// kLockHandoff: page = the releaser's lock id; arg = previous_holder_died (0 or 1).
+Violation LockHandoffArg(const MessageFields& f, size_t) {
+  if (f.page == 0) return Violation::kReqIdZero;
+  return f.arg <= 1 ? Violation::kNone : Violation::kLockReplyReserved;
 }
 
 Violation MemberMaskArg(const MessageFields& f, size_t cluster_size) {
@@ -176,6 +204,9 @@ constexpr Rule kRules[] = {
     {MsgType::kLockReply, PayloadRule::kEmpty, kZeroPage, LockReplyArg},
     {MsgType::kLockRelease, PayloadRule::kEmpty, kZeroPage | kZeroArg, nullptr},
     {MsgType::kLockCancel, PayloadRule::kEmpty, kZeroPage | kZeroArg, nullptr},
+    {MsgType::kLockSuccessor, PayloadRule::kEmpty, kNonZeroReqId, LockSuccessorArg},
+    {MsgType::kLockHandoff, PayloadRule::kEmpty, kNonZeroReqId, LockHandoffArg},
+    {MsgType::kLockPassed, PayloadRule::kEmpty, kNonZeroReqId, LockPassedArg},
     {MsgType::kBarrierEnter, PayloadRule::kName, kZeroRegion, MemberMaskArg},
     {MsgType::kBarrierReply, PayloadRule::kEmpty, kAnyFields, BarrierReplyArg},
     {MsgType::kBarrierCancel, PayloadRule::kName, kZeroRegion, MemberMaskArg},
@@ -255,6 +286,9 @@ const char* ViolationName(Violation v) {
     case Violation::kBadLockReplyCode: return "unknown lock reply code";
     case Violation::kLockReplyReserved: return "lock reply reserved bits set";
     case Violation::kDiedWithoutGrant: return "previous_holder_died without a grant";
+    case Violation::kPredecessorWithoutQueued:
+      return "lock reply names a predecessor without kQueued (or a node without the flag)";
+    case Violation::kNodeOutsideCluster: return "named lock node >= cluster size";
     case Violation::kBadMemberMask: return "bad member mask";
     case Violation::kBadBarrierReplyCode: return "unknown barrier reply code";
     case Violation::kBarrierReplyReserved: return "barrier reply reserved bits set";

@@ -43,7 +43,7 @@ enum class Violation : uint8_t {
   kRegionNotZero,       // barrier messages carry no region (but kAborted's entered mask)
   kPageNotZero,         // kLockReply / kLockRelease / kLockCancel carry no page
   kArgNotZero,          // kLockRelease / kLockCancel carry no arg
-  kReqIdZero,           // a lock id is never 0
+  kReqIdZero,           // a lock id is never 0 (req_id; page of 47..49)
   kBadGrant,            // kData / kGrant: arg is not a Grant
   kBadPutKind,          // kPut: arg is not a PutKind
   kBadRecallKind,       // kRecall: arg is not a RecallKind
@@ -54,7 +54,8 @@ enum class Violation : uint8_t {
   kBadLockFlags,        // kLockAcquire: a flag other than try, or bits 56..63 set
   kLockRangeOverflow,   // kLockAcquire: offset + len overflows 2^64
   kBadLockReplyCode,    // kLockReply: code outside 1..kMaxLockReplyCode
-  kLockReplyReserved,   // kLockReply: bits 9..63 set
+  kLockReplyReserved,   // kLockReply: bits 10..15 or 24..63 set; kLockSuccessor: arg bits
+                        // 9..63, kLockPassed: 8..63, kLockHandoff: arg > 1
   kDiedWithoutGrant,    // kLockReply: previous_holder_died with a code other than kGranted
   kBadMemberMask,       // kBarrierEnter/Cancel: empty, names a node >= cluster, lacks src
   kBadBarrierReplyCode,  // kBarrierReply: code outside 1..kMaxBarrierReplyCode
@@ -66,6 +67,10 @@ enum class Violation : uint8_t {
   kBadRegionIdentity,   // kRegionOpen(Reply): page is not an identity word (region_identity.h)
   kBadRegionSize,       // kRegionOpen arg / kRegionOpenReply payload: not a whole number of
                         // pages, or zero
+  kPredecessorWithoutQueued,  // kLockReply: a predecessor named with a code other than
+                              // kQueued, or a predecessor node without the flag
+  kNodeOutsideCluster,  // kLockReply predecessor / kLockSuccessor / kLockPassed successor
+                        // node >= cluster size
   kCount,               // not a rule: the number of values
 };
 

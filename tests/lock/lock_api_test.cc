@@ -120,9 +120,12 @@ class MiniEngine {
         case MsgType::kLockAcquire:
         case MsgType::kLockRelease:
         case MsgType::kLockCancel:
+        case MsgType::kLockPassed:
           table_->OnMessage(m, absl::Now());
           break;
         case MsgType::kLockReply:
+        case MsgType::kLockSuccessor:
+        case MsgType::kLockHandoff:
           clients_[m.dst]->OnMessage(m, absl::Now());
           break;
         case MsgType::kBarrierEnter:

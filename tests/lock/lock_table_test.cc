@@ -40,6 +40,8 @@ class LockTableTest : public ::testing::Test {
     c.region = 1;
     c.region_size = 1 << 20;
     c.release_grace = absl::Seconds(1);
+    // The arbiter path; the one-message hand-off is tested in lock_handoff_test.cc.
+    c.direct_handoff = false;
     return c;
   }
 

@@ -3,6 +3,7 @@
 
 #include <deque>
 #include <map>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -74,6 +75,21 @@ class Network {
     *out = std::move(q->front());
     q->pop_front();
     return true;
+  }
+  // Pops the head of the (src, dst) queue; nullopt if it is empty.
+  std::optional<Message> PopFrom(NodeId src, NodeId dst) {
+    auto it = queues_.find({src, dst});
+    if (it == queues_.end() || it->second.empty()) return std::nullopt;
+    Message m = std::move(it->second.front());
+    it->second.pop_front();
+    return m;
+  }
+  // Keeps a prefix of each queue from `node`, of a length chosen by `pick(k)` in 0..k.
+  template <typename Pick>
+  void TruncateFrom(NodeId node, Pick&& pick) {
+    for (auto& [k, q] : queues_) {
+      if (k.first == node) q.resize(pick(q.size()));
+    }
   }
   // Drops every message from or to `node`.
   void Sever(NodeId node) {

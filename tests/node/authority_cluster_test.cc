@@ -288,6 +288,32 @@ TEST_F(AuthorityCluster, ForgedLockReplyFromNonArbiterIsRejected) {
   EXPECT_TRUE(regions_[1]->Unlock(*got).ok());
 }
 
+TEST_F(AuthorityCluster, ForgedDirectGrantFromANodeNotNamedIsRejected) {
+  // Node 0 (the arbiter) holds the lock; node 1's request queues behind it alone, so the
+  // arbiter names node 0 as its predecessor: only node 0 may hand the lock over.
+  absl::StatusOr<LockGuard> held =
+      regions_[0]->Lock(0, 64, LockMode::kExclusive, absl::Now() + absl::Seconds(20));
+  ASSERT_TRUE(held.ok()) << held.status();
+  const uint64_t queued = StatsOf(1).locks_queued;
+  absl::Notification done;
+  absl::StatusOr<LockHandle> got = absl::UnknownError("not run");
+  const uint64_t id =
+      regions_[1]->LockAsync(0, 64, LockMode::kExclusive, absl::Now() + absl::Seconds(30),
+                             [&](absl::StatusOr<LockHandle> r) {
+                               got = std::move(r);
+                               done.Notify();
+                             });
+  while (StatsOf(1).locks_queued == queued) absl::SleepFor(absl::Milliseconds(1));
+  forger_.Send(Forged(MsgType::kLockHandoff, 1, /*releaser's lock id=*/7, id, 0));
+  ExpectCutOff(1);
+  EXPECT_FALSE(done.HasBeenNotified()) << "a forged direct grant was delivered";
+  ASSERT_TRUE(held->Unlock().ok());
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(StatsOf(1).lock_handoffs, 1u);
+  EXPECT_TRUE(regions_[1]->Unlock(*got).ok());
+}
+
 TEST_F(AuthorityCluster, ForgedBarrierReplyFromNonArbiterIsRejected) {
   // Barrier {0, 1}: node 0 arbitrates. Node 1 waits in it (its first barrier: request 1).
   absl::Notification done;

@@ -266,6 +266,36 @@ TEST_P(LockClusterTest, AsyncRequestPendsWhileTheSameNodeKeepsServingFaults) {
   EXPECT_TRUE(again.ok()) << again.status();
 }
 
+// Node 0 is the region's arbiter and holds the lock; node 1's request queues behind it alone,
+// so the arbiter names node 1 to node 0's lock (delivered locally before node 1 hears that it
+// is queued) and node 0's release grants node 1 directly: one message.
+TEST_P(LockClusterTest, AContendedReleaseHandsTheLockOverInOneMessage) {
+  ASSERT_NO_FATAL_FAILURE(Map("handoff", 1));
+  Step("node 0 holds [0, 64)");
+  absl::StatusOr<LockGuard> holder =
+      region(0)->Lock(0, 64, LockMode::kExclusive, absl::Now() + kLockWait);
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  const uint64_t handoffs_before = node(1)->GetStats().value().lock_handoffs;
+  const uint64_t queued_before = node(1)->GetStats().value().locks_queued;
+  Step("node 1 asks and is queued");
+  absl::Notification done;
+  absl::StatusOr<LockHandle> got = absl::UnknownError("callback did not run");
+  region(1)->LockAsync(0, 64, LockMode::kExclusive, absl::Now() + kLockWait,
+                       [&](absl::StatusOr<LockHandle> h) {
+                         got = std::move(h);
+                         done.Notify();
+                       });
+  while (node(1)->GetStats().value().locks_queued == queued_before) {
+    absl::SleepFor(absl::Milliseconds(1));  // the watchdog bounds this wait
+  }
+  Step("node 0 releases: node 1 is granted by node 0 directly");
+  ASSERT_TRUE(holder->Unlock().ok());
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(kLockWait)) << "grant never came";
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(node(1)->GetStats().value().lock_handoffs, handoffs_before + 1);
+  EXPECT_TRUE(region(1)->Unlock(*got).ok());
+}
+
 TEST_P(LockClusterTest, CancelDeadlineAndBadRanges) {
   ASSERT_NO_FATAL_FAILURE(Map("errors", 1));
   absl::StatusOr<LockGuard> holder = region(0)->Lock(0, 16, LockMode::kExclusive);

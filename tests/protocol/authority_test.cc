@@ -44,6 +44,11 @@ class FakeFacts final : public AuthorityFacts {
     if (it == locks.end()) return std::nullopt;
     return it->second;
   }
+  std::optional<NodeId> LockPredecessorOf(uint64_t lock_id) const override {
+    auto it = predecessors.find(lock_id);
+    if (it == predecessors.end()) return std::nullopt;
+    return it->second;
+  }
   std::optional<NodeId> BarrierArbiterOf(uint64_t req_id) const override {
     auto it = barriers.find(req_id);
     if (it == barriers.end()) return std::nullopt;
@@ -55,6 +60,7 @@ class FakeFacts final : public AuthorityFacts {
   absl::flat_hash_map<uint64_t, uint64_t> ops;
   absl::flat_hash_map<uint64_t, NodeId> locks;
   absl::flat_hash_map<uint64_t, NodeId> barriers;
+  absl::flat_hash_map<uint64_t, NodeId> predecessors;
 };
 
 Message Msg(MsgType type, NodeId src, PageIndex page = 0, uint64_t req_id = 1, uint64_t arg = 0,
@@ -101,7 +107,7 @@ TEST(Authority, RequestsFromAnyMember) {
   FakeFacts f;
   for (MsgType t : {MsgType::kRegionOpen, MsgType::kGetS, MsgType::kGetM, MsgType::kGetSRun,
                     MsgType::kSyncReq, MsgType::kLockAcquire, MsgType::kLockRelease,
-                    MsgType::kLockCancel, MsgType::kStatsRequest}) {
+                    MsgType::kLockCancel, MsgType::kLockPassed, MsgType::kStatsRequest}) {
     EXPECT_EQ(SenderRuleOf(t), SenderRule::kAnyMember) << MsgTypeName(t);
     for (NodeId src : {0u, 2u, 3u}) EXPECT_TRUE(Allowed(Msg(t, src, 1), f)) << MsgTypeName(t);
   }
@@ -225,6 +231,35 @@ TEST(Authority, LockRepliesOnlyFromTheArbiter) {
   // A lock forgotten here (withdrawn): the region's arbiter may still answer late.
   EXPECT_TRUE(Allowed(Msg(MsgType::kLockReply, 0, 0, 12, granted), f));
   EXPECT_FALSE(Allowed(Msg(MsgType::kLockReply, 3, 0, 12, granted), f));
+}
+
+TEST(Authority, SuccessorHintsOnlyFromTheArbiter) {
+  FakeFacts f;
+  const uint64_t succ = lock::PackSuccessorArg(3, false);
+  f.locks[11] = 0;
+  EXPECT_TRUE(Allowed(Msg(MsgType::kLockSuccessor, 0, 5, 11, succ), f));
+  EXPECT_FALSE(Allowed(Msg(MsgType::kLockSuccessor, 2, 5, 11, succ), f));
+}
+
+TEST(Authority, ForgedDirectGrantRejected) {
+  FakeFacts f;
+  // The arbiter named node 2 as the predecessor of this node's lock 11.
+  f.locks[11] = 0;
+  f.predecessors[11] = 2;
+  EXPECT_TRUE(Allowed(Msg(MsgType::kLockHandoff, 2, 9, 11), f));
+  EXPECT_FALSE(Allowed(Msg(MsgType::kLockHandoff, 3, 9, 11), f));
+  // The arbiter itself is no predecessor either unless named.
+  EXPECT_FALSE(Allowed(Msg(MsgType::kLockHandoff, 0, 9, 11), f));
+  // No predecessor named yet (the hand-off crossed the naming), or the lock withdrawn: not
+  // judged here; the lock client keeps it until the naming, or drops it.
+  f.locks[12] = 0;
+  EXPECT_TRUE(Allowed(Msg(MsgType::kLockHandoff, 3, 9, 12), f));
+  EXPECT_TRUE(Allowed(Msg(MsgType::kLockHandoff, 3, 9, 13), f));
+}
+
+TEST(Authority, PassedFromAnyMemberAboutItsOwnLock) {
+  FakeFacts f;
+  EXPECT_TRUE(Allowed(Msg(MsgType::kLockPassed, 3, 9, 11, 2), f));
 }
 
 TEST(Authority, BarrierEntriesOnlyToTheGroupsArbiter) {

@@ -112,7 +112,7 @@ std::vector<Case> Cases() {
     Frame bad = get_s;
     bad.type = 15;  // between kGetSRun and kData: not declared
     c.push_back({V::kUnknownType, get_s, bad});
-    bad.type = 47;  // reserved for locks, not declared
+    bad.type = 59;  // between kHeartbeat and the RDMA control: not declared
     c.push_back({V::kUnknownType, get_s, bad});
   }
   {
@@ -286,7 +286,45 @@ std::vector<Case> Cases() {
                LockReply(lock::kMaxLockReplyCode + 1)});
   c.push_back({V::kBadLockReplyCode, LockReply(1), LockReply(9)});
   c.push_back({V::kBadLockReplyCode, LockReply(1), LockReply(0)});
-  c.push_back({V::kLockReplyReserved, LockReply(1 | (1 << 8)), LockReply(1 | (1 << 9))});
+  c.push_back({V::kLockReplyReserved, LockReply(1 | (1 << 8)), LockReply(1 | (1 << 10))});
+  c.push_back({V::kLockReplyReserved, LockReply(lock::PackQueuedWithPredecessor(3)),
+               LockReply(lock::PackQueuedWithPredecessor(3) | (uint64_t{1} << 24))});
+  // A predecessor only with kQueued, and only with its flag; within the cluster.
+  c.push_back({V::kPredecessorWithoutQueued, LockReply(lock::PackQueuedWithPredecessor(3)),
+               LockReply(lock::PackQueuedWithPredecessor(3) - 1)});
+  c.push_back({V::kPredecessorWithoutQueued, LockReply(2), LockReply(2 | (3 << 16))});
+  c.push_back({V::kNodeOutsideCluster, LockReply(lock::PackQueuedWithPredecessor(3)),
+               LockReply(lock::PackQueuedWithPredecessor(kCluster))});
+  {
+    // kLockSuccessor / kLockHandoff / kLockPassed: page = the other lock's id (non-zero).
+    Frame hint{T(MsgType::kLockSuccessor), 1, 7, 8, 5, lock::PackSuccessorArg(3, true), ""};
+    Frame handoff{T(MsgType::kLockHandoff), 1, 7, 8, 5, 1, ""};
+    Frame passed{T(MsgType::kLockPassed), 1, 7, 8, 5, 3, ""};
+    for (const Frame& good : {hint, handoff, passed}) {
+      Frame bad = good;
+      bad.page = 0;
+      c.push_back({V::kReqIdZero, good, bad});
+      bad = good;
+      bad.req_id = 0;
+      c.push_back({V::kReqIdZero, good, bad});
+      bad = good;
+      bad.payload = "x";
+      c.push_back({V::kPayloadSize, good, bad});
+    }
+    Frame bad = hint;
+    bad.arg = lock::PackSuccessorArg(kCluster, false);
+    c.push_back({V::kNodeOutsideCluster, hint, bad});
+    bad.arg = hint.arg | (1 << 9);
+    c.push_back({V::kLockReplyReserved, hint, bad});
+    bad = passed;
+    bad.arg = kCluster;
+    c.push_back({V::kNodeOutsideCluster, passed, bad});
+    bad.arg = 3 | (1 << 8);  // the arbiter computes the died flag itself
+    c.push_back({V::kLockReplyReserved, passed, bad});
+    bad = handoff;
+    bad.arg = 2;
+    c.push_back({V::kLockReplyReserved, handoff, bad});
+  }
   c.push_back({V::kDiedWithoutGrant, LockReply(1 | (1 << 8)), LockReply(2 | (1 << 8))});
   c.push_back({V::kBadMemberMask, BarrierEnter(0b0010), BarrierEnter(0b0001)});  // src 1 absent
   c.push_back({V::kBadMemberMask, BarrierEnter(0b1010), BarrierEnter(0b11010)});  // node 4
@@ -391,6 +429,19 @@ TEST(Validation, TheLockPackingPassesTheTable) {
     EXPECT_EQ(lock::LockReplyCodeOf(m.arg), c);
     m.arg = lock::PackLockReply(c, /*previous_holder_died=*/true);
     EXPECT_EQ(CheckMessage(m, kCluster).ok(), c == lock::LockReplyCode::kGranted) << code;
+  }
+  for (NodeId pred = 0; pred < kCluster; ++pred) {
+    Message m{MsgType::kLockReply, 1, 0, 7, 0, 5, lock::PackQueuedWithPredecessor(pred), {}};
+    EXPECT_TRUE(CheckMessage(m, kCluster).ok()) << pred;
+    EXPECT_EQ(lock::LockReplyCodeOf(m.arg), lock::LockReplyCode::kQueued);
+    EXPECT_TRUE(lock::LockReplyNamesPredecessor(m.arg));
+    EXPECT_EQ(lock::LockReplyPredecessor(m.arg), pred);
+    for (bool died : {false, true}) {
+      Message h{MsgType::kLockSuccessor, 1, 0, 7, 9, 5, lock::PackSuccessorArg(pred, died), {}};
+      EXPECT_TRUE(CheckMessage(h, kCluster).ok());
+      EXPECT_EQ(lock::SuccessorNode(h.arg), pred);
+      EXPECT_EQ(lock::SuccessorDied(h.arg), died);
+    }
   }
   for (uint8_t code = 1; code <= lock::kMaxBarrierReplyCode; ++code) {
     const auto c = static_cast<lock::BarrierReplyCode>(code);

@@ -82,6 +82,10 @@ std::vector<Message> AllLegal() {
       Lock(MsgType::kLockReply, 0, 1 | (1 << 8)),
       Lock(MsgType::kLockRelease, 0, 0),
       Lock(MsgType::kLockCancel, 0, 0),
+      Lock(MsgType::kLockReply, 0, 2 | (1 << 9) | (3 << 16)),  // kQueued, predecessor 3
+      Lock(MsgType::kLockSuccessor, 12, 3 | (1 << 8)),  // successor node 3, lock 12, died
+      Lock(MsgType::kLockHandoff, 12, 1),
+      Lock(MsgType::kLockPassed, 12, 3),
       Barrier(MsgType::kBarrierEnter, 0b1010, 5),
       Barrier(MsgType::kBarrierCancel, 0b1000, 255),
       BarrierReply(7, 2 | (2 << 8)),  // kNodeDown, node 2
@@ -283,6 +287,15 @@ TEST(Wire, RejectsPayloadSizeIllegalForType) {
       Lock(MsgType::kLockReply, 0, 8),     // codes 8 and 9 are not declared
       Lock(MsgType::kLockReply, 0, 9),
       Lock(MsgType::kLockReply, 0, 2 | (1 << 8)),  // previous_holder_died without a grant
+      Lock(MsgType::kLockReply, 0, 2 | (3 << 16)),  // a predecessor without its flag
+      Lock(MsgType::kLockReply, 0, 2 | (1 << 9) | (4 << 16)),  // outside the cluster
+      Lock(MsgType::kLockSuccessor, 0, 3),          // successor lock id 0
+      Lock(MsgType::kLockSuccessor, 12, 4),         // successor node outside the cluster
+      Lock(MsgType::kLockSuccessor, 12, 3 | (1 << 9)),
+      Lock(MsgType::kLockHandoff, 0, 0),            // predecessor lock id 0
+      Lock(MsgType::kLockHandoff, 12, 2),
+      Lock(MsgType::kLockPassed, 12, 4),
+      Lock(MsgType::kLockPassed, 12, 3 | (1 << 8)),
   };
   for (const Message& m : bad) {
     SCOPED_TRACE(DebugString(m));
