@@ -22,13 +22,17 @@ IntervalIndex& LockTable::IndexFor(const Lock& l) {
 }
 
 void LockTable::Reply(NodeId node, uint64_t id, LockReplyCode code, bool died) {
+  SendReply(node, id, PackLockReply(code, died));
+}
+
+void LockTable::SendReply(NodeId node, uint64_t id, uint64_t arg) {
   Message m;
   m.type = MsgType::kLockReply;
   m.src = config_.self;
   m.dst = node;
   m.region = config_.region;
   m.req_id = id;
-  m.arg = PackLockReply(code, died);
+  m.arg = arg;
   port_->Send(std::move(m));
 }
 
@@ -87,14 +91,7 @@ void LockTable::Acquire(const Message& m) {
   IndexFor(l).Insert(l.start, l.end, seq);
   ++counters_.queued;
   if (const std::optional<NodeId> pred = MaybeHint(seq, /*reply=*/false)) {
-    Message r;
-    r.type = MsgType::kLockReply;
-    r.src = config_.self;
-    r.dst = l.node;
-    r.region = config_.region;
-    r.req_id = l.id;
-    r.arg = PackQueuedWithPredecessor(*pred);
-    port_->Send(std::move(r));
+    SendReply(l.node, l.id, PackQueuedWithPredecessor(*pred));
     return;
   }
   Reply(l.node, l.id, LockReplyCode::kQueued);
@@ -159,16 +156,7 @@ std::optional<NodeId> LockTable::MaybeHint(uint64_t seq, bool reply) {
   m.page = w.id;
   m.arg = PackSuccessorArg(w.node, dead_.Overlaps(w.start, w.end));
   port_->Send(std::move(m));
-  if (reply) {
-    Message r;
-    r.type = MsgType::kLockReply;
-    r.src = config_.self;
-    r.dst = w.node;
-    r.region = config_.region;
-    r.req_id = w.id;
-    r.arg = PackQueuedWithPredecessor(h.node);
-    port_->Send(std::move(r));
-  }
+  if (reply) SendReply(w.node, w.id, PackQueuedWithPredecessor(h.node));
   return h.node;
 }
 

@@ -179,6 +179,8 @@ class LockTable {
   // Re-examines the waiters overlapping [a, b) in sequence order, granting the eligible.
   void GrantWaiters(uint64_t a, uint64_t b);
   void Reply(NodeId node, uint64_t id, LockReplyCode code, bool died = false);
+  // A kLockReply with a packed arg (a code, or kQueued naming a predecessor).
+  void SendReply(NodeId node, uint64_t id, uint64_t arg);
   IntervalIndex& IndexFor(const Lock& l);
 
   const Config config_;
