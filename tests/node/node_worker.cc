@@ -393,7 +393,9 @@ std::string Worker::RunCommand(const std::vector<std::string>& c) {
                         " pages_installed=", s.pages_installed, " pages_lost=", s.pages_lost,
                         " peers_down=", s.peers_down, " bad_messages=", s.bad_messages);
   }
-  if (!locks_) locks_ = std::make_unique<dsm::testing::WorkerLocks>(node_.get(), region_.get());
+  if (!locks_) {
+    locks_ = std::make_unique<dsm::testing::WorkerLocks>(node_.get(), region_.get(), Reply);
+  }
   if (std::string r = locks_->Run(c); !r.empty()) return r;
   return "err unknown command " + cmd;
 }

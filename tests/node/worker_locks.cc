@@ -2,9 +2,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -18,6 +22,7 @@ namespace dsm::testing {
 struct WorkerLocks::State {
   Node* node;
   Region* region;
+  std::function<void(const std::string&)> say;
   absl::Mutex mu;
   // Locks held, by id (guards release them when erased).
   std::map<uint64_t, LockGuard> held ABSL_GUARDED_BY(mu);
@@ -42,11 +47,109 @@ bool InRange(Region* r, uint64_t off, uint64_t len) {
   return off <= r->size() && len <= r->size() - off;
 }
 
+uint64_t LockHandoffs(Node* node) {
+  absl::StatusOr<Stats> s = node->GetStats();
+  return s.ok() ? s->lock_handoffs : 0;
+}
+
+// lockloop <off> <len> <a_off> <b_off> <stop_off> <max_ms> <lock_ms> <sync>: a lock-increment
+// loop meant to have a node killed in it (another node running the same loop is the victim or
+// the survivor). Until the word at stop_off is non-zero (read before each lock) or max_ms pass:
+// exclusive lock on [off, off + len) (deadline lock_ms), read words A and B with plain loads,
+// write A = a + 1 then B = a + 1 with plain stores, unlock. With sync = 1, Region::Sync after
+// each store, so the two stores reach the home one by one: a holder killed between them leaves
+// A != B at the home ("torn"), which the next holder must be told of (previous_holder_died).
+// Without sync the stores stay in pages held Modified, which a killed holder takes with it
+// (the survivor's access raises SIGBUS: the loop stops there).
+//
+// Prints "started" once the first increment is done (or the loop ended without one), then
+//   "ok done=<increments completed> last=<value this node last wrote> died=<grants that said
+//    previous_holder_died> torn=<grants that found A != B and were not told>
+//    torn_told=<grants that found A != B and were told> back=<grants that found A below the
+//    value this node last wrote: an increment it completed is gone> handoffs=<grants taken
+//    by direct hand-off meanwhile> end=<stop | time | sigbus | lock: <status> |
+//    unlock: <status> | sync: <status>>"
+// Every wait is bounded (lock_ms per lock); a failed lock, unlock or sync ends the loop.
+std::string LockLoop(Node* node, Region* r, const std::vector<uint64_t>& a,
+                     const std::function<void(const std::string&)>& say) {
+  const uint64_t off = a[0], len = a[1], a_off = a[2], b_off = a[3], stop_off = a[4];
+  const absl::Duration max = absl::Milliseconds(a[5]), lock_wait = absl::Milliseconds(a[6]);
+  const bool sync = a[7] != 0;
+  for (uint64_t w : {a_off, b_off, stop_off}) {
+    if (w % 8 != 0 || !InRange(r, w, 8)) return "err bad word offset";
+  }
+  if (len == 0 || !InRange(r, off, len)) return "err bad lock range";
+  volatile uint64_t* const wa = Word(r, a_off);
+  volatile uint64_t* const wb = Word(r, b_off);
+  const uint64_t* const stop = const_cast<const uint64_t*>(Word(r, stop_off));
+  const uint64_t handoffs_before = LockHandoffs(node);
+  const absl::Time end_by = absl::Now() + max;
+  uint64_t done = 0, last = 0, died = 0, torn = 0, torn_told = 0, back = 0;
+  std::string end;
+  // The SIGBUS-guarded blocks hold no lock and own nothing (RaisesSigbus unwinds with
+  // siglongjmp): the guard lives outside them.
+  for (;;) {
+    uint64_t stopped = 0;
+    if (RaisesSigbus([&] { stopped = __atomic_load_n(stop, __ATOMIC_ACQUIRE); })) {
+      end = "sigbus";
+      break;
+    }
+    if (stopped != 0) {
+      end = "stop";
+      break;
+    }
+    if (absl::Now() >= end_by) {
+      end = "time";
+      break;
+    }
+    absl::StatusOr<LockGuard> g = r->Lock(off, len, LockMode::kExclusive, absl::Now() + lock_wait);
+    if (!g.ok()) {
+      end = "lock: " + g.status().ToString();
+      break;
+    }
+    const bool told = g->previous_holder_died();
+    if (told) ++died;
+    uint64_t va = 0, vb = 0;
+    bool bus = RaisesSigbus([&] {
+      va = *wa;
+      vb = *wb;
+    });
+    const uint64_t next = va + 1;
+    absl::Status synced;
+    if (!bus) {
+      if (va != vb) ++(told ? torn_told : torn);
+      if (va < last) ++back;
+      bus = RaisesSigbus([&] { *wa = next; });
+      if (!bus && sync) synced = r->Sync();
+      if (!bus && synced.ok()) bus = RaisesSigbus([&] { *wb = next; });
+      if (!bus && synced.ok() && sync) synced = r->Sync();
+    }
+    if (bus || !synced.ok()) {
+      end = bus ? "sigbus" : "sync: " + synced.ToString();
+      (void)g->Unlock();
+      break;
+    }
+    ++done;
+    last = next;
+    if (absl::Status u = g->Unlock(); !u.ok()) {
+      end = "unlock: " + u.ToString();
+      break;
+    }
+    if (done == 1) say("started");
+  }
+  if (done == 0) say("started");
+  return absl::StrCat("ok done=", done, " last=", last, " died=", died, " torn=", torn,
+                      " torn_told=", torn_told, " back=", back,
+                      " handoffs=", LockHandoffs(node) - handoffs_before, " end=", end);
+}
+
 }  // namespace
 
-WorkerLocks::WorkerLocks(Node* node, Region* region) : state_(std::make_shared<State>()) {
+WorkerLocks::WorkerLocks(Node* node, Region* region, std::function<void(const std::string&)> say)
+    : state_(std::make_shared<State>()) {
   state_->node = node;
   state_->region = region;
+  state_->say = std::move(say);
 }
 
 WorkerLocks::~WorkerLocks() {
@@ -196,6 +299,11 @@ std::string WorkerLocks::Run(const std::vector<std::string>& c) {
       if (turn % n != me) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     return absl::StrCat("ok looks=", looks);
+  }
+  if (cmd == "lockloop") {
+    std::vector<uint64_t> a;
+    for (size_t i = 1; i < 9; ++i) a.push_back(num(i));
+    return LockLoop(st.node, r, a, st.say);
   }
   if (cmd == "cbarrier") {
     std::vector<NodeId> members;

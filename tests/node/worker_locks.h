@@ -14,9 +14,13 @@
 //                                         (non-atomic) read-modify-write of the counter, unlock
 //   lockseq <lock_off> <me> <n> <rounds> <data_off> <words> <timeout_ms>
 //                                         acquire/release order: see LockSeq in the .cc
+//   lockloop <off> <len> <a_off> <b_off> <stop_off> <max_ms> <lock_ms> <sync 0|1>
+//                                         a lock-increment loop that a test may kill a node
+//                                         in: see LockLoop in the .cc
 //   cbarrier <name> <all|id,id,...> <timeout_ms>   Node::Barrier; "ok" or "fail <status>"
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,7 +32,8 @@ namespace dsm::testing {
 
 class WorkerLocks {
  public:
-  WorkerLocks(Node* node, Region* region);
+  // `say` prints a line before the command's reply (lockloop's "started").
+  WorkerLocks(Node* node, Region* region, std::function<void(const std::string&)> say);
   ~WorkerLocks();  // releases every lock still held (before the region is unmapped)
 
   // The reply to `c`, or "" when c[0] is not a lock command.
