@@ -1,6 +1,7 @@
 #include "lock/lock_table.h"
 
 #include <algorithm>
+#include <map>
 
 #include "absl/strings/str_format.h"
 
@@ -49,8 +50,13 @@ void LockTable::OnMessage(const Message& m, absl::Time now) {
     case MsgType::kLockCancel: {
       auto it = owners_.find(Owner{m.src, m.req_id});
       if (it == owners_.end()) return;  // already gone (crossed a reply, or a duplicate)
-      const bool held = locks_.at(it->second).held;
-      (held ? counters_.released : counters_.cancelled)++;
+      const Lock& l = locks_.at(it->second);
+      (l.held ? counters_.released : counters_.cancelled)++;
+      if (l.held && m.type == MsgType::kLockCancel) {
+        // The grant crossed the withdrawal: no application saw it, so whoever holds these
+        // bytes next must still be told of the dead holder the grant would have reported.
+        for (const auto& [a, b] : l.cleared) dead_.Add(a, b);
+      }
       EraseSeq(it->second, /*by_death=*/false);
       break;
     }
@@ -179,7 +185,19 @@ bool LockTable::Grant(uint64_t seq, Lock& l, bool reply) {
   IndexFor(l).Insert(l.start, l.end, seq);
   ++held_count_;
   const bool died = dead_.Overlaps(l.start, l.end);
-  if (l.mode == LockMode::kExclusive) dead_.Subtract(l.start, l.end);
+  if (l.mode == LockMode::kExclusive && died) {
+    // Kept in case the grant is withdrawn unseen (see the kLockCancel above).
+    const std::map<uint64_t, uint64_t>& marks = dead_.ranges();
+    auto it = marks.upper_bound(l.start);
+    if (it != marks.begin()) --it;
+    l.cleared.clear();
+    for (; it != marks.end() && it->first < l.end; ++it) {
+      if (it->second > l.start) {
+        l.cleared.emplace_back(std::max(it->first, l.start), std::min(it->second, l.end));
+      }
+    }
+    dead_.Subtract(l.start, l.end);
+  }
   ++counters_.granted;
   if (died) ++counters_.died_flags;
   if (reply) Reply(l.node, l.id, LockReplyCode::kGranted, died);
@@ -205,6 +223,14 @@ LockTable::Lock LockTable::Unlink(uint64_t seq, bool by_death) {
     }
   } else if (by_death) {
     ++counters_.dropped_by_death;
+    if (l.hinted_by != 0) {
+      // A named successor: its holder may have released already, with the kLockHandoff
+      // delivered and the kLockPassed still on its way here, so the dead node may have held
+      // the range and half-written it. Whoever takes these bytes next is told (a death
+      // before the hand-off makes that conservative; the arbiter cannot tell the two apart).
+      ++counters_.named_dead;
+      dead_.Add(l.start, l.end);
+    }
   }
   owners_.erase(Owner{l.node, l.id});
   locks_.erase(it);

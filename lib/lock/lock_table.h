@@ -27,8 +27,10 @@
 //    Requests arriving from a down node are ignored.
 //  - Dead marks: the bytes of every exclusive lock released by a node's death are marked.
 //    A grant whose range overlaps a mark carries previous_holder_died; an exclusive grant
-//    clears the marks in its range (its holder was told and is the one to repair). Shared
-//    locks of a dead node leave no mark: a shared holder cannot have written.
+//    clears the marks in its range (its holder was told and is the one to repair), unless it
+//    is withdrawn unseen (kLockCancel of a held lock: the grant crossed the requester's
+//    deadline), which puts back the marks it cleared. Shared locks of a dead node leave no
+//    mark: a shared holder cannot have written.
 //
 // One-message hand-off (Config::direct_handoff). When an exclusive waiter W conflicts with
 // exactly one lock, a held exclusive lock H, and with no earlier waiter, the table names W to
@@ -40,7 +42,13 @@
 //    while both stay (H held, W waiting), W conflicts with H alone and with no earlier waiter.
 //    (A waiter's blocker set only shrinks: a later request is never granted over it.) So when
 //    H goes, W is grantable, and its dead-mark flag is the one sent in the hint (only H's
-//    death could add a mark in W's range, and a dead node's kLockPassed is never applied).
+//    death or H's withdrawal could add a mark in W's range; a dead node's kLockPassed is never
+//    applied, and a withdrawn H sent no kLockHandoff, so W is granted by reply then).
+//  - A named successor W dropped because its node died may have held the lock already: H
+//    may have released, its kLockHandoff delivered and its kLockPassed still on the way. So
+//    W's range is marked at once (conservatively: the arbiter cannot tell whether H released
+//    before W died), and every later grant of those bytes, including one to a waiter that
+//    was behind W only and is granted as W goes, is told.
 //  - kLockPassed is applied as a hand-off only if it names H's current successor; otherwise
 //    (W withdrew, or the hint was never sent) it is a plain release and W, if waiting, is
 //    granted by kLockReply as before. Shared locks, and waiters behind more than one lock or
@@ -57,6 +65,9 @@
 //    ignores the late hint (an id it no longer knows).
 //  - H dies after its kLockHandoff only: H's lock goes at the end of its grace time and W is
 //    granted then (duplicate, dropped). After its kLockPassed only: W is re-granted then.
+//  - W dies holding by hand-off before H's kLockPassed arrives: W was still waiting here;
+//    dropping it marks its range (above), and the kLockPassed that names the dropped W is a
+//    plain release.
 //  - The hand-off reaches W's node before the naming: the lock client keeps it until the
 //    naming arrives (then grants if it names the sender, else counts it forged).
 //
@@ -143,7 +154,10 @@ class LockTable {
              died_flags = 0,
              // Hand-off: successors named, kLockPassed applied as hand-offs / as plain
              // releases, grants repeated because the node that handed over died.
-             hints = 0, handoffs = 0, handoffs_refused = 0, regrants = 0;
+             hints = 0, handoffs = 0, handoffs_refused = 0, regrants = 0,
+             // Named successors dropped by their node's death (their range marked: the
+             // hand-off may have reached them).
+             named_dead = 0;
   };
   const Counters& counters() const { return counters_; }
 
@@ -159,6 +173,9 @@ class LockTable {
     bool via_set = false;    // held: recorded by a hand-off from node `via`
     bool via_died = false;   // the previous_holder_died flag of that hand-off
     NodeId via = 0;
+    // held exclusively: the dead marks its grant cleared, put back if the grant is withdrawn
+    // unseen (kLockCancel of a held lock); empty unless the grant said previous_holder_died.
+    std::vector<std::pair<uint64_t, uint64_t>> cleared;
   };
   using Owner = std::pair<NodeId, uint64_t>;
 

@@ -250,6 +250,7 @@ LockService::Counters LockService::counters() const {
     c.tables.handoffs += x.handoffs;
     c.tables.handoffs_refused += x.handoffs_refused;
     c.tables.regrants += x.regrants;
+    c.tables.named_dead += x.named_dead;
   }
   return c;
 }

@@ -302,6 +302,70 @@ TEST_F(HandoffTest, HolderDiesAfterPassedSuccessorReleasedFirst) {
   EXPECT_EQ(table_->num_held() + table_->num_waiting(), 0u);
 }
 
+// W dies holding a lock H handed it, and the arbiter hears of W's death before H's
+// kLockPassed: W's node held the lock (its application may have half-written the range)
+// although the arbiter still had W waiting, so W's range is marked and the next grant is told.
+TEST_F(HandoffTest, SuccessorDiesHoldingBeforeThePassedArrivesIsReported) {
+  const size_t h = Lock(1, 0, 64);
+  DeliverAll();
+  const size_t w = Lock(2, 0, 64);
+  DeliverAll();
+  ASSERT_TRUE(Unlock(h).ok());
+  ASSERT_TRUE(Step(1, 2, MsgType::kLockHandoff));
+  ASSERT_TRUE(Held(w));
+  std::optional<Message> passed = net_.PopFrom(1, 0);  // still on its way to the arbiter
+  ASSERT_TRUE(passed.has_value());
+  Down(2);
+  table_->OnMessage(*passed, now_);
+  ASSERT_TRUE(table_->CheckInvariants().ok()) << table_->CheckInvariants();
+  EXPECT_TRUE(table_->dead_marks().Overlaps(0, 64));
+  EXPECT_EQ(table_->counters().named_dead, 1u);
+  const size_t next = Lock(1, 0, 64);
+  DeliverAll();
+  ASSERT_TRUE(Held(next));
+  EXPECT_TRUE(outcome_[next]->value().previous_holder_died());
+  EXPECT_FALSE(table_->dead_marks().Overlaps(0, 64));
+}
+
+// The same death, seen by a waiter X that was behind W only (not behind H): dropping W grants
+// X at once, before H's kLockPassed could say whether W had the lock, so X is told.
+TEST_F(HandoffTest, WaiterBehindADeadSuccessorIsTold) {
+  const size_t h = Lock(1, 0, 64);
+  DeliverAll();
+  const size_t w = Lock(2, 32, 64);  // [32, 96): behind H alone, named to it
+  DeliverAll();
+  const size_t x = Lock(3, 80, 20, kS);  // [80, 100): behind W only
+  DeliverAll();
+  ASSERT_TRUE(Unlock(h).ok());
+  ASSERT_TRUE(Step(1, 2, MsgType::kLockHandoff));
+  ASSERT_TRUE(Held(w));
+  std::optional<Message> passed = net_.PopFrom(1, 0);
+  ASSERT_TRUE(passed.has_value());
+  Down(2);
+  ASSERT_TRUE(Step(0, 3, MsgType::kLockReply));
+  ASSERT_TRUE(Held(x));
+  EXPECT_TRUE(outcome_[x]->value().previous_holder_died());
+  table_->OnMessage(*passed, now_);
+  ASSERT_TRUE(table_->CheckInvariants().ok()) << table_->CheckInvariants();
+}
+
+// A named successor that dies before its holder released leaves the same mark: the arbiter
+// cannot tell this death from the one above, so the next grant is told (conservatively).
+TEST_F(HandoffTest, SuccessorDiesBeforeTheReleaseIsReportedConservatively) {
+  const size_t h = Lock(1, 0, 64);
+  DeliverAll();
+  const size_t w = Lock(2, 0, 64);
+  DeliverAll();
+  ASSERT_TRUE(Pending(w));
+  Down(2);
+  ASSERT_TRUE(Unlock(h).ok());
+  ASSERT_TRUE(Step(1, 0, MsgType::kLockRelease));  // node 1 knows node 2 is down: no hand-off
+  const size_t next = Lock(1, 0, 64);
+  DeliverAll();
+  ASSERT_TRUE(Held(next));
+  EXPECT_TRUE(outcome_[next]->value().previous_holder_died());
+}
+
 TEST_F(HandoffTest, PassedFromADownNodeIsNotApplied) {
   const size_t h = Lock(1, 0, 64);
   DeliverAll();

@@ -2,8 +2,10 @@
 // LockClient per node, a network that delivers per-pair FIFO in random order across pairs,
 // random lock / try-lock / unlock / cancel / deadline / node-death events. After every step:
 // the table's invariants hold, and the locks the applications believe they hold never
-// conflict. At the end (holders release everything, time runs on): every request has an
-// outcome, and every blocking request without a deadline from a live node was granted.
+// conflict, and every grant overlapping bytes a killed node's application held exclusively
+// (that no exclusive grant has covered since) says previous_holder_died. At the end (holders
+// release everything, time runs on): every request has an outcome, and every blocking request
+// without a deadline from a live node was granted.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -36,7 +38,8 @@ struct Req {
 struct SimStats {
   uint64_t granted = 0, queued = 0, busy = 0, deadline = 0, died_flags = 0, deaths = 0,
            arbiter_deaths = 0, unavailable = 0, handoffs = 0, handoffs_received = 0,
-           handoffs_refused = 0, regrants = 0, stray_handoffs = 0;
+           handoffs_refused = 0, regrants = 0, stray_handoffs = 0,
+           must_tell = 0;  // grants that overlapped bytes a killed node held exclusively
 };
 
 class Sim {
@@ -55,6 +58,7 @@ class Sim {
     c.release_grace = absl::Milliseconds(50);
     table_ = std::make_unique<LockTable>(c, ports_[0].get());
     alive_.assign(n_, true);
+    must_tell_.assign(c.region_size, false);
   }
 
   void Run(int steps) {
@@ -155,6 +159,17 @@ class Sim {
     q.outcome = h;
     if (h.ok()) {
       ++stats_->granted;
+      // Bytes a killed node's application held exclusively: a grant overlapping them must say
+      // so; an exclusive one takes the duty over (the table clears its marks in the range).
+      bool must_tell = false;
+      for (uint64_t b = q.r.offset; b < q.r.offset + q.r.length; ++b) must_tell |= must_tell_[b];
+      if (must_tell) ++stats_->must_tell;
+      ASSERT_TRUE(!must_tell || h->previous_holder_died())
+          << "grant " << q.node << "/" << q.id << " overlaps bytes a dead node held "
+          << "exclusively and was not told";
+      if (q.r.mode == LockMode::kExclusive) {
+        for (uint64_t b = q.r.offset; b < q.r.offset + q.r.length; ++b) must_tell_[b] = false;
+      }
       if (h->previous_holder_died()) {
         ++stats_->died_flags;
         ASSERT_GT(stats_->deaths, 0u) << "previous_holder_died with no death";
@@ -238,6 +253,11 @@ class Sim {
   // in flight may still arrive until then).
   void Kill(NodeId victim) {
     alive_[victim] = false;
+    for (size_t idx : held_) {
+      const Req& q = reqs_[idx];
+      if (q.node != victim || q.r.mode != LockMode::kExclusive) continue;
+      for (uint64_t b = q.r.offset; b < q.r.offset + q.r.length; ++b) must_tell_[b] = true;
+    }
     // Its connections break mid-stream: each peer gets a prefix of what it sent (so a
     // releaser may die between its kLockHandoff and its kLockPassed).
     net_.TruncateFrom(victim, [this](size_t k) { return rng_() % (k + 1); });
@@ -305,6 +325,9 @@ class Sim {
   std::multimap<absl::Time, NodeId> pending_down_;
   std::vector<Req> reqs_;
   std::vector<size_t> held_;  // indexes into reqs_ of locks the applications hold
+  // Per byte: a killed node's application held it exclusively, and no exclusive grant has
+  // covered it since.
+  std::vector<bool> must_tell_;
   absl::Time now_ = absl::FromUnixSeconds(1000);
 };
 
@@ -326,17 +349,19 @@ TEST(LockSim, RandomizedMutualExclusionAndNoStarvation) {
   EXPECT_GT(stats.handoffs_received, 200u);
   EXPECT_GT(stats.handoffs_refused, 10u);
   EXPECT_GT(stats.regrants, 0u);
+  EXPECT_GT(stats.must_tell, 100u);
   std::printf("handoffs %lu received %lu refused %lu regrants %lu stray %lu\n",
               static_cast<unsigned long>(stats.handoffs),
               static_cast<unsigned long>(stats.handoffs_received),
               static_cast<unsigned long>(stats.handoffs_refused),
               static_cast<unsigned long>(stats.regrants),
               static_cast<unsigned long>(stats.stray_handoffs));
-  std::printf("granted %lu busy %lu deadline %lu died_flags %lu deaths %lu arbiter_deaths %lu "
-              "unavailable %lu\n",
+  std::printf("granted %lu busy %lu deadline %lu died_flags %lu (required %lu) deaths %lu "
+              "arbiter_deaths %lu unavailable %lu\n",
               static_cast<unsigned long>(stats.granted), static_cast<unsigned long>(stats.busy),
               static_cast<unsigned long>(stats.deadline),
               static_cast<unsigned long>(stats.died_flags),
+              static_cast<unsigned long>(stats.must_tell),
               static_cast<unsigned long>(stats.deaths),
               static_cast<unsigned long>(stats.arbiter_deaths),
               static_cast<unsigned long>(stats.unavailable));

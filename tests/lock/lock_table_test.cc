@@ -210,6 +210,25 @@ TEST_F(LockTableTest, DeathMarkStaysForSharedGrantsUntilAnExclusiveGrant) {
   EXPECT_EQ(Acq(3, 2, 0, 10, kS), "3/2 granted");
 }
 
+// A grant that said previous_holder_died but crossed its requester's withdrawal (a deadline)
+// was seen by no application: its kLockCancel puts back the marks the grant cleared, so the
+// next holder of those bytes is told. A release (the grant was seen) does not.
+TEST_F(LockTableTest, ACancelCrossingAToldGrantPutsTheMarkBack) {
+  EXPECT_EQ(Acq(1, 1, 0, 10, kX), "1/1 granted");
+  table_.OnNodeDown(1, now_);
+  table_.OnTick(now_ + absl::Hours(1));
+  EXPECT_EQ(Replies(), "");
+  EXPECT_EQ(Acq(2, 1, 5, 10, kX), "2/1 granted died");
+  EXPECT_FALSE(table_.dead_marks().Overlaps(5, 15));
+  EXPECT_EQ(Cancel(2, 1), "");
+  EXPECT_TRUE(table_.dead_marks().Overlaps(5, 10));
+  EXPECT_FALSE(table_.dead_marks().Overlaps(10, 15));  // only what the grant cleared
+  EXPECT_EQ(Acq(3, 1, 6, 1, kX), "3/1 granted died");
+  EXPECT_EQ(Rel(3, 1), "");
+  EXPECT_EQ(Acq(3, 2, 6, 1, kS), "3/2 granted");
+  EXPECT_EQ(Acq(3, 3, 0, 10, kS), "3/3 granted died");
+}
+
 TEST_F(LockTableTest, DeadSharedHolderLeavesNoMark) {
   EXPECT_EQ(Acq(1, 1, 0, 10, kS), "1/1 granted");
   EXPECT_EQ(Acq(2, 1, 0, 10, kX), "2/1 queued");
