@@ -178,6 +178,25 @@ class LockGuard {
   LockHandle handle_;
 };
 
+// What a lock request asks for beyond its range and mode (the Region::Lock, TryLock and
+// LockAsync overloads that take it).
+struct LockOptions {
+  // When to give up waiting (kDeadlineExceeded); InfiniteFuture() waits forever. TryLock
+  // never waits and ignores it.
+  absl::Time deadline = absl::InfiniteFuture();
+  // Grant the lock together with the pages of its range: when the grant reaches this node,
+  // its engine at once asks for every page of [offset, offset + length) that is not mapped
+  // here as the lock needs it -- writable for an exclusive lock, readable for a shared one --
+  // before the application thread even wakes up, so its first access to the range finds the
+  // page mapped or joins the request already in flight instead of taking a fault and a
+  // request of its own. At most 64 pages per lock, within Options::cache_budget_bytes; the
+  // requests are ordinary coherence requests (other nodes' copies are revoked as for a fault),
+  // so a page the holder never touches is moved for nothing. Lock() still returns at the
+  // grant, not when the pages have arrived, and a page that cannot be fetched fails as a
+  // fault on it would.
+  bool with_pages = false;
+};
+
 // One lock request as the library's lock layer receives it (Region::Lock, TryLock and
 // LockAsync build it). Applications do not need it.
 struct LockRequest {
@@ -188,6 +207,8 @@ struct LockRequest {
   bool try_lock = false;
   // When to give up waiting (kDeadlineExceeded). InfiniteFuture() waits forever.
   absl::Time deadline = absl::InfiniteFuture();
+  // LockOptions::with_pages.
+  bool with_pages = false;
 };
 
 DSM_NAMESPACE_END

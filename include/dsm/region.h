@@ -118,14 +118,21 @@ class Region {
   // Blocks the calling thread until the lock is granted or fails. The guard releases it.
   absl::StatusOr<LockGuard> Lock(uint64_t offset, uint64_t length, LockMode mode,
                                  absl::Time deadline = absl::InfiniteFuture());
+  // As above, with the deadline and LockOptions::with_pages taken from `options`.
+  absl::StatusOr<LockGuard> Lock(uint64_t offset, uint64_t length, LockMode mode,
+                                 const LockOptions& options);
   // Grants at once if the range is free of conflicting holders and waiters, else kAborted.
   // Waits one round trip to the arbiter; never queues.
   absl::StatusOr<LockGuard> TryLock(uint64_t offset, uint64_t length, LockMode mode);
+  absl::StatusOr<LockGuard> TryLock(uint64_t offset, uint64_t length, LockMode mode,
+                                    const LockOptions& options);
   // Returns the lock id (never 0) at once; `done` runs exactly once, on the engine thread
   // (see dsm/lock.h), with a handle whose id() is that id, or the error; a request that cannot
   // start fails through `done` too. The caller owns a granted lock: release it with Unlock().
   uint64_t LockAsync(uint64_t offset, uint64_t length, LockMode mode, absl::Time deadline,
                      LockCallback done);
+  uint64_t LockAsync(uint64_t offset, uint64_t length, LockMode mode,
+                     const LockOptions& options, LockCallback done);
   // Releases a granted lock. Returns at once (the arbiter is told asynchronously).
   // kNotFound if it is not held; kUnavailable if its arbiter went down meanwhile or the node
   // shut down (the lock is gone anyway); kFailedPrecondition after Unmap() (which released it).

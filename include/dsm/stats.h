@@ -30,6 +30,7 @@ struct Stats {
   uint64_t prefetch_runs = 0;    // multi-page readahead requests (of those pages)
   uint64_t prefetch_refused = 0; // readahead pages the home did not grant (busy or written)
   uint64_t prefetch_skipped = 0; // pages readahead left to demand faults (refused twice in a row)
+  uint64_t lock_page_fetches = 0; // page requests sent at a lock's grant (LockOptions::with_pages)
   // Coherence traffic (as requester and as home).
   uint64_t requests_sent = 0;
   uint64_t invalidations_received = 0;
@@ -93,6 +94,7 @@ struct Stats {
     fn("prefetch_runs", Kind::kCounter, &Stats::prefetch_runs);
     fn("prefetch_refused", Kind::kCounter, &Stats::prefetch_refused);
     fn("prefetch_skipped", Kind::kCounter, &Stats::prefetch_skipped);
+    fn("lock_page_fetches", Kind::kCounter, &Stats::lock_page_fetches);
     fn("requests_sent", Kind::kCounter, &Stats::requests_sent);
     fn("invalidations_received", Kind::kCounter, &Stats::invalidations_received);
     fn("recalls_received", Kind::kCounter, &Stats::recalls_received);

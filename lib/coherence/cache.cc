@@ -747,6 +747,32 @@ uint64_t Cache::Prefetch(PageIndex first, uint64_t n, absl::Time now) {
   s.RequestRange(first, end, /*readahead=*/false, now);
   return s.c.prefetches - before;
 }
+uint64_t Cache::FetchForLock(PageIndex first, uint64_t n, bool write, absl::Time now) {
+  Impl& s = *impl_;
+  const PageIndex end =
+      std::min<PageIndex>(first + std::min(n, kMaxLockFetchPages), s.cfg.num_pages);
+  uint64_t sent = 0;
+  for (PageIndex q = first; q < end; ++q) {
+    if (s.IsLost(q) || (s.down & NodeBit(s.cfg.home(q))) != 0) continue;
+    auto it = s.pending.find(q);
+    if (it != s.pending.end()) {
+      // Its request is in flight already; a write lock wants M of it, as a joining writer.
+      if (write && !it->second.write) it->second.want_write = true;
+      continue;
+    }
+    const PageState st = s.State(q);
+    if (st == PageState::kModified || (st == PageState::kShared && !write)) continue;
+    // From I the page will take room: ask the budget first, as readahead does. An upgrade
+    // of a resident S copy takes none.
+    if (st == PageState::kInvalid && !s.port->ReservePrefetch(q)) break;
+    s.SendRequest(q, write, now);
+    s.pending[q].waited = false;
+    ++s.c.lock_fetches;
+    ++sent;
+  }
+  return sent;
+}
+
 const Cache::Counters& Cache::counters() const { return impl_->c; }
 
 }  // namespace dsm::coherence

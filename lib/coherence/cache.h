@@ -225,6 +225,17 @@ class Cache {
   // as runs; stops early when the memory budget has no room. Counted as prefetches. Returns
   // the number of pages requested.
   uint64_t Prefetch(PageIndex first, uint64_t n, absl::Time now);
+  // A lock over pages [first, first + n) was granted with its pages (LockOptions::with_pages):
+  // requests, one page at a time as a fault would, each page the holder will need that is not
+  // here in the needed state -- kGetM for a write lock (from I, or an upgrade from S), kGetS
+  // for a read lock (from I) -- homed at any live node (this one included), not lost, at most
+  // kMaxLockFetchPages of them. A page already pending is left to its request (a write lock
+  // marks a pending kGetS want_write, so it is upgraded once installed). The requests have no
+  // waiting thread until a fault joins them; pages fetched from I reserve room in the memory
+  // budget first, and the fetch stops where the budget has none. Returns the number of
+  // requests sent (counted in lock_fetches).
+  static constexpr uint64_t kMaxLockFetchPages = kMaxRunPages;
+  uint64_t FetchForLock(PageIndex first, uint64_t n, bool write, absl::Time now);
 
   PageState state(PageIndex page) const;
   bool pending(PageIndex page) const;
@@ -250,6 +261,8 @@ class Cache {
     // Pages readahead passed over because their home refused them in kRefusalsBeforeSkip
     // runs in a row (cache.cc); a later demand fault still fetches them.
     uint64_t prefetch_skipped = 0;
+    // Requests sent because a lock was granted with its pages (FetchForLock).
+    uint64_t lock_fetches = 0;
     uint64_t shared = 0, modified = 0;  // pages currently in S / M
   };
   const Counters& counters() const;

@@ -162,25 +162,59 @@ absl::Status Region::Prefetch(uint64_t offset, uint64_t length) {
 
 absl::StatusOr<Stats> Region::GetStats() const { return impl_->GetStats(); }
 
+namespace {
+LockRequest MakeLockRequest(uint64_t offset, uint64_t length, LockMode mode, bool try_lock,
+                            const LockOptions& options) {
+  LockRequest r;
+  r.offset = offset;
+  r.length = length;
+  r.mode = mode;
+  r.try_lock = try_lock;
+  r.deadline = try_lock ? absl::InfiniteFuture() : options.deadline;
+  r.with_pages = options.with_pages;
+  return r;
+}
+LockOptions WithDeadline(absl::Time deadline) {
+  LockOptions o;
+  o.deadline = deadline;
+  return o;
+}
+}  // namespace
+
 absl::StatusOr<LockGuard> Region::Lock(uint64_t offset, uint64_t length, LockMode mode,
                                        absl::Time deadline) {
+  return Lock(offset, length, mode, WithDeadline(deadline));
+}
+
+absl::StatusOr<LockGuard> Region::Lock(uint64_t offset, uint64_t length, LockMode mode,
+                                       const LockOptions& options) {
   absl::StatusOr<LockHandle> h =
-      BlockingLock(impl_, LockRequest{offset, length, mode, /*try_lock=*/false, deadline});
+      BlockingLock(impl_, MakeLockRequest(offset, length, mode, /*try_lock=*/false, options));
   if (!h.ok()) return h.status();
   return LockGuard(impl_, *h);
 }
 
 absl::StatusOr<LockGuard> Region::TryLock(uint64_t offset, uint64_t length, LockMode mode) {
-  absl::StatusOr<LockHandle> h = BlockingLock(
-      impl_, LockRequest{offset, length, mode, /*try_lock=*/true, absl::InfiniteFuture()});
+  return TryLock(offset, length, mode, LockOptions());
+}
+
+absl::StatusOr<LockGuard> Region::TryLock(uint64_t offset, uint64_t length, LockMode mode,
+                                          const LockOptions& options) {
+  absl::StatusOr<LockHandle> h =
+      BlockingLock(impl_, MakeLockRequest(offset, length, mode, /*try_lock=*/true, options));
   if (!h.ok()) return h.status();
   return LockGuard(impl_, *h);
 }
 
 uint64_t Region::LockAsync(uint64_t offset, uint64_t length, LockMode mode, absl::Time deadline,
                            LockCallback done) {
-  return impl_->RequestLock(LockRequest{offset, length, mode, /*try_lock=*/false, deadline},
-                            std::move(done));
+  return LockAsync(offset, length, mode, WithDeadline(deadline), std::move(done));
+}
+
+uint64_t Region::LockAsync(uint64_t offset, uint64_t length, LockMode mode,
+                           const LockOptions& options, LockCallback done) {
+  return impl_->RequestLock(
+      MakeLockRequest(offset, length, mode, /*try_lock=*/false, options), std::move(done));
 }
 
 absl::Status Region::Unlock(const LockHandle& handle) { return impl_->ReleaseLock(handle.id()); }

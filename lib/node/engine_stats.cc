@@ -32,6 +32,7 @@ Stats RegionStats(MappedRegion& r) {
   s.prefetch_runs = c.run_requests;
   s.prefetch_refused = c.prefetch_refused;
   s.prefetch_skipped = c.prefetch_skipped;
+  s.lock_page_fetches = c.lock_fetches;
   s.requests_sent = c.requests_sent;
   s.invalidations_received = c.invalidations;
   s.recalls_received = c.recalls;

@@ -295,6 +295,7 @@ void LockService::DrainInbox() {
 uint64_t LockService::RequestLock(RegionId region, NodeId arbiter, uint64_t size,
                                   const LockRequest& request, LockCallback done) {
   const uint64_t id = next_lock_id_.fetch_add(1, std::memory_order_relaxed);
+  if (request.with_pages) done = FetchPagesOnGrant(region, request, std::move(done));
   auto task = [this, region, arbiter, size, request, id, done = std::move(done)]() mutable {
     if (stopped_) return done(ShutDownError());
     if (find_(region) == nullptr) {
@@ -325,6 +326,24 @@ uint64_t LockService::RequestLock(RegionId region, NodeId arbiter, uint64_t size
     Enqueue(std::move(task));
   }
   return id;
+}
+
+LockCallback LockService::FetchPagesOnGrant(RegionId region, const LockRequest& request,
+                                            LockCallback done) {
+  // Only a granted request fetches, so the range is inside the region by then.
+  const PageIndex first = request.offset / kPageSize;
+  const PageIndex end = (request.offset + request.length + kPageSize - 1) / kPageSize;
+  const bool write = request.mode == LockMode::kExclusive;
+  return [this, region, first, end, write, done = std::move(done)](absl::StatusOr<LockHandle> r) {
+    // A grant runs on the engine thread: the requests leave before the application thread
+    // that waits for the grant is woken.
+    if (r.ok() && !stopped_) {
+      if (MappedRegion* m = find_(region)) {
+        (void)m->cache().FetchForLock(first, end - first, write, absl::Now());
+      }
+    }
+    done(std::move(r));
+  };
 }
 
 absl::Status LockService::ReleaseOnEngine(uint64_t lock_id) {

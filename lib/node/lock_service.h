@@ -141,6 +141,9 @@ class LockService final : lock::LockTablePort, lock::LockClientPort, lock::Barri
   // ReleaseLock's fast path: true (and the release queued) if `lock_id` is in held_ at an
   // arbiter not known down.
   bool ReleaseHeldAsync(uint64_t lock_id);
+  // `done`, preceded on a grant by the requests for the range's pages (LockOptions::
+  // with_pages): they leave on the engine thread before the application learns of the grant.
+  LockCallback FetchPagesOnGrant(RegionId region, const LockRequest& request, LockCallback done);
   // The engine's Release of `lock_id` (any state), keeping held_ in step.
   absl::Status ReleaseOnEngine(uint64_t lock_id);
   void DrainInbox();
