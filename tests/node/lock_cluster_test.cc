@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -584,6 +585,72 @@ TEST_P(LockClusterTest, AnUnlockRacingTheRegionsUnmapReleasesTheLockOnce) {
     }
     regions_.clear();
   }
+}
+
+// Polls `r`'s stats until `done` holds or 30 s pass; returns the last stats read.
+Stats WaitForStats(Region* r, const std::function<bool(const Stats&)>& done) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  Stats s;
+  for (;;) {
+    absl::StatusOr<Stats> got = r->GetStats();
+    EXPECT_TRUE(got.ok()) << got.status();
+    if (got.ok()) s = *got;
+    if (!got.ok() || done(s) || absl::Now() > give_up) return s;
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+}
+
+// A lock granted with its pages (LockOptions::with_pages): the pages arrive, in the mode the
+// lock needs, without the holder touching them; its accesses then take no fault and see what
+// the previous holder wrote.
+TEST_P(LockClusterTest, ALockGrantedWithItsPagesMapsThemBeforeTheFirstAccess) {
+  ASSERT_NO_FATAL_FAILURE(Map("with_pages", 8));
+  constexpr uint64_t kPages = 4;
+  Step("node 1 writes pages 0..3 under a plain lock");
+  {
+    absl::StatusOr<LockGuard> g =
+        region(1)->Lock(0, kPages * kPage, LockMode::kExclusive, absl::Now() + kLockWait);
+    ASSERT_TRUE(g.ok()) << g.status();
+    for (uint64_t p = 0; p < kPages; ++p) *Word(region(1), p * kPage + 8) = 100 + p;
+  }
+  Step("node 2 takes an exclusive lock over them with its pages");
+  LockOptions with_pages;
+  with_pages.deadline = absl::Now() + kLockWait;
+  with_pages.with_pages = true;
+  absl::StatusOr<LockGuard> g =
+      region(2)->Lock(0, kPages * kPage, LockMode::kExclusive, with_pages);
+  ASSERT_TRUE(g.ok()) << g.status();
+  Stats s = WaitForStats(region(2), [](const Stats& x) { return x.pages_modified >= kPages; });
+  ASSERT_EQ(s.pages_modified, kPages) << "the pages never arrived writable";
+  EXPECT_EQ(s.lock_page_fetches, kPages);
+  EXPECT_EQ(s.write_faults + s.read_faults, 0u);
+  for (uint64_t p = 0; p < kPages; ++p) {
+    EXPECT_EQ(*Word(region(2), p * kPage + 8), 100 + p) << "page " << p;
+    *Word(region(2), p * kPage + 8) = 200 + p;
+  }
+  absl::StatusOr<Stats> after = region(2)->GetStats();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->write_faults + after->read_faults, 0u) << "the holder still faulted";
+  ASSERT_TRUE(g->Unlock().ok());
+
+  Step("node 1 takes a shared lock over pages 0..5 with its pages");
+  absl::StatusOr<Stats> before = region(1)->GetStats();
+  ASSERT_TRUE(before.ok()) << before.status();
+  with_pages.deadline = absl::Now() + kLockWait;
+  absl::StatusOr<LockGuard> r =
+      region(1)->Lock(0, (kPages + 2) * kPage, LockMode::kShared, with_pages);
+  ASSERT_TRUE(r.ok()) << r.status();
+  s = WaitForStats(region(1), [](const Stats& x) { return x.pages_shared >= kPages + 2; });
+  ASSERT_EQ(s.pages_shared, kPages + 2) << "the pages never arrived readable";
+  EXPECT_EQ(s.pages_modified, 0u);
+  for (uint64_t p = 0; p < kPages; ++p) {
+    EXPECT_EQ(*Word(region(1), p * kPage + 8), 200 + p) << "page " << p;
+  }
+  EXPECT_EQ(*Word(region(1), (kPages + 1) * kPage + 8), 0u);
+  absl::StatusOr<Stats> read = region(1)->GetStats();
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->read_faults, before->read_faults) << "the reader still faulted";
+  EXPECT_EQ(read->lock_page_fetches - before->lock_page_fetches, kPages + 2);
 }
 
 std::string TransportName(const ::testing::TestParamInfo<TransportKind>& info) {
