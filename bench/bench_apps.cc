@@ -145,8 +145,11 @@ absl::Status RunShare(dsm::Node& node, dsm::Region& region, const AppRun& run, u
     case Kernel::kCounter: {
       auto with_lock = [&](void* rec, const auto& update) -> absl::Status {
         const uint64_t offset = static_cast<uint64_t>(static_cast<uint8_t*>(rec) - m.base);
-        absl::StatusOr<dsm::LockGuard> g = region.Lock(
-            offset, sizeof(uint64_t), dsm::LockMode::kExclusive, absl::Now() + kAppTimeout);
+        dsm::LockOptions options;  // as examples/counter_table.cc: the page with the grant
+        options.deadline = absl::Now() + kAppTimeout;
+        options.with_pages = true;
+        absl::StatusOr<dsm::LockGuard> g =
+            region.Lock(offset, sizeof(uint64_t), dsm::LockMode::kExclusive, options);
         if (!g.ok()) return g.status();
         update();
         return g->Unlock();

@@ -11,9 +11,10 @@
 //                                stores 2r+2; replies "ok" when every round is done
 //   lockloop <name> <off> <len> <n>  n times: exclusive Region::Lock of [off, off+len), then
 //                                Unlock; replies "ok <ns>" (the loop's wall time)
-//   counter <name> <records> <n>  the counter table's lock phase: n times, pick a 64-byte
-//                                record (CounterRecord, seeded with this node's id), lock its
-//                                first 8 bytes exclusively, increment them, unlock; "ok <ns>"
+//   counter <name> <records> <n> [pages]  the counter table's lock phase: n times, pick a
+//                                64-byte record (CounterRecord, seeded with this node's id),
+//                                lock its first 8 bytes exclusively (with its page if "pages":
+//                                LockOptions::with_pages), increment them, unlock; "ok <ns>"
 //   app <name> <kernel> <index> <nodes> <a> <b>  node <index>'s share of an application
 //                                figure on region <name> (bench_apps.h); "ok" when done
 //   quit                         leave (unmaps what is still mapped)
@@ -107,12 +108,14 @@ std::string Helper::Run(const std::vector<std::string>& c) {
     if (counter ? (a == 0 || a * 64 > r->size()) : (len == 0 || a + len > r->size())) {
       return "err out of range";
     }
+    dsm::LockOptions options;
+    options.with_pages = counter && c.size() > 4 && c[4] == "pages";
     auto* words = reinterpret_cast<volatile uint64_t*>(const_cast<uint8_t*>(base));
     const uint64_t t0 = NowNs();
     for (uint64_t k = 0; k < n; ++k) {
       const uint64_t rec = counter ? CounterRecord(seed, k, a) : 0;
       const uint64_t off = counter ? rec * 64 : a;
-      absl::StatusOr<dsm::LockGuard> g = r->Lock(off, len, dsm::LockMode::kExclusive);
+      absl::StatusOr<dsm::LockGuard> g = r->Lock(off, len, dsm::LockMode::kExclusive, options);
       if (!g.ok()) return "err lock: " + g.status().ToString();
       if (counter) words[rec * 8] = words[rec * 8] + 1;
       if (absl::Status s = g->Unlock(); !s.ok()) return "err unlock: " + s.ToString();

@@ -807,7 +807,8 @@ void BM_LockHandoff(benchmark::State& state, const Params& p) {
 // The counter table's lock phase (examples/counter_table.cc): p.a nodes (node 0 and helpers
 // 2..p.a) each increment p.b random 64-byte records under an exclusive lock of the record's
 // first 8 bytes, at once; the region (home and arbiter node 1) holds nothing else, so records
-// share pages and most operations move a page too. Node 0 checks the sum afterwards.
+// share pages and most operations move a page too. Node 0 checks the sum afterwards. p.c=1:
+// every lock is granted with its page (LockOptions::with_pages).
 void BM_CounterTable(benchmark::State& state, const Params& p) {
   Cluster* c = GetClusterOrSkip(state, p);
   if (c == nullptr) return;
@@ -820,12 +821,15 @@ void BM_CounterTable(benchmark::State& state, const Params& p) {
   BENCH_CHECK_OK(r.status());
   dsm::Region* region = (*r)->region();
   auto* words = reinterpret_cast<volatile uint64_t*>(const_cast<uint8_t*>((*r)->base()));
+  dsm::LockOptions options;
+  options.with_pages = p.c != 0;
   RunOnNodes(state, c, nodes,
-             absl::StrCat("counter ", (*r)->name(), " ", records, " ", Iters(state)),
+             absl::StrCat("counter ", (*r)->name(), " ", records, " ", Iters(state),
+                          options.with_pages ? " pages" : ""),
              [&](size_t k) -> absl::Status {
                const uint64_t rec = CounterRecord(0, k, records);
                absl::StatusOr<dsm::LockGuard> g =
-                   region->Lock(rec * 64, 8, dsm::LockMode::kExclusive);
+                   region->Lock(rec * 64, 8, dsm::LockMode::kExclusive, options);
                if (!g.ok()) return g.status();
                words[rec * 8] = words[rec * 8] + 1;
                return g->Unlock();
@@ -941,6 +945,8 @@ void RegisterClusterBenchmarks(const BenchConfig& cfg) {
     for (int nodes : {1, 3}) {
       reg(absl::StrCat("CounterTable", sfx, "/nodes:", nodes), BM_CounterTable,
           {net, nodes, 256}, smoke ? 64 : 1000);
+      reg(absl::StrCat("CounterTableWithPages", sfx, "/nodes:", nodes), BM_CounterTable,
+          {net, nodes, 256, 1}, smoke ? 64 : 1000);
     }
     reg("Bookkeeping" + sfx + "/nonhome", BM_Bookkeeping, {net, 0}, 1);
     reg("Bookkeeping" + sfx + "/home", BM_Bookkeeping, {net, 1}, 1);

@@ -348,6 +348,13 @@ def main():
             row(key, f"counter table's lock phase, {nodes} node(s), 256 records of 64 B (per "
                 f"operation of all nodes: lock, increment, unlock; node 0's median "
                 f"{fmt(F.get(key, 'median_us'))} µs)", None, "", med_counter="per_op_us")
+            wp = f"CounterTableWithPages/{n}/nodes:{nodes}"
+            plain = F.get(key, "per_op_us")
+            withp = F.get(wp, "per_op_us")
+            vs = f"; {fmt(withp / plain)}× the row above" if plain and withp else ""
+            row(wp, f"the same, each lock granted with its page (LockOptions::with_pages{vs}; "
+                f"node 0's median {fmt(F.get(wp, 'median_us'))} µs)", None, "",
+                med_counter="per_op_us")
         w("")
 
         # Throughput table.
@@ -563,6 +570,7 @@ def main():
   `CounterTable`: the lock phase of examples/counter_table.cc, 256 records of 64 bytes in one
   region (4 pages, home and arbiter node 1), each node increments a record chosen by a fixed
   mix of (node, k) under an exclusive lock of its first 8 bytes; node 0 checks the total after.
+  `CounterTableWithPages`: the same with `LockOptions::with_pages` on every lock.
 - Bookkeeping: resident (and virtual) size from /proc/<pid>/statm before and after mapping a
   64 GiB region, divided by 16 Mi pages.
 - Floors, in the same run: a local userfaultfd MISSING round trip (UFFDIO_COPY) and WP round trip

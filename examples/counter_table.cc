@@ -10,10 +10,13 @@
 // often it touched each record. Node 0 checks that both tables hold exactly the sum of all
 // reports, and that each report is what the node's deterministic sequence implies.
 // --pad 1 gives every record pages of its own (no false sharing); the default packs 64
-// records per page, so nodes fight over pages as well as records.
+// records per page, so nodes fight over pages as well as records. Each lock is granted with
+// the page of its record (LockOptions::with_pages: the node asks for the page as the grant
+// arrives, before the thread wakes); --with-pages 0 leaves the page to the first access's
+// fault, for comparison.
 //
 // Needs: userfaultfd (root, or vm.unprivileged_userfaultfd=1). Placed by a launcher:
-// Usage: dsmrun -n 3 -- counter_table [--records 256] [--ops 2000] [--pad 0]
+// Usage: dsmrun -n 3 -- counter_table [--records 256] [--ops 2000] [--pad 0] [--with-pages 1]
 // Exit status: 0 when every count is exact, 1 otherwise, 2 on bad arguments, 77 without
 // userfaultfd.
 #include <cstdio>
@@ -25,10 +28,13 @@
 #include "dsm/heap.h"
 
 int main(int argc, char** argv) {
-  app::Flags flags(argc, argv, "counter_table [--records 256] [--ops 2000] [--pad 0]");
+  app::Flags flags(argc, argv,
+                   "counter_table [--records 256] [--ops 2000] [--pad 0] [--with-pages 1]");
   const uint64_t records = flags.Int("records", 256);
   const uint64_t ops = flags.Int("ops", 2000);
   const bool pad = flags.Int("pad", 0) != 0;
+  dsm::LockOptions lock_options;
+  lock_options.with_pages = flags.Int("with-pages", 1) != 0;
   flags.CheckAllUsed();
   if (records < 1 || records > (1u << 20) || ops > (1u << 30)) flags.Die("bad --records/--ops");
 
@@ -80,9 +86,9 @@ int main(int argc, char** argv) {
   const absl::Time start = absl::Now();
   absl::Status ops_done = app::CounterOps(
       tables, report->data(), me, ops, [&](void* rec, const auto& update) -> absl::Status {
-        absl::StatusOr<dsm::LockGuard> g =
-            (*region)->Lock(heap->OffsetOf(rec), sizeof(uint64_t), dsm::LockMode::kExclusive,
-                            absl::Now() + timeout);
+        lock_options.deadline = absl::Now() + timeout;
+        absl::StatusOr<dsm::LockGuard> g = (*region)->Lock(
+            heap->OffsetOf(rec), sizeof(uint64_t), dsm::LockMode::kExclusive, lock_options);
         if (!g.ok()) return g.status();
         update();  // a plain read-modify-write, under the lock
         return g->Unlock();
