@@ -348,12 +348,12 @@ def main():
             row(key, f"counter table's lock phase, {nodes} node(s), 256 records of 64 B (per "
                 f"operation of all nodes: lock, increment, unlock; node 0's median "
                 f"{fmt(F.get(key, 'median_us'))} µs)", None, "", med_counter="per_op_us")
-            wp = f"CounterTableWithPages/{n}/nodes:{nodes}"
+            with_key = f"CounterTableWithPages/{n}/nodes:{nodes}"
             plain = F.get(key, "per_op_us")
-            withp = F.get(wp, "per_op_us")
+            withp = F.get(with_key, "per_op_us")
             vs = f"; {fmt(withp / plain)}× the row above" if plain and withp else ""
-            row(wp, f"the same, each lock granted with its page (LockOptions::with_pages{vs}; "
-                f"node 0's median {fmt(F.get(wp, 'median_us'))} µs)", None, "",
+            row(with_key, f"the same, each lock granted with its page (LockOptions::with_pages"
+                f"{vs}; node 0's median {fmt(F.get(with_key, 'median_us'))} µs)", None, "",
                 med_counter="per_op_us")
         w("")
 

@@ -23,9 +23,7 @@ using test::Reply;
 class RecordingPort final : public CachePort {
  public:
   void Send(Message&& m) override { sent.push_back(std::move(m)); }
-  absl::Status Install(PageIndex, const uint8_t*, PageState) override {
-    return absl::OkStatus();
-  }
+  absl::Status Install(PageIndex, const uint8_t*, PageState) override { return absl::OkStatus(); }
   absl::Status SetAccess(PageIndex, PageState) override { return absl::OkStatus(); }
   void ReadPage(PageIndex, uint8_t* out) override { out[0] = 0; }
   absl::Status Drop(PageIndex) override { return absl::OkStatus(); }
@@ -45,7 +43,8 @@ class RecordingPort final : public CachePort {
 using Sent = std::vector<std::pair<MsgType, PageIndex>>;
 Sent SentFrom(const RecordingPort& port, size_t from = 0) {
   Sent out;
-  for (size_t i = from; i < port.sent.size(); ++i) out.push_back({port.sent[i].type, port.sent[i].page});
+  for (size_t i = from; i < port.sent.size(); ++i)
+    out.push_back({port.sent[i].type, port.sent[i].page});
   return out;
 }
 
@@ -102,8 +101,7 @@ TEST(LockFetch, APageInFlightIsLeftToItsRequestAndAWriteLockUpgradesAPendingRead
   EXPECT_EQ(cache.FetchForLock(0, 2, /*write=*/true, kT0), 0u);
   EXPECT_EQ(port.sent.size(), before);
   // The GetS, once granted, is followed by a GetM of its own: the lock holder will write.
-  cache.OnMessage(Reply(MsgType::kData, port.sent[0], static_cast<uint64_t>(Grant::kShared)),
-                  kT0);
+  cache.OnMessage(Reply(MsgType::kData, port.sent[0], static_cast<uint64_t>(Grant::kShared)), kT0);
   EXPECT_EQ(cache.state(0), PageState::kShared);
   EXPECT_EQ(SentFrom(port, before), (Sent{{MsgType::kGetM, 0}}));
 }
@@ -111,11 +109,11 @@ TEST(LockFetch, APageInFlightIsLeftToItsRequestAndAWriteLockUpgradesAPendingRead
 TEST(LockFetch, NeverForLostPagesOrPagesHomedAtADownNode) {
   RecordingPort port;
   // Pages 4 and 5 are homed at node 2, page 6 here (node 1), the rest at node 0.
-  Cache cache(Config(8,
-                     [](PageIndex p) -> NodeId {
-                       return (p == 4 || p == 5) ? 2 : p == 6 ? 1 : 0;
-                     }),
-              &port);
+  Cache cache(
+      Config(8, [](PageIndex p) -> NodeId { return (p == 4 || p == 5) ? 2
+                                                   : p == 6           ? 1
+                                                                      : 0; }),
+      &port);
   cache.OnFault(3, false, kT0);
   cache.OnMessage(Reply(MsgType::kNack, port.sent.back(), 1), kT0);  // 3 lost
   ASSERT_TRUE(cache.lost(3));
@@ -227,9 +225,9 @@ void RunLockFetchSeeds(uint64_t first_seed, int seeds, bool budget, bool kill) {
     for (int n = 0; n < nodes; ++n) {
       if (!sim.alive(n)) continue;
       const NodeId id = static_cast<NodeId>(n);
-      ASSERT_EQ(sim.cache(id).counters().protocol_errors +
-                    sim.directory(id).counters().protocol_errors,
-                0u)
+      ASSERT_EQ(
+          sim.cache(id).counters().protocol_errors + sim.directory(id).counters().protocol_errors,
+          0u)
           << where;
       // A request nothing answers would leave its page pending for good.
       for (int p = 0; p < pages; ++p) {
@@ -246,7 +244,9 @@ void RunLockFetchSeeds(uint64_t first_seed, int seeds, bool budget, bool kill) {
 }
 
 TEST(RandomProtocol, WithLockFetches) { RunLockFetchSeeds(800001, 1500, false, false); }
-TEST(RandomProtocol, WithLockFetchesAndMemoryBudget) { RunLockFetchSeeds(900001, 1500, true, false); }
+TEST(RandomProtocol, WithLockFetchesAndMemoryBudget) {
+  RunLockFetchSeeds(900001, 1500, true, false);
+}
 TEST(RandomProtocol, WithLockFetchesAndPeerDown) { RunLockFetchSeeds(1000001, 1000, true, true); }
 
 }  // namespace
