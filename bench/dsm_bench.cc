@@ -467,6 +467,45 @@ void BM_ReadFault(benchmark::State& state, const Params& p) {
   ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kCluster);
 }
 
+// The home's own first touch: node 0 maps a fresh region whose home it is (no other node
+// maps it) and loads (p.a=0) or stores (p.a=1) one byte of each page, in a random order.
+// Nothing crosses the network; the fault still goes through node 0's engine (its Cache asks
+// its own Directory), against a plain first touch of well under a microsecond. The floor is
+// one userfaultfd MISSING round trip.
+void BM_HomeFirstTouch(benchmark::State& state, const Params& p) {
+  Cluster* c = GetClusterOrSkip(state, p);
+  if (c == nullptr) return;
+  const bool write = p.a != 0;
+  const size_t n = Iters(state);
+  dsm::RegionOptions ro;
+  ro.name = absl::StrCat("touch", NowNs());
+  ro.size = n * kPage;
+  ro.home = 0;
+  absl::StatusOr<std::unique_ptr<dsm::Region>> r = c->node()->MapRegion(ro);
+  BENCH_CHECK_OK(r.status());
+  auto* base = static_cast<volatile uint8_t*>((*r)->data());
+  std::vector<size_t> order = Permutation(n, 3);
+  Samples lat;
+  lat.Reserve(n);
+  uint64_t sink = 0;
+  size_t i = 0;
+  CpuMeter cpu(c->node_pids());
+  cpu.Resume();
+  for (auto _ : state) {
+    volatile uint8_t* page = base + order[i] * kPage;
+    const uint64_t dt =
+        write ? TimedWrite(page, static_cast<uint8_t>(i)) : TimedRead(page, &sink);
+    ++i;
+    lat.Add(dt);
+    state.SetIterationTime(static_cast<double>(dt) * 1e-9);
+  }
+  cpu.Pause();
+  benchmark::DoNotOptimize(sink);
+  ReportLatency(state, lat);
+  ReportCpu(state, cpu, static_cast<double>(n), CpuMeterKind::kCluster);
+  BENCH_CHECK_OK((*r)->Unmap());
+}
+
 // Write miss (I -> M, p.a=k other sharers) or upgrade (S -> M, node 0 holds the page
 // Shared too; p.b=1). Sharers are nodes 2..k+1; they read a batch of pages (not timed),
 // node 0 reads them for an upgrade (not timed), then each store is timed. Home-written
@@ -920,6 +959,8 @@ void RegisterClusterBenchmarks(const BenchConfig& cfg) {
     reg("Floor_RemoteFaultRaw" + sfx, BM_FloorRemoteFaultRaw, {net}, smoke ? 200 : 20000);
     reg("Floor_RunInstallRaw" + sfx, BM_FloorRunInstallRaw, {net, stream_bytes}, smoke ? 1 : 3);
     reg("ReadFault" + sfx, BM_ReadFault, {net}, lat_iters);
+    reg("HomeFirstTouchRead" + sfx, BM_HomeFirstTouch, {net, 0}, lat_iters);
+    reg("HomeFirstTouchWrite" + sfx, BM_HomeFirstTouch, {net, 1}, lat_iters);
     for (int k : {0, 1, 2, 4}) {
       reg(absl::StrCat("WriteMiss", sfx, "/k:", k), BM_WriteFault, {net, k, 0}, wr_iters);
       reg(absl::StrCat("Upgrade", sfx, "/k:", k), BM_WriteFault, {net, k, 1}, wr_iters);

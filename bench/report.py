@@ -285,6 +285,10 @@ def main():
         row(f"ReadFault/{n}", "remote read fault I→S (home on the other node)",
             s(miss, rtt), "MISSING + raw 4K RTT", "≤ 1.3× floor, p99 ≤ 3× median",
             lambda m, p, r: r <= 1.3 and p <= 3 * m, cpu(MISS, RTT))
+        for kind, label in (("Read", "load"), ("Write", "store")):
+            row(f"HomeFirstTouch{kind}/{n}", f"the home's first {label} to a page no node has "
+                "touched (served by its own engine; no network)", miss, "MISSING",
+                floor_cpu=cpu(MISS))
         for k in (0, 1, 2, 4):
             fl = s(miss, rtt) if k == 0 else s(miss, rtt, rtt64)
             fc = cpu(MISS, RTT) if k == 0 else cpu(MISS, RTT, RTT64)
@@ -554,6 +558,9 @@ def main():
   pipe, untimed); for an upgrade node 0 reads them too; then each store of node 0 is timed.
   Recall: node 2 writes a batch of 64 pages, then each load of node 0 is timed. Ping-pong: node 0
   and node 2 alternately increment one word of a page homed on node 1; one round = two hand-offs.
+- Home first touch: node 0 maps a fresh region whose home it is (no other node maps it) and
+  loads or stores one byte of each page in random order; the fault is served by node 0's own
+  engine (its cache asks its own directory), nothing crosses the network.
 - Scans: a fresh 256 MiB region homed on node 1, one load per page, sequential or in random order;
   one iteration = one whole scan; the region is remapped between iterations (untimed).
 - Threads: 1, 2, 4 application threads of node 0 fault at once, each on its own fresh pages;
