@@ -20,7 +20,9 @@
 // Odd rounds write the counter back to the home after each store (lockloop sync), so a holder
 // killed between its two stores leaves a torn value the next holder must be told of; even
 // rounds keep the stores in Modified pages, which a killed holder takes with it (the survivor's
-// access raises SIGBUS: a lost page, counted, not a failure).
+// access raises SIGBUS: a lost page, counted, not a failure). Rounds 2-3 of every 4 take each
+// lock with its pages (LockOptions::with_pages), so a kill also lands while pages are being
+// fetched at a grant.
 //
 // No timing assertions: every wait is bounded, and a wait that runs out is a failure that
 // carries the workers' transcripts.
@@ -95,9 +97,9 @@ uint64_t U(const std::map<std::string, std::string>& f, const std::string& k) {
 struct Tally {
   int hang = 0, lock_error = 0, lost_increment = 0, missing_died = 0, stuck_after = 0,
       unclean_exit = 0;
-  int rounds = 0, sync_rounds = 0, survivor_sigbus = 0, counter_lost = 0, told_rounds = 0,
-      torn_told = 0;
-  uint64_t survivor_increments = 0, survivor_handoffs = 0;
+  int rounds = 0, sync_rounds = 0, pages_rounds = 0, survivor_sigbus = 0, counter_lost = 0,
+      told_rounds = 0, torn_told = 0;
+  uint64_t survivor_increments = 0, survivor_handoffs = 0, survivor_page_fetches = 0;
   std::string log;      // one line per round
   std::string details;  // one paragraph per failed round
 
@@ -109,9 +111,11 @@ struct Tally {
         "failures: hang=", hang, " lock_error=", lock_error, " lost_increment=", lost_increment,
         " missing_died=", missing_died, " stuck_after=", stuck_after,
         " unclean_exit=", unclean_exit, "\noutcomes: rounds=", rounds, " sync_rounds=", sync_rounds,
+        " pages_rounds=", pages_rounds,
         " survivor_sigbus=", survivor_sigbus, " counter_lost=", counter_lost,
         " told_rounds=", told_rounds, " torn_told=", torn_told,
-        " survivor_increments=", survivor_increments, " survivor_handoffs=", survivor_handoffs);
+        " survivor_increments=", survivor_increments, " survivor_handoffs=", survivor_handoffs,
+        " survivor_page_fetches=", survivor_page_fetches);
   }
 };
 
@@ -229,6 +233,7 @@ class LockKillTest : public ::testing::TestWithParam<Net> {
 
 void LockKillTest::Round(int round, std::mt19937_64& rng, Tally* t) {
   const bool sync = round % 2 == 1;
+  const bool with_pages = round % 4 >= 2;
   const int victim = 1 + static_cast<int>(rng() % 2);
   const int survivor = 3 - victim;
   const int delay_ms = static_cast<int>(rng() % 250);
@@ -236,6 +241,7 @@ void LockKillTest::Round(int round, std::mt19937_64& rng, Tally* t) {
   if (HasFatalFailure() || IsSkipped()) return;
   ++t->rounds;
   if (sync) ++t->sync_rounds;
+  if (with_pages) ++t->pages_rounds;
   std::string bad;  // this round's failures, each on a line
   auto fail = [&bad](int* counter, const std::string& what) {
     ++*counter;
@@ -243,7 +249,8 @@ void LockKillTest::Round(int round, std::mt19937_64& rng, Tally* t) {
   };
 
   const std::string loop = absl::StrCat("lockloop 0 ", kLockLen, " ", kA, " ", kB, " ", kStop,
-                                        " 120000 30000 ", sync ? 1 : 0);
+                                        " 120000 30000 ", sync ? 1 : 0, " ",
+                                        with_pages ? 1 : 0);
   for (int i : {1, 2}) EXPECT_TRUE(worker(i)->SendLine(loop).ok());
   bool running = true;
   for (int i : {1, 2}) {
@@ -303,6 +310,7 @@ void LockKillTest::Round(int round, std::mt19937_64& rng, Tally* t) {
       const std::string& end = f["end"];
       t->survivor_increments += U(f, "done");
       t->survivor_handoffs += U(f, "handoffs");
+      t->survivor_page_fetches += U(f, "fetches");
       t->torn_told += static_cast<int>(U(f, "torn_told"));
       if (end == "sigbus") {
         ++t->survivor_sigbus;
@@ -401,6 +409,9 @@ TEST_P(LockKillTest, ContendedLockSurvivesAKilledHolderOrSuccessor) {
   std::cout << "[ tally    ] seed " << seed << "\n" << t.log << t.Summary() << std::endl;
   EXPECT_EQ(t.failures(), 0) << "seed " << seed << "\n" << t.Summary() << "\n" << t.details;
   EXPECT_GT(t.survivor_handoffs, 0u) << "the direct hand-off path was never taken";
+  if (t.pages_rounds > 0) {
+    EXPECT_GT(t.survivor_page_fetches, 0u) << "no grant fetched its pages in the with_pages rounds";
+  }
 }
 
 std::string NetName(const ::testing::TestParamInfo<Net>& info) {

@@ -52,7 +52,13 @@ uint64_t LockHandoffs(Node* node) {
   return s.ok() ? s->lock_handoffs : 0;
 }
 
-// lockloop <off> <len> <a_off> <b_off> <stop_off> <max_ms> <lock_ms> <sync>: a lock-increment
+uint64_t LockPageFetches(Node* node) {
+  absl::StatusOr<Stats> s = node->GetStats();
+  return s.ok() ? s->lock_page_fetches : 0;
+}
+
+// lockloop <off> <len> <a_off> <b_off> <stop_off> <max_ms> <lock_ms> <sync> [<with_pages>]:
+// a lock-increment
 // loop meant to have a node killed in it (another node running the same loop is the victim or
 // the survivor). Until the word at stop_off is non-zero (read before each lock) or max_ms pass:
 // exclusive lock on [off, off + len) (deadline lock_ms), read words A and B with plain loads,
@@ -67,14 +73,19 @@ uint64_t LockHandoffs(Node* node) {
 //    previous_holder_died> torn=<grants that found A != B and were not told>
 //    torn_told=<grants that found A != B and were told> back=<grants that found A below the
 //    value this node last wrote: an increment it completed is gone> handoffs=<grants taken
-//    by direct hand-off meanwhile> end=<stop | time | sigbus | lock: <status> |
+//    by direct hand-off meanwhile> fetches=<page requests sent at grants (with_pages)>
+//    end=<stop | time | sigbus | lock: <status> |
 //    unlock: <status> | sync: <status>>"
+// With with_pages = 1 every lock is granted with its pages (LockOptions::with_pages), so the
+// pages move at each grant, before the holder touches them.
 // Every wait is bounded (lock_ms per lock); a failed lock, unlock or sync ends the loop.
 std::string LockLoop(Node* node, Region* r, const std::vector<uint64_t>& a,
                      const std::function<void(const std::string&)>& say) {
   const uint64_t off = a[0], len = a[1], a_off = a[2], b_off = a[3], stop_off = a[4];
   const absl::Duration max = absl::Milliseconds(a[5]), lock_wait = absl::Milliseconds(a[6]);
   const bool sync = a[7] != 0;
+  LockOptions options;
+  options.with_pages = a.size() > 8 && a[8] != 0;
   for (uint64_t w : {a_off, b_off, stop_off}) {
     if (w % 8 != 0 || !InRange(r, w, 8)) return "err bad word offset";
   }
@@ -83,6 +94,7 @@ std::string LockLoop(Node* node, Region* r, const std::vector<uint64_t>& a,
   volatile uint64_t* const wb = Word(r, b_off);
   const uint64_t* const stop = const_cast<const uint64_t*>(Word(r, stop_off));
   const uint64_t handoffs_before = LockHandoffs(node);
+  const uint64_t fetches_before = LockPageFetches(node);
   const absl::Time end_by = absl::Now() + max;
   uint64_t done = 0, last = 0, died = 0, torn = 0, torn_told = 0, back = 0;
   std::string end;
@@ -102,7 +114,8 @@ std::string LockLoop(Node* node, Region* r, const std::vector<uint64_t>& a,
       end = "time";
       break;
     }
-    absl::StatusOr<LockGuard> g = r->Lock(off, len, LockMode::kExclusive, absl::Now() + lock_wait);
+    options.deadline = absl::Now() + lock_wait;
+    absl::StatusOr<LockGuard> g = r->Lock(off, len, LockMode::kExclusive, options);
     if (!g.ok()) {
       end = "lock: " + g.status().ToString();
       break;
@@ -140,7 +153,8 @@ std::string LockLoop(Node* node, Region* r, const std::vector<uint64_t>& a,
   if (done == 0) say("started");
   return absl::StrCat("ok done=", done, " last=", last, " died=", died, " torn=", torn,
                       " torn_told=", torn_told, " back=", back,
-                      " handoffs=", LockHandoffs(node) - handoffs_before, " end=", end);
+                      " handoffs=", LockHandoffs(node) - handoffs_before,
+                      " fetches=", LockPageFetches(node) - fetches_before, " end=", end);
 }
 
 }  // namespace
@@ -302,7 +316,7 @@ std::string WorkerLocks::Run(const std::vector<std::string>& c) {
   }
   if (cmd == "lockloop") {
     std::vector<uint64_t> a;
-    for (size_t i = 1; i < 9; ++i) a.push_back(num(i));
+    for (size_t i = 1; i < 10; ++i) a.push_back(num(i));
     return LockLoop(st.node, r, a, st.say);
   }
   if (cmd == "cbarrier") {
