@@ -8,6 +8,10 @@
 #                                       mutation   tests/coherence/mutation_check.py on the ci
 #                                                  build: every protocol mutation must fail a test
 #                                       clang-tsa  clang -Wthread-safety -Werror: build only
+#                                       no-rdma    DSM_WITH_RDMA=OFF: build everything, run
+#                                                  the tests the RDMA switch changes (the RDMA
+#                                                  logic over the fake verbs, transports,
+#                                                  the install test)
 #                                       asan       ASan + UBSan: build, every test
 #                                       fuzz       clang libFuzzer targets (tests/fuzz), each
 #                                                  run 5 s from the seed corpus (scripts/fuzz.sh;
@@ -66,6 +70,7 @@ case "${1:-all}" in
     stage ci one_preset ci
     stage mutation mutation
     stage clang-tsa one_preset clang-tsa
+    stage no-rdma one_preset no-rdma
     stage asan one_preset asan
     stage fuzz fuzz
     ;;

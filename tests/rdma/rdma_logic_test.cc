@@ -22,6 +22,24 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// ------------------------------------------------------------------ Without a device
+
+// Opening the real device fails with the reason on a host without one, and on a build
+// without libibverbs says so; either way a completion status still has a name to report.
+TEST(RdmaDevice, AFailedOpenSaysWhyAndStatusesHaveNames) {
+  absl::StatusOr<std::unique_ptr<VerbsOps>> v = OpenIbvDevice("", 1, -1);
+#if DSM_WITH_RDMA
+  if (v.ok()) GTEST_SKIP() << "an RDMA device is present; nothing to check here";
+  EXPECT_FALSE(v.status().message().empty());
+#else
+  ASSERT_FALSE(v.ok());
+  EXPECT_THAT(std::string(v.status().message()), HasSubstr("built without RDMA support"));
+#endif
+  EXPECT_STREQ(WcStatusName(kWcSuccess), "success");
+  EXPECT_THAT(std::string(WcStatusName(kWcWrFlushErr)), HasSubstr("Flushed"));
+  EXPECT_THAT(std::string(WcStatusName(12)), HasSubstr("retry"));  // IBV_WC_RETRY_EXC_ERR
+}
+
 // ------------------------------------------------------------------ FlowControl
 
 TEST(FlowControl, SenderStallsAtZeroCreditsAndResumesOnReturn) {
