@@ -37,6 +37,10 @@ struct Stats {
   uint64_t recalls_received = 0;
   uint64_t writebacks_sent = 0;
   uint64_t home_requests_served = 0;
+  // Of those, requests this node answered by taking its own copy in place (it had written
+  // the page): copies write-protected for a reader, copies given up for a writer.
+  uint64_t home_local_downgrades = 0;
+  uint64_t home_local_invalidations = 0;
   // Transport.
   uint64_t messages_sent = 0;
   uint64_t messages_received = 0;
@@ -100,6 +104,8 @@ struct Stats {
     fn("recalls_received", Kind::kCounter, &Stats::recalls_received);
     fn("writebacks_sent", Kind::kCounter, &Stats::writebacks_sent);
     fn("home_requests_served", Kind::kCounter, &Stats::home_requests_served);
+    fn("home_local_downgrades", Kind::kCounter, &Stats::home_local_downgrades);
+    fn("home_local_invalidations", Kind::kCounter, &Stats::home_local_invalidations);
     fn("messages_sent", Kind::kCounter, &Stats::messages_sent);
     fn("messages_received", Kind::kCounter, &Stats::messages_received);
     fn("bytes_sent", Kind::kCounter, &Stats::bytes_sent);

@@ -41,7 +41,10 @@ Stats RegionStats(MappedRegion& r) {
   s.pages_modified = c.modified;
   s.pages_installed = r.pages_installed();
   if (r.directory() != nullptr) {
-    s.home_requests_served = r.directory()->counters().requests_served;
+    const coherence::Directory::Counters& d = r.directory()->counters();
+    s.home_requests_served = d.requests_served;
+    s.home_local_downgrades = d.local_downgrades;
+    s.home_local_invalidations = d.local_invalidations;
   }
   return s;
 }

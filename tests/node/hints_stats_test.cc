@@ -99,8 +99,17 @@ TEST_P(HintsStatsTest, RegionStatsCountOnlyThatRegionAndSumToTheNodes) {
   EXPECT_EQ(node->read_faults, sa.read_faults + sb.read_faults);
   EXPECT_EQ((*node - *before).read_faults, 13u);
   EXPECT_EQ(sa.messages_sent, 0u);  // per node, not per region
-  // The home served them: its share of region a counts the requests.
-  EXPECT_EQ((RegionStatsOf(*a[0]) - home_before).home_requests_served, 10u);
+  // The home served them: its share of region a counts the requests. It had written every
+  // page (Map fills them), so each read took its own copy in place: write-protected.
+  const Stats home_read = RegionStatsOf(*a[0]) - home_before;
+  EXPECT_EQ(home_read.home_requests_served, 10u);
+  EXPECT_EQ(home_read.home_local_downgrades, 10u);
+  EXPECT_EQ(home_read.home_local_invalidations, 0u);
+  // A write elsewhere to pages only the home holds takes the home's copy away in place.
+  for (uint64_t p = 20; p < 25; ++p) static_cast<volatile uint8_t*>(a[2]->data())[p * kPage] = 1;
+  const Stats home_write = RegionStatsOf(*a[0]) - home_before;
+  EXPECT_EQ(home_write.home_local_invalidations, 5u);
+  EXPECT_EQ(home_write.home_local_downgrades, 10u);
   ASSERT_TRUE(a[1]->Unmap().ok());
   EXPECT_EQ(a[1]->GetStats().status().code(), absl::StatusCode::kFailedPrecondition);
 }
